@@ -1,0 +1,139 @@
+"""The inpainting loss of Liu et al. (2018), paper v2:
+
+    L = L_valid + 6 L_hole + 0.05 L_perc + 120 (L_style_out + L_style_comp) + 0.1 L_tv
+
+Every L1 term is a mean over elements. Perceptual and style terms use VGG16 pool1..pool3
+(`pconv_jax.vgg`); the total-variation term is restricted to the 1-pixel dilation of the holes.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from pconv_jax.vgg import VGGParams, vgg16_features
+
+TERMS = ("valid", "hole", "perceptual", "style_out", "style_comp", "tv")
+DEFAULT_WEIGHTS = {"valid": 1.0, "hole": 6.0, "perceptual": 0.05, "style_out": 120.0, "style_comp": 120.0, "tv": 0.1}
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """The loss config (`config.loss`): term weights and the VGG16 weights file ('' = none)."""
+    config = ml_collections.ConfigDict()
+    config.weights = ml_collections.ConfigDict(dict(DEFAULT_WEIGHTS))
+    config.vgg_weights = ""
+    return config
+
+
+def _resolve_weights(weights: Mapping[str, float] | None) -> dict[str, float]:
+    resolved = dict(DEFAULT_WEIGHTS)
+    if weights is not None:
+        unknown = set(weights.keys()) - set(TERMS)
+        if unknown:
+            raise ValueError(f"Unknown loss weight(s) {sorted(unknown)}; the terms are {TERMS}.")
+        # float() also rejects traced values: the weights must be static Python numbers.
+        resolved.update({k: float(v) for k, v in weights.items()})
+    return resolved
+
+
+def gram_matrix(features: jax.Array) -> jax.Array:
+    """Per-image Gram matrix psi^T psi / (C H W) of NHWC features, (N, C, C) float32.
+
+    bfloat16-safe: each factor is scaled by 1/sqrt(C H W) before the product (no overflow
+    of large sums) and the matmul accumulates in float32.
+    """
+    n, h, w, c = features.shape
+    flat = features.reshape(n, h * w, c)
+    flat = flat * jnp.asarray(1.0 / math.sqrt(c * h * w), flat.dtype)
+    return jnp.einsum("npc,npd->ncd", flat, flat, preferred_element_type=jnp.float32)
+
+
+def hole_dilation(mask: jax.Array) -> jax.Array:
+    """1 where a pixel is a hole or touches one (3x3 neighbourhood), else 0. mask: 1 = valid."""
+    holes = 1.0 - mask.astype(jnp.float32)
+    pad = ((0, 0), (1, 1), (1, 1), (0, 0))  # explicit: outside the image is not a hole here
+    return jax.lax.reduce_window(holes, 0.0, jax.lax.max, (1, 3, 3, 1), (1, 1, 1, 1), pad)
+
+
+def total_variation_in_holes(composite: jax.Array, mask: jax.Array) -> jax.Array:
+    """Sum of |differences| of horizontally and vertically neighbouring pixels of the
+    composite, counted only where both pixels lie in the 1-pixel dilation of the holes,
+    divided by the composite's element count N*H*W*C."""
+    region = hole_dilation(mask)
+    x = composite.astype(jnp.float32)
+    dx = jnp.abs(x[:, :, 1:] - x[:, :, :-1]) * (region[:, :, 1:] * region[:, :, :-1])
+    dy = jnp.abs(x[:, 1:] - x[:, :-1]) * (region[:, 1:] * region[:, :-1])
+    return (jnp.sum(dx) + jnp.sum(dy)) / x.size
+
+
+def _l1(a: jax.Array, b: jax.Array) -> jax.Array:
+    return jnp.mean(jnp.abs(a.astype(jnp.float32) - b.astype(jnp.float32)))
+
+
+def _check_shapes(output: jax.Array, target: jax.Array, mask: jax.Array) -> None:
+    if output.shape != target.shape or output.ndim != 4:
+        raise ValueError(f"output and target must be NHWC of the same shape; got {output.shape} and {target.shape}.")
+    if mask.ndim != 4 or mask.shape[:3] != output.shape[:3] or mask.shape[3] not in (1, output.shape[3]):
+        raise ValueError(
+            f"mask must be (N, H, W, 1) or (N, H, W, C) matching the images {output.shape}; got {mask.shape}."
+        )
+
+
+def inpainting_loss(
+    output: jax.Array,
+    target: jax.Array,
+    mask: jax.Array,
+    vgg: VGGParams | None = None,
+    weights: Mapping[str, float] | None = None,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The paper's total loss and its unweighted terms.
+
+    Args:
+      output: the network's prediction I_out, (N, H, W, 3) in [0, 1].
+      target: the ground truth I_gt, same shape.
+      mask: 1 = valid pixel, 0 = hole; (N, H, W, 1) or (N, H, W, C).
+      vgg: frozen VGG16 weights (`pconv_jax.vgg.load_vgg16`); needed when the perceptual
+        or a style weight is > 0. With those weights all 0 the VGG is not run.
+      weights: term weights (keys of `TERMS`, missing ones default to the paper's
+        1, 6, 0.05, 120, 120, 0.1); static Python numbers, e.g. `config.loss.weights`.
+
+    Returns:
+      (total, terms): total = sum of weight * term; terms maps each name in `TERMS` to
+      its unweighted float32 scalar value.
+    """
+    _check_shapes(output, target, mask)
+    w = _resolve_weights(weights)
+    m = mask.astype(jnp.float32)
+    out, gt = output.astype(jnp.float32), target.astype(jnp.float32)
+    composite = m * gt + (1.0 - m) * out
+
+    terms = {
+        "valid": jnp.mean(jnp.abs(m * (out - gt))),  # m broadcasts: a mean over N*H*W*C
+        "hole": jnp.mean(jnp.abs((1.0 - m) * (out - gt))),
+        "tv": total_variation_in_holes(composite, m),
+    }
+    zero = jnp.zeros((), jnp.float32)
+    if max(w["perceptual"], w["style_out"], w["style_comp"]) > 0:
+        if vgg is None:
+            raise ValueError(
+                "The perceptual and style losses need VGG16 weights: set `config.loss.vgg_weights` "
+                "to a weights file (see docs/loss.md), or set the perceptual and style weights to 0."
+            )
+        n = output.shape[0]
+        # One VGG pass over [out, comp, gt]; it runs in the output's dtype (e.g. bfloat16).
+        batch = jnp.concatenate([out, composite, gt]).astype(output.dtype)
+        pools = [(p[:n], p[n:2 * n], p[2 * n:]) for p in vgg16_features(vgg, batch)]
+        terms["perceptual"] = sum(_l1(p_out, p_gt) + _l1(p_comp, p_gt) for p_out, p_comp, p_gt in pools)
+        grams = [(gram_matrix(p_out), gram_matrix(p_comp), gram_matrix(p_gt)) for p_out, p_comp, p_gt in pools]
+        terms["style_out"] = sum(_l1(g_out, g_gt) for g_out, _, g_gt in grams)
+        terms["style_comp"] = sum(_l1(g_comp, g_gt) for _, g_comp, g_gt in grams)
+    else:
+        terms.update(perceptual=zero, style_out=zero, style_comp=zero)
+
+    terms = {k: terms[k] for k in TERMS}
+    total = sum(w[k] * terms[k] for k in TERMS if w[k] != 0.0)
+    return jnp.asarray(total, jnp.float32), terms
