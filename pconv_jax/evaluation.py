@@ -1,8 +1,49 @@
-"""The paper's Table 1 protocol: metrics on the composite per hole-ratio bin x {N, B}."""
+"""The paper's Table 1 protocol: L1 / PSNR / SSIM of the composite per hole-ratio bin x {N, B}.
+
+Protocol (deterministic, so two methods are compared on identical pairs):
+
+- Test masks: a directory in the NVIDIA test-set layout (PNG files sorted by name, white = hole,
+  blocks of 2K files per hole-ratio bin, the first K of a block not touching the border: N, the
+  next K touching it: B), or, when `config.eval.test_masks` is '', our own set of 6 x 2 x K masks
+  written by `pconv_jax.masks.write_test_set` into `<workdir>/test_masks_<size>_k<K>` at the
+  evaluation resolution. A mask's bin and N/B label come from its position in that layout.
+- Masks of another size than the images are resized nearest-neighbour (never interpolated).
+- Images: the first `config.eval.num_images` held-out images of the config's data source.
+  Mask j is paired with image j mod num_images.
+- Each method (the network, or OpenCV's Telea / Navier-Stokes) fills the holes; the metrics are
+  computed on the composite (known pixels pasted back), clipped to [0, 1], against the image,
+  over the whole image at the evaluation resolution. Cells report means over their masks.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import glob
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+import cv2
+import jax
+import jax.numpy as jnp
 import ml_collections
+import numpy as np
+from flax import nnx
+from tqdm import tqdm
+
+from pconv_jax import baselines, masks as masks_lib, metrics
+from pconv_jax.model import composite
+
+METRICS = ("l1", "psnr", "ssim")
+METRIC_TITLES = {"l1": "L1 (%)", "psnr": "PSNR (dB)", "ssim": "SSIM"}
+LABELS = ("N", "B")
+METHODS = ("model", "telea", "ns")
+
+# images (B, H, W, 3), masks (B, H, W, 1) 1 = valid  ->  composites (B, H, W, 3) in [0, 1]
+Inpainter = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -10,8 +51,9 @@ def default_config() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(dict(
         test_masks="",       # directory of a test mask set in the NVIDIA test convention
                              # (white = hole, blocks of 2K per bin, first K of a block N);
-                             # '' = generate our own 6x2 set into <workdir>/test_masks
+                             # '' = generate our own 6x2 set into the workdir
         masks_per_cell=8,    # K: masks per (bin, N/B) cell when generating our own set
+        mask_seed=0,         # seed of the generated set
         num_images=48,       # held-out images; mask j is paired with image j mod num_images
         batch_size=8,
         method="model",      # 'model' | 'telea' | 'ns' (OpenCV's classical inpainting)
@@ -19,3 +61,224 @@ def default_config() -> ml_collections.ConfigDict:
         checkpoint_step=-1,  # -1 = the latest checkpoint
         psnr_cap=100.0,      # PSNR (dB) reported for identical images (MSE = 0)
     ))
+
+
+def cell_name(bin_index: int, label: str) -> str:
+    """Column title of a Table 1 cell, e.g. '(0.1,0.2] N'."""
+    lo, hi = masks_lib.HOLE_RATIO_BINS[bin_index]
+    return f"({lo:g},{hi:g}] {label}"
+
+
+# ---------------------------------------------------------------------------- test masks
+
+@dataclasses.dataclass(frozen=True)
+class TestMasks:
+    """A test mask set: files in NVIDIA test-set order, with each file's bin and N/B label."""
+    paths: tuple[str, ...]
+    bins: np.ndarray    # (M,) int, 0..5
+    labels: tuple[str, ...]  # (M,) 'N' | 'B'
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def load(self, indices: Sequence[int], size: tuple[int, int]) -> np.ndarray:
+        """Masks (B, H, W, 1) float32, 1 = valid, resized nearest-neighbour to `size`."""
+        return np.stack([load_test_mask(self.paths[i], size) for i in indices])
+
+
+def load_test_mask(path: str, size: tuple[int, int]) -> np.ndarray:
+    """One test-convention PNG (white = hole) as (H, W, 1) float32, 1 = valid, at `size`."""
+    png = cv2.imread(path, cv2.IMREAD_GRAYSCALE)
+    if png is None:
+        raise FileNotFoundError(f"cannot read mask file {path!r} (missing or not an image)")
+    if png.shape != tuple(size):
+        png = cv2.resize(png, (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
+    return (png < 128).astype(np.float32)[..., None]
+
+
+def scan_test_masks(directory: str) -> TestMasks:
+    """Reads the layout of a test mask directory (NVIDIA test set or `write_test_set` output)."""
+    paths = sorted(glob.glob(os.path.join(directory, "*.png")))
+    cells = 2 * masks_lib.NUM_BINS
+    if not paths or len(paths) % cells:
+        raise ValueError(
+            f"test mask directory {directory!r} holds {len(paths)} PNG files; the NVIDIA test "
+            f"layout needs a positive multiple of {cells} (6 bins x N/B x K). Point "
+            f"config.eval.test_masks at such a set, or set it to '' to generate one.")
+    per_cell = len(paths) // cells
+    bins, labels = zip(*(masks_lib.test_set_label(i, per_cell) for i in range(len(paths))))
+    return TestMasks(tuple(paths), np.asarray(bins), tuple(labels))
+
+
+def prepare_test_masks(config: ml_collections.ConfigDict, workdir: str,
+                       size: tuple[int, int]) -> TestMasks:
+    """The configured test set, generating our own into the workdir when none is named."""
+    directory = config.eval.test_masks
+    if not directory:
+        k = config.eval.masks_per_cell
+        directory = os.path.join(workdir, f"test_masks_{size[0]}x{size[1]}_k{k}_s{config.eval.mask_seed}")
+        expected = 2 * masks_lib.NUM_BINS * k
+        if len(glob.glob(os.path.join(directory, "*.png"))) != expected:
+            if size[0] != size[1]:
+                raise ValueError(f"generating a test set needs square images, got {size}")
+            print(f"writing {expected} test masks to {directory}", file=sys.stderr)
+            masks_lib.write_test_set(directory, per_cell=k, size=size[0],
+                                     seed=config.eval.mask_seed)
+    elif not os.path.isdir(directory):
+        raise FileNotFoundError(f"config.eval.test_masks = {directory!r} is not a directory")
+    return scan_test_masks(directory)
+
+
+# ---------------------------------------------------------------------------- inpainters
+
+def model_inpainter(model: nnx.Module) -> Inpainter:
+    """The network in inference mode, returning clipped composites (jit-compiled per shape)."""
+    model.eval()
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def fill(state, images, masks):
+        net = nnx.merge(graphdef, state)
+        return jnp.clip(composite(net(images, masks), images, masks), 0.0, 1.0)
+
+    return lambda images, masks: np.asarray(fill(state, images, masks))
+
+
+def classical_inpainter(method: str, radius: int = 3) -> Inpainter:
+    """OpenCV's Telea ('telea') or Navier-Stokes ('ns') inpainting."""
+    return lambda images, masks: baselines.inpaint_classical(images, masks, method, radius)
+
+
+# ---------------------------------------------------------------------------- protocol
+
+def evaluate(inpaint: Inpainter, images: np.ndarray, test_masks: TestMasks, *,
+             batch_size: int = 8, psnr_cap: float = metrics.PSNR_CAP,
+             progress: bool = True) -> dict[str, np.ndarray]:
+    """Per-mask metrics: mask j filled on image j mod len(images).
+
+    Returns {'l1', 'psnr', 'ssim', 'hole_ratio', 'image_index'}, each (M,) for M masks. Batches
+    are padded to `batch_size` (repeating the last pair) so the network compiles once.
+    """
+    num_masks, num_images = len(test_masks), len(images)
+    size = images.shape[1:3]
+    out = {name: np.zeros(num_masks, np.float64) for name in METRICS + ("hole_ratio",)}
+    out["image_index"] = np.arange(num_masks) % num_images
+    bar = tqdm(total=num_masks, unit="mask", desc="evaluating", file=sys.stderr,
+               disable=not progress)
+    for start in range(0, num_masks, batch_size):
+        idx = np.arange(start, min(start + batch_size, num_masks))
+        padded = np.concatenate([idx, np.full(batch_size - len(idx), idx[-1])])
+        batch_masks = test_masks.load(padded, size)
+        batch_images = images[out["image_index"][padded]]
+        filled = inpaint(batch_images, batch_masks)
+        values = metrics.image_metrics(filled, batch_images, psnr_cap=psnr_cap)
+        for name in METRICS:
+            out[name][idx] = np.asarray(values[name])[: len(idx)]
+        out["hole_ratio"][idx] = 1.0 - batch_masks[: len(idx)].mean(axis=(1, 2, 3))
+        bar.update(len(idx))
+    bar.close()
+    return out
+
+
+def summarize(per_mask: dict[str, np.ndarray], test_masks: TestMasks) -> dict[str, dict]:
+    """Table 1 cells: {cell name: {'count', 'l1', 'psnr', 'ssim'}}, plus 'all'."""
+    labels = np.asarray(test_masks.labels)
+    table = {}
+    for b in range(masks_lib.NUM_BINS):
+        for label in LABELS:
+            sel = (test_masks.bins == b) & (labels == label)
+            table[cell_name(b, label)] = _cell(per_mask, sel)
+    table["all"] = _cell(per_mask, np.ones(len(test_masks), bool))
+    return table
+
+
+def _cell(per_mask: dict[str, np.ndarray], selected: np.ndarray) -> dict:
+    count = int(selected.sum())
+    cell = {"count": count}
+    for name in METRICS:
+        cell[name] = float(per_mask[name][selected].mean()) if count else math.nan
+    return cell
+
+
+def format_table(table: dict[str, dict], title: str = "") -> str:
+    """A Markdown table shaped like the paper's Table 1 (rows metrics, columns bin x N/B)."""
+    columns = list(table)
+    lines = [f"**{title}**", ""] if title else []
+    lines.append("| | " + " | ".join(columns) + " |")
+    lines.append("|---|" + "---:|" * len(columns))
+    formats = {"l1": "{:.2f}", "psnr": "{:.2f}", "ssim": "{:.3f}"}
+    for name in METRICS:
+        row = [formats[name].format(table[c][name]) for c in columns]
+        lines.append(f"| {METRIC_TITLES[name]} | " + " | ".join(row) + " |")
+    lines.append("| masks | " + " | ".join(str(table[c]["count"]) for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, *, method: str | None = None,
+        checkpoint_step: int | None = None, progress: bool = True) -> dict:
+    """Evaluates `method` on the configured held-out pairs; writes results.json/.md to workdir.
+
+    `method`: 'model' (restores the latest checkpoint, or `checkpoint_step`), 'telea' or 'ns';
+    defaults to config.eval.method. Returns the results dictionary written to results.json
+    (results_telea.json / results_ns.json for the baselines, so they never overwrite the network's).
+    """
+    from pconv_jax import data  # heavy (TensorFlow): import only when evaluating
+
+    method = method or config.eval.method
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+    if checkpoint_step is None and config.eval.checkpoint_step >= 0:
+        checkpoint_step = config.eval.checkpoint_step
+    step = None
+    if method == "model":
+        from pconv_jax import checkpointing
+        model, step = checkpointing.restore_model(config, workdir, step=checkpoint_step)
+        inpaint = model_inpainter(model)
+    else:
+        inpaint = classical_inpainter(method, config.eval.inpaint_radius)
+
+    images = np.asarray(data.load_eval_images(config, config.eval.num_images), np.float32)
+    test_masks = prepare_test_masks(config, workdir, images.shape[1:3])
+    start = time.time()
+    per_mask = evaluate(inpaint, images, test_masks, batch_size=config.eval.batch_size,
+                        psnr_cap=config.eval.psnr_cap, progress=progress)
+    table = summarize(per_mask, test_masks)
+    title = (f"{method}" + (f" (step {step})" if step is not None else "")
+             + f": {len(test_masks)} masks on {len(images)} held-out images, "
+             f"{images.shape[1]}x{images.shape[2]}")
+    results = dict(
+        method=method, step=step, title=title, table=table,
+        num_masks=len(test_masks), num_images=len(images),
+        resolution=list(images.shape[1:3]),
+        test_masks=os.path.dirname(test_masks.paths[0]),
+        pairing="mask j (sorted file order) with held-out image j mod num_images",
+        seconds=round(time.time() - start, 2),
+        per_mask={name: per_mask[name].tolist() for name in per_mask},
+    )
+    write_results(results, workdir, results_name(method))
+    print(format_table(table, title))
+    return results
+
+
+def results_name(method: str) -> str:
+    """'results' for the network, 'results_telea' / 'results_ns' for the baselines."""
+    return "results" if method == "model" else f"results_{method}"
+
+
+def write_results(results: dict, workdir: str, name: str = "results") -> None:
+    """<name>.json (everything, NaN as null) and <name>.md (the table) in the workdir."""
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, f"{name}.json"), "w") as f:
+        json.dump(_nan_to_none(results), f, indent=1)
+    with open(os.path.join(workdir, f"{name}.md"), "w") as f:
+        f.write(format_table(results["table"], results["title"]) + "\n")
+
+
+def _nan_to_none(value):
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_nan_to_none(v) for v in value]
+    return value
