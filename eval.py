@@ -1,0 +1,33 @@
+"""Evaluate a trained model (or OpenCV's Telea / Navier-Stokes) with the paper's Table 1 protocol.
+
+    python eval.py --config configs/demo.py [--workdir DIR] [--checkpoint STEP] [--method model|telea|ns]
+
+Prints the table (L1 % / PSNR / SSIM per hole-ratio bin x {N, B}) and writes results.json and
+results.md (results_telea.* / results_ns.* for the baselines) into the workdir. Config values can
+be overridden, e.g. `--config.eval.num_images=16`. See `pconv_jax/evaluation.py`.
+"""
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from pconv_jax import evaluation
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "config file (path.py[:arg])",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "training workdir (default: the config's)")
+_CHECKPOINT = flags.DEFINE_integer("checkpoint", None, "checkpoint step (default: latest)")
+_METHOD = flags.DEFINE_enum("method", None, list(evaluation.METHODS),
+                            "model, or OpenCV's telea / ns (default: config.eval.method)")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    config = _CONFIG.value
+    workdir = _WORKDIR.value or evaluation.default_workdir(config, _CONFIG.config_filename)
+    evaluation.run(config, workdir, method=_METHOD.value, checkpoint_step=_CHECKPOINT.value)
+
+
+if __name__ == "__main__":
+    flags.mark_flag_as_required("config")
+    app.run(main)

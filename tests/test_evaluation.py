@@ -1,0 +1,84 @@
+"""The Table 1 protocol: cells and counts, deterministic pairing, baselines, results files."""
+
+import json
+
+import numpy as np
+import pytest
+
+from pconv_jax import evaluation, masks
+
+
+@pytest.fixture(scope="module")
+def test_set(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("test_masks")
+    masks.write_test_set(str(directory), per_cell=2, size=32, seed=0)
+    return evaluation.scan_test_masks(str(directory))
+
+
+def _images(count=5, size=32):
+    # smooth images so that the classical methods have something to continue
+    y, x = np.mgrid[0:size, 0:size] / (size - 1)
+    return np.stack([np.stack([x, y, (x + y) / 2 * (i + 1) / count], -1)
+                     for i in range(count)]).astype(np.float32)
+
+
+def test_scan_reads_the_nvidia_layout(test_set):
+    assert len(test_set) == 24
+    np.testing.assert_array_equal(test_set.bins, np.repeat(np.arange(6), 4))
+    assert test_set.labels[:4] == ("N", "N", "B", "B")
+
+
+def test_generated_masks_land_in_their_bins_at_eval_resolution(test_set):
+    loaded = test_set.load(range(len(test_set)), (32, 32))
+    ratios = 1 - loaded.mean(axis=(1, 2, 3))
+    for ratio, b in zip(ratios, test_set.bins):
+        lo, hi = masks.HOLE_RATIO_BINS[b]
+        assert lo < ratio <= hi
+
+
+@pytest.mark.parametrize("method", ["telea", "ns"])
+def test_classical_baselines_fill_all_cells_with_finite_metrics(test_set, method):
+    images = _images()
+    per_mask = evaluation.evaluate(evaluation.classical_inpainter(method), images, test_set,
+                                   batch_size=5, progress=False)
+    np.testing.assert_array_equal(per_mask["image_index"], np.arange(24) % 5)
+    table = evaluation.summarize(per_mask, test_set)
+    assert len(table) == 13 and table["all"]["count"] == 24
+    for name, cell in table.items():
+        assert cell["count"] == (24 if name == "all" else 2)
+        assert all(np.isfinite(cell[m]) for m in evaluation.METRICS)
+    # bigger holes are harder: the largest bin is worse than the smallest
+    assert table["(0.5,0.6] N"]["l1"] > table["(0.01,0.1] N"]["l1"]
+    assert table["(0.5,0.6] N"]["psnr"] < table["(0.01,0.1] N"]["psnr"]
+
+
+def test_identity_inpainter_gives_perfect_scores_and_the_pairing_is_fixed(test_set):
+    images = _images()
+    seen = []
+
+    def cheat(batch_images, batch_masks):  # returns the ground truth itself
+        seen.append(batch_images.copy())
+        return batch_images
+
+    per_mask = evaluation.evaluate(cheat, images, test_set, batch_size=7, progress=False)
+    np.testing.assert_array_equal(per_mask["l1"], 0.0)
+    np.testing.assert_array_equal(per_mask["psnr"], 100.0)
+    np.testing.assert_allclose(per_mask["ssim"], 1.0, atol=1e-6)
+    batches = np.concatenate(seen)[:24]  # the last batch is padded to 7
+    np.testing.assert_array_equal(batches, images[np.arange(24) % 5])
+
+
+def test_results_files_and_table(tmp_path, test_set):
+    per_mask = evaluation.evaluate(evaluation.classical_inpainter("telea"), _images(), test_set,
+                                   batch_size=8, progress=False)
+    table = evaluation.summarize(per_mask, test_set)
+    evaluation.write_results(dict(title="t", table=table, per_mask={}), str(tmp_path))
+    loaded = json.loads((tmp_path / "results.json").read_text())
+    assert loaded["table"]["(0.1,0.2] B"]["count"] == 2
+    text = (tmp_path / "results.md").read_text()
+    assert "| L1 (%) |" in text and "(0.5,0.6] B" in text and "| masks | 2 |" in text
+
+
+def test_a_directory_that_is_not_a_test_set_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="multiple of 12"):
+        evaluation.scan_test_masks(str(tmp_path))
