@@ -212,13 +212,12 @@ def test_random_vgg16_feature_shapes_256_and_512():
                                             (2, size // 8, size // 8, 256)]
 
 
-def test_weights_get_no_gradient_but_images_do(images):
+def test_weights_get_no_gradient(images):
+    # (Gradients do reach the images: tests/test_losses.py differentiates the loss through VGG.)
     params = vgg.random_vgg16(jax.random.key(0))
-    x = jnp.asarray(images, jnp.float32)
-    f = lambda p, im: sum(jnp.sum(t) for t in vgg.vgg16_features(p, im))
-    g_params, g_images = jax.grad(f, argnums=(0, 1))(params, x)
+    f = lambda p: sum(jnp.sum(t) for t in vgg.vgg16_features(p, jnp.asarray(images, jnp.float32)))
+    g_params = jax.jit(jax.grad(f))(params)
     assert all(float(jnp.abs(leaf).max()) == 0.0 for leaf in jax.tree_util.tree_leaves(g_params))
-    assert float(jnp.abs(g_images).max()) > 0.0
 
 
 @pytest.mark.parametrize("writer", [write_torch_zip, write_torch_legacy], ids=["zip", "legacy"])
