@@ -122,15 +122,18 @@ def random_vgg16(key: jax.Array, preprocessing: str = "torch") -> VGGParams:
     """A VGG16 with RANDOM (He-normal) weights: for tests and benchmarks only.
 
     Its features mean nothing; never use it for a real perceptual or style loss.
+    `key` must be concrete (call it outside `jit`).
     """
+    # NumPy draws from the key's bits: XLA takes seconds to compile threefry for 1.7M samples.
+    rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel().tolist())
     convs = {}
-    for (name, _, _, c_in, c_out), k in zip(VGG16_CONVS, jax.random.split(key, len(VGG16_CONVS))):
+    for name, _, _, c_in, c_out in VGG16_CONVS:
         std = np.sqrt(2.0 / (9 * c_in))
         convs[name] = {
-            "kernel": std * jax.random.normal(k, (3, 3, c_in, c_out), jnp.float32),
-            "bias": jnp.zeros((c_out,), jnp.float32),
+            "kernel": (std * rng.standard_normal((3, 3, c_in, c_out))).astype(np.float32),
+            "bias": np.zeros((c_out,), np.float32),
         }
-    return VGGParams(convs=convs, preprocessing=preprocessing)
+    return _as_params(convs, preprocessing)
 
 
 # ---------------------------------------------------------------------------

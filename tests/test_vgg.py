@@ -205,7 +205,7 @@ def write_keras_h5(path, state, keras2_names):
 
 
 def test_random_vgg16_feature_shapes_256_and_512():
-    params = jax.eval_shape(vgg.random_vgg16, jax.random.key(0))
+    params = vgg.random_vgg16(jax.random.key(0))
     for size in (256, 512):
         pools = jax.eval_shape(vgg.vgg16_features, params, jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32))
         assert [p.shape for p in pools] == [(2, size // 2, size // 2, 64), (2, size // 4, size // 4, 128),
