@@ -48,8 +48,9 @@ class PartialConv(nnx.Module):
                  dilation: int = 1, use_bias: bool = True, partial: bool = True,
                  dtype=jnp.float32, rngs: nnx.Rngs):
         shape = (kernel_size, kernel_size, in_features, out_features)
-        # He-normal on the fan-in (kh * kw * C_in), as the reference implementation.
-        self.kernel = nnx.Param(nnx.initializers.he_normal()(rngs.params(), shape, jnp.float32))
+        # He-normal on the fan-in (kh * kw * C_in), untruncated like the authors' kaiming_normal_.
+        init = nnx.initializers.variance_scaling(2.0, "fan_in", "normal")
+        self.kernel = nnx.Param(init(rngs.params(), shape, jnp.float32))
         self.bias = nnx.Param(jnp.zeros((out_features,), jnp.float32)) if use_bias else None
         self.stride, self.dilation = stride, dilation
         self.partial, self.dtype = partial, dtype
