@@ -1,0 +1,208 @@
+"""Where images come from: the bundled demo photographs, an image folder, TFDS datasets.
+
+Random-access sources (demo, folder) are `ImageSource` objects: a list of items with a loader
+returning uint8 RGB arrays (H, W, 3). TFDS sources are read by `pconv_jax.data` directly; this
+module only prepares their builder and names their splits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+from collections.abc import Callable, Sequence
+
+import cv2
+import numpy as np
+
+_log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
+
+# Natural colour photographs shipped inside the scikit-image and scikit-learn wheels (no
+# download). The last two are held out for evaluation.
+DEMO_TRAIN = ("astronaut", "chelsea", "rocket", "stereo_motorcycle", "hubble_deep_field",
+              "china.jpg")
+DEMO_HELDOUT = ("coffee", "flower.jpg")
+
+TFDS_NAMES = ("places365_small", "celeb_a_hq/256", "celeb_a_hq/512")
+
+
+class ImageSource:
+    """A random-access list of images; `load(i)` returns uint8 (H, W, 3) RGB.
+
+    Items that cannot be decoded are replaced by the next readable item (so a batch stays a pure
+    function of its position), counted in `skipped` and announced once each with a warning.
+    """
+
+    def __init__(self, names: Sequence[str], loader: Callable[[str], np.ndarray | None]):
+        if not names:
+            raise ValueError("an image source needs at least one image.")
+        self.names = list(names)
+        self._loader = loader
+        self._bad: set[str] = set()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    @property
+    def skipped(self) -> int:
+        """Number of distinct unreadable items met so far."""
+        with self._lock:
+            return len(self._bad)
+
+    def load(self, index: int) -> np.ndarray:
+        for offset in range(len(self.names)):
+            name = self.names[(index + offset) % len(self.names)]
+            image = self._loader(name)
+            if image is not None:
+                return image
+            with self._lock:
+                if name not in self._bad:
+                    self._bad.add(name)
+                    _log.warning("skipping unreadable image %s (%d skipped so far)",
+                                 name, len(self._bad))
+        raise ValueError(f"none of the {len(self.names)} images could be read.")
+
+    def subset(self, indices: Sequence[int]) -> ImageSource:
+        """A source over some items, sharing this source's loader and skip count."""
+        sub = ImageSource([self.names[i] for i in indices], self._loader)
+        sub._bad, sub._lock = self._bad, self._lock
+        return sub
+
+
+def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
+    """Converts grayscale, RGBA or 16-bit arrays to uint8 RGB (H, W, 3)."""
+    if image.dtype == np.uint16:
+        image = (image >> 8).astype(np.uint8)
+    elif image.dtype != np.uint8:
+        image = np.clip(image, 0, 255).astype(np.uint8)
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.shape[-1] == 1:
+        image = np.repeat(image, 3, axis=-1)
+    return np.ascontiguousarray(image[..., :3])
+
+
+def read_image_file(path: str) -> np.ndarray | None:
+    """Decodes an image file to uint8 RGB (H, W, 3); None if it is unreadable."""
+    try:
+        data = np.fromfile(path, np.uint8)
+    except OSError:
+        return None
+    if data.size == 0:
+        return None
+    # IMREAD_COLOR turns grayscale into 3 channels, drops alpha, applies EXIF orientation.
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    if image is None or image.size == 0:
+        return None
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+# ----------------------------------------------------------------------------- demo
+
+def _load_demo_image(name: str) -> np.ndarray:
+    if name.endswith(".jpg"):
+        from sklearn.datasets import load_sample_image
+        return to_rgb_uint8(load_sample_image(name))
+    import skimage.data
+    image = getattr(skimage.data, name)()
+    return to_rgb_uint8(image[0] if name == "stereo_motorcycle" else image)  # the left view
+
+
+def demo_source(split: str) -> ImageSource:
+    """The demo photographs of `split` ('train' or 'heldout'), held in memory."""
+    names = {"train": DEMO_TRAIN, "heldout": DEMO_HELDOUT}.get(split)
+    if names is None:
+        raise ValueError(f"demo split must be 'train' or 'heldout', got {split!r}.")
+    images = {name: _load_demo_image(name) for name in names}
+    return ImageSource(list(names), images.get)
+
+
+# ----------------------------------------------------------------------------- folder
+
+def list_image_files(folder: str) -> list[str]:
+    """Sorted relative paths of the jpg/jpeg/png/webp files under `folder` (recursive)."""
+    if not folder or not os.path.isdir(folder):
+        raise FileNotFoundError(f"image folder {folder!r} does not exist; set config.data.folder "
+                                f"to a folder of .jpg/.jpeg/.png/.webp images.")
+    paths = []
+    for root, _, files in os.walk(folder, followlinks=True):
+        paths.extend(os.path.relpath(os.path.join(root, f), folder) for f in files
+                     if f.lower().endswith(IMAGE_EXTENSIONS))
+    if not paths:
+        raise FileNotFoundError(f"no .jpg/.jpeg/.png/.webp images under {folder!r}.")
+    return sorted(paths)
+
+
+def split_folder(paths: Sequence[str], *, heldout_count: int = 0,
+                 heldout_fraction: float = 0.0) -> tuple[list[str], list[str]]:
+    """Splits paths into (train, heldout), deterministically.
+
+    Files are ranked by a hash of their relative path, so the split of a file does not depend on
+    which other files exist; the held-out files are the first of that ranking (in that order),
+    the train files keep their sorted order. `heldout_fraction > 0` wins over `heldout_count`.
+    """
+    count = round(heldout_fraction * len(paths)) if heldout_fraction > 0 else heldout_count
+    if not 0 <= count < len(paths):
+        raise ValueError(f"cannot hold out {count} of {len(paths)} images; lower "
+                         f"config.data.heldout_count or heldout_fraction.")
+    ranked = sorted(paths, key=lambda p: hashlib.md5(p.encode("utf-8")).hexdigest())
+    heldout = ranked[:count]
+    held = set(heldout)
+    return [p for p in paths if p not in held], heldout
+
+
+def folder_source(folder: str, split: str, *, heldout_count: int = 0,
+                  heldout_fraction: float = 0.0) -> ImageSource:
+    """The images of `split` ('train' or 'heldout') of an image folder, decoded on demand."""
+    train, heldout = split_folder(list_image_files(folder), heldout_count=heldout_count,
+                                  heldout_fraction=heldout_fraction)
+    names = {"train": train, "heldout": heldout}[split]
+    return ImageSource([os.path.join(folder, p) for p in names], read_image_file)
+
+
+# ----------------------------------------------------------------------------- TFDS
+
+_CELEBA_HQ_HELP = (
+    "CelebA-HQ cannot be downloaded automatically. Prepare it by hand as TFDS describes below, "
+    "placing the files in config.data.manual_dir (default: <tfds_data_dir>/downloads/manual), "
+    "then run again. Alternatively set config.data.name='folder' and config.data.folder to a "
+    "folder of CelebA-HQ images.")
+
+
+def tfds_builder(name: str, *, data_dir: str = "", manual_dir: str = "", download: bool = True):
+    """Returns a prepared TFDS builder for `name`, downloading it if allowed."""
+    import tensorflow_datasets as tfds
+
+    if name not in TFDS_NAMES:
+        raise ValueError(f"unknown TFDS dataset {name!r}; expected one of {TFDS_NAMES}.")
+    builder = tfds.builder(name, data_dir=data_dir or None)
+    if not download:
+        return builder
+    config = tfds.download.DownloadConfig(manual_dir=manual_dir or None)
+    try:
+        builder.download_and_prepare(download_config=config)
+    except Exception as error:
+        if name.startswith("celeb_a_hq"):
+            instructions = getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", "") or ""
+            raise RuntimeError(f"{_CELEBA_HQ_HELP}\n\nTFDS instructions:\n{instructions}\n"
+                               f"TFDS said: {error}") from error
+        raise
+    return builder
+
+
+def tfds_splits(name: str, heldout_count: int) -> tuple[str, str]:
+    """(train split, held-out split) of a TFDS dataset.
+
+    Places365-small has a validation split; CelebA-HQ only has 'train', whose last
+    `heldout_count` examples are held out.
+    """
+    if name == "places365_small":
+        return "train", "validation"
+    if heldout_count < 1:
+        raise ValueError("CelebA-HQ has only a train split: config.data.heldout_count must be "
+                         ">= 1 to hold out its last examples for evaluation.")
+    return f"train[:-{heldout_count}]", f"train[-{heldout_count}:]"
