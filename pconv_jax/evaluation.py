@@ -2,14 +2,14 @@
 
 Protocol (deterministic, so two methods are compared on identical pairs):
 
-- Test masks: a directory in the NVIDIA test-set layout (PNG files sorted by name, white = hole,
+- Test masks: a directory in the NVIDIA test-set layout (00000.png, 00001.png, ..., white = hole,
   blocks of 2K files per hole-ratio bin, the first K of a block not touching the border: N, the
   next K touching it: B), or, when `config.eval.test_masks` is '', our own set of 6 x 2 x K masks
   written by `pconv_jax.masks.write_test_set` into `<workdir>/test_masks_<size>_k<K>` at the
   evaluation resolution. A mask's bin and N/B label come from its position in that layout.
 - Masks of another size than the images are resized nearest-neighbour (never interpolated).
 - Images: the first `config.eval.num_images` held-out images of the config's data source.
-  Mask j is paired with image j mod num_images.
+  Mask file j (00000.png = 0) is paired with image j mod num_images.
 - Each method (the network, or OpenCV's Telea / Navier-Stokes) fills the holes; the metrics are
   computed on the composite (known pixels pasted back), clipped to [0, 1], against the image,
   over the whole image at the evaluation resolution. Cells report means over their masks.
@@ -26,7 +26,6 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-import cv2
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -34,7 +33,7 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
-from pconv_jax import baselines, masks as masks_lib, metrics
+from pconv_jax import baselines, masks as masks_lib, metrics, nvidia_masks
 from pconv_jax.model import composite
 
 METRICS = ("l1", "psnr", "ssim")
@@ -73,41 +72,37 @@ def cell_name(bin_index: int, label: str) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class TestMasks:
-    """A test mask set: files in NVIDIA test-set order, with each file's bin and N/B label."""
-    paths: tuple[str, ...]
-    bins: np.ndarray    # (M,) int, 0..5
-    labels: tuple[str, ...]  # (M,) 'N' | 'B'
+    """A test mask set in NVIDIA test-set order, with each file's bin and N/B label."""
+    records: tuple[nvidia_masks.TestMaskRecord, ...]
+
+    @classmethod
+    def scan(cls, directory: str) -> "TestMasks":
+        """Reads a test mask directory (NVIDIA test set or `write_test_set` output).
+
+        Files whose pixels contradict their label (hole ratio outside the bin, wrong N/B) or
+        that cannot be read are left out with a warning (see `nvidia_masks.scan_test_masks`).
+        """
+        return cls(tuple(nvidia_masks.scan_test_masks(directory).records))
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.records)
+
+    @property
+    def file_indices(self) -> np.ndarray:
+        """Each record's position in the set's file numbering (00000.png = 0)."""
+        return np.array([r.index for r in self.records])
+
+    @property
+    def bins(self) -> np.ndarray:
+        return np.array([r.bin_index for r in self.records])
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return tuple(r.border for r in self.records)
 
     def load(self, indices: Sequence[int], size: tuple[int, int]) -> np.ndarray:
         """Masks (B, H, W, 1) float32, 1 = valid, resized nearest-neighbour to `size`."""
-        return np.stack([load_test_mask(self.paths[i], size) for i in indices])
-
-
-def load_test_mask(path: str, size: tuple[int, int]) -> np.ndarray:
-    """One test-convention PNG (white = hole) as (H, W, 1) float32, 1 = valid, at `size`."""
-    png = cv2.imread(path, cv2.IMREAD_GRAYSCALE)
-    if png is None:
-        raise FileNotFoundError(f"cannot read mask file {path!r} (missing or not an image)")
-    if png.shape != tuple(size):
-        png = cv2.resize(png, (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
-    return (png < 128).astype(np.float32)[..., None]
-
-
-def scan_test_masks(directory: str) -> TestMasks:
-    """Reads the layout of a test mask directory (NVIDIA test set or `write_test_set` output)."""
-    paths = sorted(glob.glob(os.path.join(directory, "*.png")))
-    cells = 2 * masks_lib.NUM_BINS
-    if not paths or len(paths) % cells:
-        raise ValueError(
-            f"test mask directory {directory!r} holds {len(paths)} PNG files; the NVIDIA test "
-            f"layout needs a positive multiple of {cells} (6 bins x N/B x K). Point "
-            f"config.eval.test_masks at such a set, or set it to '' to generate one.")
-    per_cell = len(paths) // cells
-    bins, labels = zip(*(masks_lib.test_set_label(i, per_cell) for i in range(len(paths))))
-    return TestMasks(tuple(paths), np.asarray(bins), tuple(labels))
+        return nvidia_masks.load_test_masks([self.records[i] for i in indices], tuple(size))
 
 
 def prepare_test_masks(config: ml_collections.ConfigDict, workdir: str,
@@ -124,9 +119,7 @@ def prepare_test_masks(config: ml_collections.ConfigDict, workdir: str,
             print(f"writing {expected} test masks to {directory}", file=sys.stderr)
             masks_lib.write_test_set(directory, per_cell=k, size=size[0],
                                      seed=config.eval.mask_seed)
-    elif not os.path.isdir(directory):
-        raise FileNotFoundError(f"config.eval.test_masks = {directory!r} is not a directory")
-    return scan_test_masks(directory)
+    return TestMasks.scan(directory)
 
 
 # ---------------------------------------------------------------------------- inpainters
@@ -162,7 +155,7 @@ def default_workdir(config: ml_collections.ConfigDict, config_file: str | None =
 def evaluate(inpaint: Inpainter, images: np.ndarray, test_masks: TestMasks, *,
              batch_size: int = 8, psnr_cap: float = metrics.PSNR_CAP,
              progress: bool = True) -> dict[str, np.ndarray]:
-    """Per-mask metrics: mask j filled on image j mod len(images).
+    """Per-mask metrics: mask file j (j.png) filled on image j mod len(images).
 
     Returns {'l1', 'psnr', 'ssim', 'hole_ratio', 'image_index'}, each (M,) for M masks. Batches
     are padded to `batch_size` (repeating the last pair) so the network compiles once.
@@ -170,7 +163,7 @@ def evaluate(inpaint: Inpainter, images: np.ndarray, test_masks: TestMasks, *,
     num_masks, num_images = len(test_masks), len(images)
     size = images.shape[1:3]
     out = {name: np.zeros(num_masks, np.float64) for name in METRICS + ("hole_ratio",)}
-    out["image_index"] = np.arange(num_masks) % num_images
+    out["image_index"] = test_masks.file_indices % num_images
     bar = tqdm(total=num_masks, unit="mask", desc="evaluating", file=sys.stderr,
                disable=not progress)
     for start in range(0, num_masks, batch_size):
@@ -258,8 +251,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, method: str | None =
         method=method, step=step, title=title, table=table,
         num_masks=len(test_masks), num_images=len(images),
         resolution=list(images.shape[1:3]),
-        test_masks=os.path.dirname(test_masks.paths[0]),
-        pairing="mask j (sorted file order) with held-out image j mod num_images",
+        test_masks=os.path.dirname(test_masks.records[0].path),
+        pairing="mask file j with held-out image j mod num_images",
         seconds=round(time.time() - start, 2),
         per_mask={name: per_mask[name].tolist() for name in per_mask},
     )
