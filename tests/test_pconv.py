@@ -191,3 +191,21 @@ def test_bad_arguments_raise_clear_errors():
         partial_conv(x, np.ones((1, 8, 8, 1), np.float32), np.zeros((3, 3, 4, 2), np.float32))
     with pytest.raises(ValueError, match="one mask per group"):
         partial_conv([x, x], np.ones((1, 8, 8, 1), np.float32), np.zeros((3, 3, 6, 2), np.float32))
+
+
+@pytest.mark.multidevice
+def test_sharded_batch_matches_single_device():
+    assert jax.device_count() == 8, "tests/conftest.py asks for 8 simulated CPU devices"
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(8, 8, 8, 3)).astype(np.float32)
+    mask = random_mask(rng, (8, 8, 8, 1))
+    kernel = rng.normal(size=(3, 3, 3, 4)).astype(np.float32)
+    mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Explicit,))
+    batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    xs, ms = jax.device_put(x, batch_sharding), jax.device_put(mask, batch_sharding)
+    y, m = jax.jit(partial_conv)(xs, ms, jax.device_put(kernel, replicated))
+    assert y.sharding.spec[0] == "data"
+    y_ref, m_ref = partial_conv(x, mask, kernel)
+    np.testing.assert_allclose(y, y_ref, atol=1e-6)
+    np.testing.assert_array_equal(m, m_ref)
