@@ -53,7 +53,8 @@ def default_config() -> ml_collections.ConfigDict:
                              # '' = generate our own 6x2 set into the workdir
         masks_per_cell=8,    # K: masks per (bin, N/B) cell when generating our own set
         mask_seed=0,         # seed of the generated set
-        num_images=48,       # held-out images; mask j is paired with image j mod num_images
+        num_images=0,        # held-out images (0 = config.data.eval_images); mask file j is
+                             # paired with image j mod num_images
         batch_size=8,
         method="model",      # 'model' | 'telea' | 'ns' (OpenCV's classical inpainting)
         inpaint_radius=3,    # OpenCV inpaint radius for 'telea' and 'ns'
@@ -238,7 +239,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, method: str | None =
     else:
         inpaint = classical_inpainter(method, config.eval.inpaint_radius)
 
-    images = np.asarray(data.load_eval_images(config, config.eval.num_images), np.float32)
+    images = np.asarray(data.load_eval_images(config, config.eval.num_images or None), np.float32)
     test_masks = prepare_test_masks(config, workdir, images.shape[1:3])
     start = time.time()
     per_mask = evaluate(inpaint, images, test_masks, batch_size=config.eval.batch_size,

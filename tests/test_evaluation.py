@@ -82,3 +82,25 @@ def test_results_files_and_table(tmp_path, test_set):
 def test_a_directory_that_is_not_a_test_set_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="12·K"):
         evaluation.TestMasks.scan(str(tmp_path))
+
+
+def _demo_config(tmp_path, **eval_overrides):
+    import ml_collections
+
+    from pconv_jax import data
+    config = ml_collections.ConfigDict(dict(data=data.default_config(),
+                                            eval=evaluation.default_config()))
+    config.data.image_size = 32
+    config.eval.update(masks_per_cell=1, num_images=5, batch_size=4, **eval_overrides)
+    return config
+
+
+def test_run_with_a_baseline_writes_its_own_results_files(tmp_path, capsys):
+    results = evaluation.run(_demo_config(tmp_path), str(tmp_path), method="ns", progress=False)
+    assert results["num_masks"] == 12 and results["num_images"] == 5
+    assert (tmp_path / "test_masks_32x32_k1_s0").is_dir()
+    loaded = json.loads((tmp_path / "results_ns.json").read_text())
+    assert [loaded["table"][c]["count"] for c in loaded["table"]] == [1] * 12 + [12]
+    assert loaded["per_mask"]["image_index"] == [j % 5 for j in range(12)]
+    assert not (tmp_path / "results.json").exists()  # the network's file is left alone
+    assert "| SSIM |" in capsys.readouterr().out
