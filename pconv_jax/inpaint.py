@@ -100,6 +100,14 @@ def inpaint_image(fill, image: np.ndarray, mask: np.ndarray, multiple: int = 1) 
     return np.where(mask > 0.5, image, result)  # known pixels exactly as given
 
 
+def side_by_side(image: np.ndarray, mask: np.ndarray, result: np.ndarray,
+                 gap: int = 4) -> np.ndarray:
+    """A panel [input with holes in white | result | original] with white gaps between."""
+    holes_white = np.where(mask > 0.5, image, 1.0)
+    spacer = np.ones((image.shape[0], gap, 3), np.float32)
+    return np.concatenate([holes_white, spacer, result, spacer, image], axis=1)
+
+
 def load_config(spec: str) -> ml_collections.ConfigDict:
     """A config from 'path/to/config.py[:arg]' (its get_config(arg)) or a saved JSON file."""
     path, _, arg = spec.partition(":")
@@ -167,6 +175,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--checkpoint", type=int, help="checkpoint step (default: latest)")
     parser.add_argument("--mask-holes", choices=("white", "black"), default="white",
                         help="which mask colour marks holes (default white)")
+    parser.add_argument("--panel", help="single image: also write [input with holes | result | "
+                        "original] to this file")
     parser.add_argument("--method", choices=("model", "telea", "ns"), default="model",
                         help="the network, or OpenCV's Telea / Navier-Stokes inpainting")
     args = parser.parse_args(argv)
@@ -190,6 +200,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         out = (os.path.join(args.out, os.path.splitext(os.path.basename(image_path))[0] + ".png")
                if folder_mode else args.out)
         write_image(out, result)
+        if args.panel and not folder_mode:
+            write_image(args.panel, side_by_side(image, mask, result))
     if not folder_mode:
         print(f"wrote {args.out}")
     else:
