@@ -216,9 +216,9 @@ def _random_access_stream(source: data_sources.ImageSource, order_key: int, star
     return tf.data.Dataset.counter(start).map(load_tf, num_parallel_calls=parallel)
 
 
-def _tfds_stream(config: ml_collections.ConfigDict, order_key: int, start: int,
-                 process_index: int, process_count: int, parallel: int) -> tf.data.Dataset:
-    """(uint8 image, position) from `start` on, from this process's share of a TFDS split."""
+def _tfds_examples(config: ml_collections.ConfigDict, process_index: int, process_count: int
+                   ) -> tuple[tf.data.Dataset, int]:
+    """This process's share of the TFDS train split, images still encoded, and its size."""
     import tensorflow_datasets as tfds
 
     data = config.data
@@ -234,10 +234,15 @@ def _tfds_stream(config: ml_collections.ConfigDict, order_key: int, start: int,
     if n <= 0:
         raise ValueError(f"{data.name} split {split} of process {process_index} has no examples "
                          f"(cardinality {n}).")
+    return raw, n
+
+
+def _tfds_stream(raw: tf.data.Dataset, n: int, shuffle_buffer: int, order_key: int, start: int,
+                 parallel: int) -> tf.data.Dataset:
+    """(uint8 image, position) from `start` on; epoch e is shuffled with seed order_key + e."""
     epoch, offset = divmod(start, n)
-    # Epoch e is shuffled with seed order_key + e: the order is a function of the epoch only.
     stream = tf.data.Dataset.counter(epoch).flat_map(
-        lambda e: raw.shuffle(data.shuffle_buffer, seed=order_key + e))
+        lambda e: raw.shuffle(shuffle_buffer, seed=order_key + e))
     images = stream.skip(offset).map(
         lambda encoded: tf.io.decode_image(encoded, channels=3, expand_animations=False),
         num_parallel_calls=parallel)
@@ -293,9 +298,11 @@ def create_train_pipeline(config: ml_collections.ConfigDict, *, seed: int,
     order_key, crop_key, mask_key = (_key(seed, process_index, i) for i in range(3))
     parallel = _parallel(config)
 
-    source = None
+    source = tfds_examples = None
     if data.name in ("demo", "folder"):
         source = _host_source(_train_source(config), process_index, process_count)
+    else:
+        tfds_examples = _tfds_examples(config, process_index, process_count)
 
     def draw_mask(position: np.int64) -> np.ndarray:
         return mask_fn((mask_key, int(position)))
@@ -311,8 +318,7 @@ def create_train_pipeline(config: ml_collections.ConfigDict, *, seed: int,
         if source is not None:
             stream = _random_access_stream(source, order_key, start, parallel)
         else:
-            stream = _tfds_stream(config, order_key, start, process_index, process_count,
-                                  parallel)
+            stream = _tfds_stream(*tfds_examples, data.shuffle_buffer, order_key, start, parallel)
         batches = stream.map(pair, num_parallel_calls=parallel).batch(local_batch,
                                                                       drop_remainder=True)
         options = tf.data.Options()
