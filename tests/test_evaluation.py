@@ -104,3 +104,16 @@ def test_run_with_a_baseline_writes_its_own_results_files(tmp_path, capsys):
     assert loaded["per_mask"]["image_index"] == [j % 5 for j in range(12)]
     assert not (tmp_path / "results.json").exists()  # the network's file is left alone
     assert "| SSIM |" in capsys.readouterr().out
+
+
+def test_an_untrained_network_fills_every_cell(test_set):
+    from flax import nnx
+
+    from pconv_jax.model import PConvUNet
+    model = PConvUNet(depth=3, widths=(4, 8, 8), rngs=nnx.Rngs(0))
+    per_mask = evaluation.evaluate(evaluation.model_inpainter(model), _images(), test_set,
+                                   batch_size=8, progress=False)
+    table = evaluation.summarize(per_mask, test_set)
+    assert [table[c]["count"] for c in table] == [2] * 12 + [24]
+    assert all(np.isfinite(table["all"][m]) for m in evaluation.METRICS)
+    assert 0 < table["all"]["l1"] < 100 and table["all"]["psnr"] < 100
