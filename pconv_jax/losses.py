@@ -107,6 +107,12 @@ def inpainting_loss(
     """
     _check_shapes(output, target, mask)
     w = _resolve_weights(weights)
+    use_vgg = max(w["perceptual"], w["style_out"], w["style_comp"]) > 0
+    if use_vgg and vgg is None:
+        raise ValueError(
+            "The perceptual and style losses need VGG16 weights: set `config.loss.vgg_weights` "
+            "to a weights file (see docs/loss.md), or set the perceptual and style weights to 0."
+        )
     m = mask.astype(jnp.float32)
     out, gt = output.astype(jnp.float32), target.astype(jnp.float32)
     composite = m * gt + (1.0 - m) * out
@@ -117,16 +123,13 @@ def inpainting_loss(
         "tv": total_variation_in_holes(composite, m),
     }
     zero = jnp.zeros((), jnp.float32)
-    if max(w["perceptual"], w["style_out"], w["style_comp"]) > 0:
-        if vgg is None:
-            raise ValueError(
-                "The perceptual and style losses need VGG16 weights: set `config.loss.vgg_weights` "
-                "to a weights file (see docs/loss.md), or set the perceptual and style weights to 0."
-            )
-        n = output.shape[0]
-        # One VGG pass over [out, comp, gt]; it runs in the output's dtype (e.g. bfloat16).
-        batch = jnp.concatenate([out, composite, gt]).astype(output.dtype)
-        pools = [(p[:n], p[n:2 * n], p[2 * n:]) for p in vgg16_features(vgg, batch)]
+    if use_vgg:
+        n, dtype = output.shape[0], output.dtype  # VGG runs in the output's dtype (e.g. bfloat16)
+        # One pass over [out, comp], one over gt without gradient: a single pass over
+        # [out, comp, gt] would back-propagate through the gt third too (~17% more FLOPs).
+        pools_oc = vgg16_features(vgg, jnp.concatenate([out, composite]).astype(dtype))
+        pools_gt = vgg16_features(vgg, jax.lax.stop_gradient(gt.astype(dtype)))
+        pools = [(p[:n], p[n:], p_gt) for p, p_gt in zip(pools_oc, pools_gt)]
         terms["perceptual"] = sum(_l1(p_out, p_gt) + _l1(p_comp, p_gt) for p_out, p_comp, p_gt in pools)
         grams = [(gram_matrix(p_out), gram_matrix(p_comp), gram_matrix(p_gt)) for p_out, p_comp, p_gt in pools]
         terms["style_out"] = sum(_l1(g_out, g_gt) for g_out, _, g_gt in grams)

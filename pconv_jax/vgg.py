@@ -290,7 +290,8 @@ def _read_torch_legacy(path: str) -> dict[str, np.ndarray]:
             (numel,) = struct.unpack("<q", f.read(8))
             nbytes = storage.numel * storage.dtype.itemsize
             raw = f.read(nbytes)
-            if numel != storage.numel or len(raw) != nbytes:
+            # The record header is the element count (a byte count is tolerated too).
+            if numel not in (storage.numel, nbytes) or len(raw) != nbytes:
                 raise ValueError(f"{path}: truncated or corrupt storage '{key}'.")
             storage.data = np.frombuffer(raw, storage.dtype.newbyteorder("<")).astype(storage.dtype)
     return _to_numpy_tree(obj)

@@ -11,6 +11,7 @@ from flax import nnx
 from pconv_jax import losses, vgg
 from pconv_jax.model import PConvUNet
 
+loss_jit = jax.jit(losses.inpainting_loss)  # shared, so tests with equal shapes compile once
 PAPER_WEIGHTS = {"valid": 1.0, "hole": 6.0, "perceptual": 0.05, "style_out": 120.0, "style_comp": 120.0, "tv": 0.1}
 
 # --------------------------------------------------------------------------- NumPy reference
@@ -104,7 +105,7 @@ def make_inputs(seed, shape=(2, 16, 16, 3), mask_channels=1):
 @pytest.mark.parametrize("mask_channels", [1, 3])
 def test_every_term_matches_numpy_reference(random_vgg, mask_channels):
     out, gt, mask = make_inputs(0, mask_channels=mask_channels)
-    total, terms = jax.jit(losses.inpainting_loss)(out, gt, mask, random_vgg)
+    total, terms = loss_jit(out, gt, mask, random_vgg)
     want = ref_loss_terms(out, gt, mask, random_vgg.convs)
     assert set(terms) == set(PAPER_WEIGHTS)
     for name, value in want.items():
@@ -133,9 +134,9 @@ def test_tv_counts_only_pairs_in_the_dilated_hole_region():
 def test_hole_free_mask_gives_zero_hole_and_tv(random_vgg):
     out, gt, _ = make_inputs(2)
     mask = np.ones(out.shape[:3] + (1,), np.float32)
-    _, terms = losses.inpainting_loss(out, gt, mask, random_vgg)
+    _, terms = loss_jit(out, gt, mask, random_vgg)
     assert float(terms["hole"]) == 0.0 and float(terms["tv"]) == 0.0
-    assert float(terms["style_comp"]) == 0.0  # composite == ground truth
+    assert abs(float(terms["style_comp"])) < 1e-6  # composite == ground truth (up to rounding)
     assert float(terms["valid"]) > 0.0
 
 
@@ -153,10 +154,12 @@ def test_gram_matrix_normalisation_and_bfloat16():
 
 def test_identical_images_give_zero_loss(random_vgg):
     _, gt, mask = make_inputs(5)
-    total, terms = losses.inpainting_loss(gt, gt, mask, random_vgg)
-    for name in ("valid", "hole", "perceptual", "style_out", "style_comp"):
-        assert float(terms[name]) == 0.0, name
-    np.testing.assert_allclose(float(total), 0.1 * float(terms["tv"]), rtol=1e-6)
+    total, terms = loss_jit(gt, gt, mask, random_vgg)
+    assert float(terms["valid"]) == float(terms["hole"]) == 0.0
+    # Zero up to float32 rounding (gt and the composite take separate VGG passes); ~1 otherwise.
+    for name in ("perceptual", "style_out", "style_comp"):
+        assert abs(float(terms[name])) < 1e-5, name
+    np.testing.assert_allclose(float(total), 0.1 * float(terms["tv"]), rtol=1e-4, atol=1e-4)
 
 
 def test_missing_vgg_is_a_clear_error():
