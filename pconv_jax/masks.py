@@ -186,7 +186,7 @@ def generate_mask(seed: int | Sequence[int] | np.random.Generator,
                        f"and border={border!r}; widen the range or use a larger size.")
 
 
-def test_set_label(index: int, per_cell: int) -> tuple[int, str]:
+def bin_and_border(index: int, per_cell: int) -> tuple[int, str]:
     """(bin index 0..5, 'N' or 'B') of file `index` in the NVIDIA test-set layout.
 
     Files come in blocks of 2·per_cell per hole-ratio bin; the first per_cell of a block do not
@@ -198,16 +198,16 @@ def test_set_label(index: int, per_cell: int) -> tuple[int, str]:
     return bin_index, ("N" if within < per_cell else "B")
 
 
-def test_set_mask(index: int, per_cell: int, size: int, seed: int) -> np.ndarray:
+def generated_test_mask(index: int, per_cell: int, size: int, seed: int) -> np.ndarray:
     """Mask number `index` of the generated test set (float32 (size, size, 1), 1 = valid)."""
-    bin_index, label = test_set_label(index, per_cell)
+    bin_index, label = bin_and_border(index, per_cell)
     return generate_mask((seed, index), size, hole_ratio_range=HOLE_RATIO_BINS[bin_index],
                          border="avoid" if label == "N" else "touch")
 
 
 def _write_one(args: tuple[str, int, int, int, int]) -> None:
     out_dir, index, per_cell, size, seed = args
-    mask = test_set_mask(index, per_cell, size, seed)
+    mask = generated_test_mask(index, per_cell, size, seed)
     png = np.where(mask[..., 0] < 0.5, 255, 0).astype(np.uint8)  # test convention: white = hole
     cv2.imwrite(os.path.join(out_dir, f"{index:05d}.png"), png)
 

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from pconv_jax.masks import HOLE_RATIO_BINS, NUM_BINS, test_set_label
+from pconv_jax.masks import HOLE_RATIO_BINS, NUM_BINS, bin_and_border
 
 _TEST_NAME = re.compile(r"^(\d{5})\.png$")
 
@@ -55,6 +55,8 @@ def _resize_nearest(hole: np.ndarray, size: int | tuple[int, int]) -> np.ndarray
 class TestMaskRecord:
     """One file of a test mask set, labelled from its index and measured from its pixels."""
 
+    __test__ = False  # not a pytest test class despite the name
+
     path: str
     index: int
     bin_index: int                 # 0..5
@@ -67,6 +69,8 @@ class TestMaskRecord:
 @dataclasses.dataclass
 class TestMaskSet:
     """Result of `scan_test_masks`: usable records and the files that were left out."""
+
+    __test__ = False
 
     records: list[TestMaskRecord]
     per_cell: int                                     # K: masks per bin and N/B cell
@@ -82,7 +86,7 @@ class TestMaskSet:
 
 def _check_file(path: str, index: int, per_cell: int, hole_is_white: bool,
                 tolerance: float, check_border: bool) -> tuple[TestMaskRecord | None, str | None]:
-    bin_index, border = test_set_label(index, per_cell)
+    bin_index, border = bin_and_border(index, per_cell)
     lo, hi = HOLE_RATIO_BINS[bin_index]
     try:
         hole = read_hole_png(path, hole_is_white=hole_is_white)

@@ -44,17 +44,17 @@ def test_bad_arguments_are_named():
         masks.generate_mask(0, 32, border="edge")
 
 
-def test_test_set_label_layout():
-    assert masks.test_set_label(0, 1000) == (0, "N")
-    assert masks.test_set_label(999, 1000) == (0, "N")
-    assert masks.test_set_label(1000, 1000) == (0, "B")
-    assert masks.test_set_label(1999, 1000) == (0, "B")
-    assert masks.test_set_label(2000, 1000) == (1, "N")
-    assert masks.test_set_label(11999, 1000) == (5, "B")
-    assert masks.test_set_label(5, 2) == (1, "N")
-    assert masks.test_set_label(6, 2) == (1, "B")
+def test_bin_and_border_layout():
+    assert masks.bin_and_border(0, 1000) == (0, "N")
+    assert masks.bin_and_border(999, 1000) == (0, "N")
+    assert masks.bin_and_border(1000, 1000) == (0, "B")
+    assert masks.bin_and_border(1999, 1000) == (0, "B")
+    assert masks.bin_and_border(2000, 1000) == (1, "N")
+    assert masks.bin_and_border(11999, 1000) == (5, "B")
+    assert masks.bin_and_border(5, 2) == (1, "N")
+    assert masks.bin_and_border(6, 2) == (1, "B")
     with pytest.raises(ValueError):
-        masks.test_set_label(12000, 1000)
+        masks.bin_and_border(12000, 1000)
 
 
 def test_write_test_set_command(tmp_path):
@@ -66,12 +66,12 @@ def test_write_test_set_command(tmp_path):
         png = cv2.imread(str(out / name), cv2.IMREAD_UNCHANGED)
         assert png.shape == (48, 48) and set(np.unique(png)) <= {0, 255}
         hole = png == 255  # test convention: white = hole
-        bin_index, border = masks.test_set_label(i, 2)
+        bin_index, border = masks.bin_and_border(i, 2)
         lo, hi = masks.HOLE_RATIO_BINS[bin_index]
         assert lo < hole.mean() <= hi
         touches = hole[0].any() or hole[-1].any() or hole[:, 0].any() or hole[:, -1].any()
         assert touches == (border == "B")
-        np.testing.assert_array_equal(hole, masks.test_set_mask(i, 2, 48, 1)[..., 0] == 0)
+        np.testing.assert_array_equal(hole, masks.generated_test_mask(i, 2, 48, 1)[..., 0] == 0)
 
 
 def test_default_mask_config():

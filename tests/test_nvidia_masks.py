@@ -14,7 +14,7 @@ SIZE = 40
 def _write_set(folder, hole_is_white=True):
     os.makedirs(folder, exist_ok=True)
     for i in range(12 * PER_CELL):
-        hole = masks.test_set_mask(i, PER_CELL, SIZE, seed=3)[..., 0] == 0
+        hole = masks.generated_test_mask(i, PER_CELL, SIZE, seed=3)[..., 0] == 0
         png = np.where(hole, 255, 0) if hole_is_white else np.where(hole, 0, 255)
         cv2.imwrite(os.path.join(folder, f"{i:05d}.png"), png.astype(np.uint8))
 
