@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from pconv_jax.model import MASK_THRESHOLD
 from pconv_jax.vgg import VGGParams, vgg16_features
 
 TERMS = ("valid", "hole", "perceptual", "style_out", "style_comp", "tv")
@@ -95,7 +96,8 @@ def inpainting_loss(
     Args:
       output: the network's prediction I_out, (N, H, W, 3) in [0, 1].
       target: the ground truth I_gt, same shape.
-      mask: 1 = valid pixel, 0 = hole; (N, H, W, 1) or (N, H, W, C).
+      mask: 1 = valid pixel, 0 = hole; (N, H, W, 1) or (N, H, W, C). Values above
+        `MASK_THRESHOLD` (0.5) count as valid, as in the network.
       vgg: frozen VGG16 weights (`pconv_jax.vgg.load_vgg16`); needed when the perceptual
         or a style weight is > 0. With those weights all 0 the VGG is not run.
       weights: term weights (keys of `TERMS`, missing ones default to the paper's
@@ -113,7 +115,7 @@ def inpainting_loss(
             "The perceptual and style losses need VGG16 weights: set `config.loss.vgg_weights` "
             "to a weights file (see docs/loss.md), or set the perceptual and style weights to 0."
         )
-    m = mask.astype(jnp.float32)
+    m = (mask > MASK_THRESHOLD).astype(jnp.float32)  # binarised exactly as the network does
     out, gt = output.astype(jnp.float32), target.astype(jnp.float32)
     composite = m * gt + (1.0 - m) * out
 

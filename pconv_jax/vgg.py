@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import functools
 import io
 import os
 import pickle
@@ -152,6 +153,8 @@ _LEGACY_PROTOCOL = 1001
 class _StorageType:
     """Stands in for `torch.FloatStorage` etc.: only records the element dtype."""
 
+    __slots__ = ("dtype",)  # no __dict__: a pickle BUILD cannot add state
+
     def __init__(self, dtype: type) -> None:
         self.dtype = np.dtype(dtype)
 
@@ -181,19 +184,26 @@ class _PendingTensor:
         return np.array(view)
 
 
-def _rebuild_tensor(storage, storage_offset, size, stride, *unused) -> _PendingTensor:
-    # Covers torch._utils._rebuild_tensor (4 args) and _rebuild_tensor_v2 (+ requires_grad,
-    # backward_hooks[, metadata]); the extra arguments carry nothing we need.
-    if not isinstance(storage, _Storage):
-        raise pickle.UnpicklingError("Tensor storage is not a checkpoint storage record.")
-    return _PendingTensor(storage, int(storage_offset), size, stride)
+class _TensorRebuilder:
+    """Stands in for torch._utils._rebuild_tensor (storage, offset, size, stride) and
+    _rebuild_tensor_v2 (+ requires_grad, backward_hooks[, metadata]); the extra arguments
+    carry nothing we need."""
+
+    __slots__ = ()
+
+    def __call__(self, storage, storage_offset, size, stride, *unused) -> _PendingTensor:
+        if not isinstance(storage, _Storage):
+            raise pickle.UnpicklingError("Tensor storage is not a checkpoint storage record.")
+        return _PendingTensor(storage, int(storage_offset), size, stride)
 
 
-_ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
-    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
-    ("collections", "OrderedDict"): collections.OrderedDict,
-    **{("torch", name): _StorageType(dtype) for name, dtype in _TORCH_STORAGE_DTYPES.items()},
+# The only globals a weights pickle may name. Each lookup gets a fresh stand-in object, so a
+# crafted pickle cannot alter state shared with later loads.
+_ALLOWED_GLOBALS: dict[tuple[str, str], Callable[[], Any]] = {
+    ("torch._utils", "_rebuild_tensor"): _TensorRebuilder,
+    ("torch._utils", "_rebuild_tensor_v2"): _TensorRebuilder,
+    ("collections", "OrderedDict"): lambda: collections.OrderedDict,
+    **{("torch", name): functools.partial(_StorageType, dtype) for name, dtype in _TORCH_STORAGE_DTYPES.items()},
 }
 
 
@@ -206,12 +216,13 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str) -> Any:
         try:
-            return _ALLOWED_GLOBALS[(module, name)]
+            make = _ALLOWED_GLOBALS[(module, name)]
         except KeyError:
             raise pickle.UnpicklingError(
                 f"Refusing to load global '{module}.{name}' from a weights file: only tensor "
                 "data is accepted (the file may be malicious or not a plain state_dict)."
             ) from None
+        return make()
 
     def persistent_load(self, pid: Any) -> _Storage:
         if self._load_storage is None or not isinstance(pid, tuple) or not pid or pid[0] != "storage":
@@ -221,7 +232,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 def _storage_record(pid: tuple) -> tuple[_StorageType, str, int]:
     """(storage_type, key, numel) of ('storage', type, key, location, numel[, view_metadata])."""
-    if len(pid) not in (5, 6) or not isinstance(pid[1], _StorageType):
+    if len(pid) not in (5, 6) or not isinstance(pid[1], _StorageType) or not isinstance(pid[1].dtype, np.dtype):
         raise pickle.UnpicklingError(f"Malformed storage record in weights file: {pid!r}")
     if len(pid) == 6 and pid[5] is not None:
         raise pickle.UnpicklingError("Storage views (legacy view_metadata) are not supported.")

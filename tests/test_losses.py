@@ -162,6 +162,16 @@ def test_identical_images_give_zero_loss(random_vgg):
     np.testing.assert_allclose(float(total), 0.1 * float(terms["tv"]), rtol=1e-4, atol=1e-4)
 
 
+def test_soft_mask_is_binarised_like_the_network():
+    out, gt, mask = make_inputs(11)
+    weights = {"perceptual": 0.0, "style_out": 0.0, "style_comp": 0.0}
+    soft = np.where(mask > 0, 0.8, 0.3).astype(np.float32)
+    _, want = losses.inpainting_loss(out, gt, mask, weights=weights)
+    _, got = losses.inpainting_loss(out, gt, soft, weights=weights)
+    for name in ("valid", "hole", "tv"):
+        assert float(got[name]) == float(want[name]), name
+
+
 def test_missing_vgg_is_a_clear_error():
     out, gt, mask = make_inputs(6)
     with pytest.raises(ValueError, match=r"config\.loss\.vgg_weights"):
