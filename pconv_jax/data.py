@@ -368,7 +368,13 @@ def load_eval_images(config: ml_collections.ConfigDict, count: int | None = None
         source = data_sources.folder_source(data.folder, "heldout",
                                             heldout_count=data.heldout_count,
                                             heldout_fraction=data.heldout_fraction)
-        images = [source.load(i) for i in range(min(count, len(source)))]
+        images = []  # unreadable held-out files are skipped, not replaced (no duplicates)
+        for path in source.names:
+            if len(images) == count:
+                break
+            image = data_sources.read_image_file(path)
+            if image is not None:
+                images.append(image)
     elif data.name in data_sources.TFDS_NAMES:
         builder = data_sources.tfds_builder(data.name, data_dir=data.tfds_data_dir,
                                             manual_dir=data.manual_dir, download=data.download)
