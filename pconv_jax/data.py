@@ -14,7 +14,6 @@ Batches are dicts of NumPy arrays, local to the process:
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Callable, Iterator, Sequence
 
 import ml_collections
@@ -340,7 +339,8 @@ def _demo_eval_images(size: int) -> list[np.ndarray]:
             continue
         rows, cols = image.shape[0] // size, image.shape[1] // size
         top, left = (image.shape[0] - rows * size) // 2, (image.shape[1] - cols * size) // 2
-        crops.extend(image[top + r * size:top + (r + 1) * size, left + c * size:left + (c + 1) * size]
+        crops.extend(image[top + r * size:top + (r + 1) * size,
+                           left + c * size:left + (c + 1) * size]
                      for r in range(rows) for c in range(cols))
     return crops
 

@@ -161,7 +161,8 @@ def generate_mask(seed: int | Sequence[int] | np.random.Generator,
     h, w = (size, size) if isinstance(size, int) else size
     lo, hi = hole_ratio_range
     if not 0.0 <= lo < hi <= 1.0:
-        raise ValueError(f"hole_ratio_range must satisfy 0 <= lo < hi <= 1, got {hole_ratio_range}.")
+        raise ValueError(
+            f"hole_ratio_range must satisfy 0 <= lo < hi <= 1, got {hole_ratio_range}.")
     if (hi - lo) * h * w < 1:
         raise ValueError(f"hole_ratio_range {hole_ratio_range} holds no pixel count at {h}x{w}.")
     if border not in _BORDERS:

@@ -174,7 +174,8 @@ def list_train_masks(directory: str) -> list[str]:
         raise FileNotFoundError(
             f"NVIDIA training mask folder {directory!r} does not exist; set "
             f"config.masks.nvidia_train_dir to the folder holding disocclusion_img_mask/.")
-    paths = sorted(os.path.join(folder, n) for n in os.listdir(folder) if n.lower().endswith(".png"))
+    paths = sorted(os.path.join(folder, name) for name in os.listdir(folder)
+                   if name.lower().endswith(".png"))
     if not paths:
         raise FileNotFoundError(f"no PNG masks in {folder!r}.")
     return paths
