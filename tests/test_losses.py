@@ -152,6 +152,15 @@ def test_gram_matrix_normalisation_and_bfloat16():
     np.testing.assert_allclose(np.asarray(g_bf16), ref_gram(big), rtol=2e-2)
 
 
+def test_bfloat16_output_gives_float32_terms_close_to_float32(random_vgg):
+    out, gt, mask = make_inputs(12, shape=(1, 16, 16, 3))
+    _, want = loss_jit(out, gt, mask, random_vgg)
+    _, got = loss_jit(jnp.asarray(out, jnp.bfloat16), gt, mask, random_vgg)
+    for name in PAPER_WEIGHTS:
+        assert got[name].dtype == jnp.float32
+        np.testing.assert_allclose(float(got[name]), float(want[name]), rtol=5e-2, err_msg=name)
+
+
 def test_identical_images_give_zero_loss(random_vgg):
     _, gt, mask = make_inputs(5)
     total, terms = loss_jit(gt, gt, mask, random_vgg)
@@ -196,6 +205,10 @@ def test_default_config_and_bad_weights():
     config = losses.default_config()
     assert dict(config.weights) == PAPER_WEIGHTS and config.vgg_weights == ""
     out, gt, mask = make_inputs(8)
+    config.weights.perceptual = config.weights.style_out = config.weights.style_comp = 0.0
+    jitted = jax.jit(functools.partial(losses.inpainting_loss, weights=config.weights))  # static weights
+    np.testing.assert_allclose(float(jitted(out, gt, mask)[0]),
+                               float(losses.inpainting_loss(out, gt, mask, weights=config.weights)[0]), rtol=1e-6)
     with pytest.raises(ValueError, match="Unknown loss weight"):
         losses.inpainting_loss(out, gt, mask, weights={"perceptal": 0.0})
     with pytest.raises(ValueError, match="mask must be"):
