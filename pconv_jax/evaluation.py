@@ -72,12 +72,12 @@ def cell_name(bin_index: int, label: str) -> str:
 # ---------------------------------------------------------------------------- test masks
 
 @dataclasses.dataclass(frozen=True)
-class TestMasks:
+class EvalMaskSet:
     """A test mask set in NVIDIA test-set order, with each file's bin and N/B label."""
     records: tuple[nvidia_masks.TestMaskRecord, ...]
 
     @classmethod
-    def scan(cls, directory: str) -> "TestMasks":
+    def scan(cls, directory: str) -> "EvalMaskSet":
         """Reads a test mask directory (NVIDIA test set or `write_test_set` output).
 
         Files whose pixels contradict their label (hole ratio outside the bin, wrong N/B) or
@@ -107,7 +107,7 @@ class TestMasks:
 
 
 def prepare_test_masks(config: ml_collections.ConfigDict, workdir: str,
-                       size: tuple[int, int]) -> TestMasks:
+                       size: tuple[int, int]) -> EvalMaskSet:
     """The configured test set, generating our own into the workdir when none is named."""
     directory = config.eval.test_masks
     if not directory:
@@ -120,7 +120,7 @@ def prepare_test_masks(config: ml_collections.ConfigDict, workdir: str,
             print(f"writing {expected} test masks to {directory}", file=sys.stderr)
             masks_lib.write_test_set(directory, per_cell=k, size=size[0],
                                      seed=config.eval.mask_seed)
-    return TestMasks.scan(directory)
+    return EvalMaskSet.scan(directory)
 
 
 # ---------------------------------------------------------------------------- inpainters
@@ -153,7 +153,7 @@ def default_workdir(config: ml_collections.ConfigDict, config_file: str | None =
     return os.path.join("workdirs", name)
 
 
-def evaluate(inpaint: Inpainter, images: np.ndarray, test_masks: TestMasks, *,
+def evaluate(inpaint: Inpainter, images: np.ndarray, test_masks: EvalMaskSet, *,
              batch_size: int = 8, psnr_cap: float = metrics.PSNR_CAP,
              progress: bool = True) -> dict[str, np.ndarray]:
     """Per-mask metrics: mask file j (j.png) filled on image j mod len(images).
@@ -182,7 +182,7 @@ def evaluate(inpaint: Inpainter, images: np.ndarray, test_masks: TestMasks, *,
     return out
 
 
-def summarize(per_mask: dict[str, np.ndarray], test_masks: TestMasks) -> dict[str, dict]:
+def summarize(per_mask: dict[str, np.ndarray], test_masks: EvalMaskSet) -> dict[str, dict]:
     """Table 1 cells: {cell name: {'count', 'l1', 'psnr', 'ssim'}}, plus 'all'."""
     labels = np.asarray(test_masks.labels)
     table = {}

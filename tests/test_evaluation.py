@@ -12,7 +12,7 @@ from pconv_jax import evaluation, masks
 def test_set(tmp_path_factory):
     directory = tmp_path_factory.mktemp("test_masks")
     masks.write_test_set(str(directory), per_cell=2, size=32, seed=0)
-    return evaluation.TestMasks.scan(str(directory))
+    return evaluation.EvalMaskSet.scan(str(directory))
 
 
 def _images(count=5, size=32):
@@ -81,7 +81,7 @@ def test_results_files_and_table(tmp_path, test_set):
 
 def test_a_directory_that_is_not_a_test_set_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="12·K"):
-        evaluation.TestMasks.scan(str(tmp_path))
+        evaluation.EvalMaskSet.scan(str(tmp_path))
 
 
 def _demo_config(tmp_path, **eval_overrides):
