@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from pconv_jax.model import MASK_THRESHOLD
-from pconv_jax.vgg import VGGParams, vgg16_features
+from pconv_jax.vgg import WEIGHTS_HELP, VGGParams, load_vgg16, vgg16_features
 
 TERMS = ("valid", "hole", "perceptual", "style_out", "style_comp", "tv")
 DEFAULT_WEIGHTS = {"valid": 1.0, "hole": 6.0, "perceptual": 0.05, "style_out": 120.0, "style_comp": 120.0, "tv": 0.1}
@@ -28,6 +28,20 @@ def default_config() -> ml_collections.ConfigDict:
     config.weights = ml_collections.ConfigDict(dict(DEFAULT_WEIGHTS))
     config.vgg_weights = ""
     return config
+
+
+def vgg_for_config(config: ml_collections.ConfigDict) -> VGGParams | None:
+    """Loads the VGG16 that `config.loss` needs: None when the perceptual and both style
+    weights are 0, else the weights in `config.vgg_weights` (an error if none is named)."""
+    w = _resolve_weights(config.weights)
+    if max(w["perceptual"], w["style_out"], w["style_comp"]) == 0:
+        return None
+    if not config.vgg_weights:
+        raise ValueError(
+            "The perceptual and style losses need VGG16 weights but `config.loss.vgg_weights` is "
+            f"empty. {WEIGHTS_HELP} Or set the perceptual and style weights to 0."
+        )
+    return load_vgg16(config.vgg_weights)
 
 
 def _resolve_weights(weights: Mapping[str, float] | None) -> dict[str, float]:

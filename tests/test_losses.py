@@ -201,6 +201,22 @@ def test_vgg_not_run_when_its_weights_are_zero(monkeypatch):
     np.testing.assert_allclose(float(total), want["valid"] + 6 * want["hole"] + 0.1 * want["tv"], rtol=1e-5)
 
 
+def test_vgg_for_config(tmp_path):
+    config = losses.default_config()
+    with pytest.raises(ValueError, match=r"config\.loss\.vgg_weights.*vgg16-397923af\.pth"):
+        losses.vgg_for_config(config)
+    params = vgg.random_vgg16(jax.random.key(1), preprocessing="caffe")
+    vgg.save_npz(params, tmp_path / "vgg.npz")
+    config.vgg_weights = str(tmp_path / "vgg.npz")
+    loaded = losses.vgg_for_config(config)
+    assert loaded.preprocessing == "caffe"
+    np.testing.assert_array_equal(np.asarray(loaded.convs["conv3_3"]["kernel"]),
+                                  np.asarray(params.convs["conv3_3"]["kernel"]))
+    config.weights.perceptual = config.weights.style_out = config.weights.style_comp = 0.0
+    config.vgg_weights = ""
+    assert losses.vgg_for_config(config) is None
+
+
 def test_default_config_and_bad_weights():
     config = losses.default_config()
     assert dict(config.weights) == PAPER_WEIGHTS and config.vgg_weights == ""
