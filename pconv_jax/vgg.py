@@ -444,7 +444,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     convert.add_argument("src")
     convert.add_argument("dst")
     args = parser.parse_args(argv)
-    params = load_vgg16(args.src)
+    try:
+        params = load_vgg16(args.src)
+    except (OSError, KeyError, ValueError, pickle.UnpicklingError) as err:
+        parser.exit(1, f"error: {err}\n")
     save_npz(params, args.dst)
     print(f"Wrote {args.dst} (preprocessing: {params.preprocessing}).", file=sys.stderr)
 
