@@ -8,8 +8,8 @@ For each output location, with X the input window, M its mask window and W, b th
     y  = 0                                    where m' = 0 (the bias too)
 
 The mask path is cheap: a mask is reduced over channels to a per-pixel *count* of valid
-channels before one single-channel convolution with a ones kernel, so its cost does not grow
-with C_in or C_out. Because convolution is linear this stays exact for per-channel masks and for
+channels, then one windowed sum over that single channel (a 1 -> 1 convolution with a ones
+kernel) gives S, so its cost does not grow with C_in or C_out. Because convolution is linear this stays exact for per-channel masks and for
 concatenations of feature groups that each carry their own mask (a UNet decoder's skips).
 """
 
@@ -134,10 +134,13 @@ def partial_conv(
         masked, kernel.astype(masked.dtype), window_strides=strides, padding=pads,
         rhs_dilation=dilations, dimension_numbers=_DIMENSION_NUMBERS)
 
-    # Mask path: one 1 -> 1 convolution of the valid-channel count, in float32 (exact integers).
-    window_sum = jax.lax.conv_general_dilated(
-        count, jnp.ones((kh, kw, 1, 1), jnp.float32), window_strides=strides, padding=pads,
-        rhs_dilation=dilations, dimension_numbers=_DIMENSION_NUMBERS)
+    # Mask path: the window sum of the valid-channel count, in float32 (exact integers). This is
+    # a 1 -> 1 convolution with a ones kernel, written as a windowed sum: XLA runs that much
+    # faster than a single-channel convolution.
+    window_sum = jax.lax.reduce_window(
+        count, 0.0, jax.lax.add, window_dimensions=(1, kh, kw, 1),
+        window_strides=(1, *strides, 1), padding=((0, 0), *pads, (0, 0)),
+        window_dilation=(1, *dilations, 1))
     new_mask = (window_sum > 0.5).astype(jnp.float32)
     ratio = jnp.where(new_mask > 0, (c_in * kh * kw) / jnp.maximum(window_sum, 1.0), 0.0)
 

@@ -100,10 +100,10 @@ def test_output_ignores_hole_content():
                                   forward(model, jnp.where(mask > 0, image, noise), mask))
 
 
-def count_convolutions(model, image, mask):
+def count_primitives(model, image, mask):
     graphdef, state = nnx.split(model)
-    jaxpr = jax.make_jaxpr(lambda s: nnx.merge(graphdef, s)(image, mask))(state)
-    return str(jaxpr).count("conv_general_dilated")
+    jaxpr = str(jax.make_jaxpr(lambda s: nnx.merge(graphdef, s)(image, mask))(state))
+    return jaxpr.count("conv_general_dilated"), jaxpr.count("reduce_window_sum")
 
 
 def test_plain_conv_switch_uses_plain_convolutions():
@@ -111,9 +111,10 @@ def test_plain_conv_switch_uses_plain_convolutions():
     image = jax.random.uniform(jax.random.key(2), (1, 32, 32, 3))
     mask = jnp.asarray(box_mask(1, 32, 5, 5, 12, 12))
     partial_model, plain_model = small_unet(depth), small_unet(depth, partial=False)
-    # Partial: an image and a mask convolution per layer; plain: the image convolution only.
-    assert count_convolutions(partial_model, image, mask) == 2 * 2 * depth
-    assert count_convolutions(plain_model, image, mask) == 2 * depth
+    # Both: one image convolution per layer. Partial adds one window sum per layer (the mask
+    # path); plain has none.
+    assert count_primitives(partial_model, image, mask) == (2 * depth, 2 * depth)
+    assert count_primitives(plain_model, image, mask) == (2 * depth, 0)
     # Same parameter shapes, so the comparison is like for like.
     shapes = lambda m: jax.tree.map(jnp.shape, nnx.state(m, nnx.Param))
     assert shapes(partial_model) == shapes(plain_model)
