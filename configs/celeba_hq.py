@@ -1,0 +1,27 @@
+"""CelebA-HQ (TFDS `celeb_a_hq/256` or `celeb_a_hq/512`, manual download), depth 7 or 8.
+
+Arg: comma-separated size (256 default, or 512), stage (train | finetune) and `conv`:
+
+    python train.py --config configs/celeba_hq.py            # 256x256, depth 7
+    python train.py --config configs/celeba_hq.py:512        # 512x512, depth 8
+    python train.py --config configs/celeba_hq.py:512,finetune
+"""
+
+from pconv_jax.config import base_config, parse_config_arg
+
+
+def get_config(arg: str | None = None):
+    arg = parse_config_arg(arg, sizes=(256, 512))
+    size = arg.size or 256
+    config = base_config(f"celeba_hq_{size}", arg, finetune_steps=50_000)
+    config.data.name = f"celeb_a_hq/{size}"
+    config.data.image_size = size
+    config.data.heldout_count = 1000     # CelebA-HQ has only a train split: its last 1000
+    config.data.batch_size = 48 if size == 256 else 16
+    config.model.depth = 7 if size == 256 else 8
+    config.train.num_steps = 300_000 if arg.stage == "train" else config.train.num_steps
+    config.train.checkpoint_every_steps = 5_000
+    config.train.eval_every_steps = 5_000
+    config.loss.vgg_weights = "vgg16-397923af.pth"
+    config.lock()
+    return config

@@ -1,0 +1,24 @@
+"""Places2 (TFDS `places365_small`, 256x256), the paper's network (depth 7) and recipe.
+
+    python train.py --config configs/places2.py            # train: Adam 2e-4
+    python train.py --config configs/places2.py:finetune   # fine-tune: 5e-5, encoder BN frozen
+    python train.py --config configs/places2.py:conv       # the baseline with ordinary convs
+"""
+
+from pconv_jax.config import base_config, parse_config_arg
+
+
+def get_config(arg: str | None = None):
+    arg = parse_config_arg(arg)
+    config = base_config("places2", arg, finetune_steps=100_000)
+    config.data.name = "places365_small"
+    config.data.image_size = 256
+    config.data.batch_size = 48          # the paper: 6 per GPU; here 6 x 8 devices
+    config.model.depth = 7
+    config.train.num_steps = 500_000 if arg.stage == "train" else config.train.num_steps
+    config.train.log_every_steps = 100
+    config.train.checkpoint_every_steps = 5_000
+    config.train.eval_every_steps = 5_000
+    config.loss.vgg_weights = "vgg16-397923af.pth"   # torchvision's file; see docs/loss.md
+    config.lock()
+    return config

@@ -1,0 +1,314 @@
+"""Training: `train_and_evaluate(config, workdir)`, the paper's two-stage recipe on every device.
+
+One `jax.jit` step over a 1-D mesh of all devices ('data'): parameters replicated, the batch
+sharded, so BatchNorm statistics are global over the whole batch and gradients come back summed.
+Metrics stay on the devices until a log step (no per-step host synchronisation); the non-finite
+loss check runs there, and before every checkpoint so that no NaN state is ever saved.
+
+Resume order: the workdir's own latest checkpoint -> `config.train.init_from` (network only,
+e.g. fine-tuning from the train stage) -> a fresh initialisation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from flax import nnx
+from jax.sharding import PartitionSpec as P
+
+from pconv_jax import checkpointing, losses, parallel, train_logging
+from pconv_jax.model import PConvUNet, composite, encoder_batchnorm_filter
+from pconv_jax.masks import generate_mask
+
+VGG_TERMS = ("perceptual", "style_out", "style_comp")
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a train step changes. `params`/`batch_stats` are the network's nnx.State."""
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+
+    def model_item(self) -> dict[str, Any]:
+        return {"params": self.params, "batch_stats": self.batch_stats}
+
+    def train_item(self) -> dict[str, Any]:
+        return {"opt_state": self.opt_state, "step": self.step}
+
+
+# ----------------------------------------------------------------------------- construction
+
+def _param_labels(params: Any) -> Any:
+    return jax.tree_util.tree_map_with_path(
+        lambda path, v: "frozen" if encoder_batchnorm_filter(path, v) else "trained", params)
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """Adam at `config.train.learning_rate`; with `freeze_encoder_bn` the encoder's BatchNorm
+    scale and bias get zero updates and no Adam state (optax.multi_transform)."""
+    train = config.train
+    adam = optax.adam(train.learning_rate, b1=train.adam_b1, b2=train.adam_b2)
+    if not train.freeze_encoder_bn:
+        return adam
+    return optax.multi_transform({"trained": adam, "frozen": optax.set_to_zero()}, _param_labels)
+
+
+def create_model(config: ml_collections.ConfigDict) -> PConvUNet:
+    """The config's network, initialised from `config.seed`."""
+    return PConvUNet.from_config(config.model, rngs=nnx.Rngs(config.seed))
+
+
+def create_train_state(config: ml_collections.ConfigDict, tx: optax.GradientTransformation,
+                       mesh: jax.sharding.Mesh) -> tuple[nnx.GraphDef, TrainState]:
+    """(graphdef, fresh TrainState replicated on the mesh)."""
+    model = create_model(config)
+    model.freeze_encoder_bn = bool(config.train.freeze_encoder_bn)
+    graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                       opt_state=tx.init(params))
+    return graphdef, parallel.replicate(state, mesh)
+
+
+def load_vgg(config: ml_collections.ConfigDict):
+    """The frozen VGG16 weights when a perceptual or style weight is > 0, else None."""
+    if max(float(config.loss.weights[t]) for t in VGG_TERMS) <= 0:
+        return None
+    from pconv_jax import vgg  # the loader; imported here so that VGG-free runs skip it
+    return vgg.load_vgg16(config.loss.vgg_weights)
+
+
+# ----------------------------------------------------------------------------- steps
+
+def _forward(graphdef: nnx.GraphDef, *, train: bool, freeze_encoder_bn: bool,
+             batch_spec: P = P(parallel.DATA_AXIS)) -> Callable:
+    """(params, batch_stats, image, mask) -> (output, new batch_stats); output as `batch_spec`.
+
+    The network runs with compiler-chosen (auto) sharding inside: its reshapes of the sharded
+    batch axis need no annotations; inputs and outputs keep the explicit shardings.
+    """
+    def forward(params, batch_stats, image, mask):
+        model = nnx.merge(graphdef, params, batch_stats, copy=True)
+        model.train() if train else model.eval()
+        model.freeze_encoder_bn = freeze_encoder_bn
+        output = model(image * mask, mask)
+        return output, nnx.state(model, nnx.BatchStat)
+    return jax.sharding.auto_axes(forward, out_sharding=(batch_spec, P()))
+
+
+def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
+                    config: ml_collections.ConfigDict) -> Callable:
+    """A jitted `(state, batch, vgg) -> (state, metrics)`; the state is donated."""
+    weights = {k: float(v) for k, v in config.loss.weights.items()}
+    forward = _forward(graphdef, train=True, freeze_encoder_bn=bool(config.train.freeze_encoder_bn))
+
+    def loss_fn(params, batch_stats, batch, vgg):
+        output, new_batch_stats = forward(params, batch_stats, batch["image"], batch["mask"])
+        total, terms = losses.inpainting_loss(output, batch["image"], batch["mask"], vgg, weights)
+        return total, (terms, new_batch_stats)
+
+    def train_step(state: TrainState, batch: dict[str, jax.Array], vgg):
+        (loss, (terms, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params, state.batch_stats, batch, vgg)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads),
+                   **{f"loss_{k}": v for k, v in terms.items()}}
+        return state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                             opt_state=opt_state), metrics
+
+    return jax.jit(train_step, donate_argnums=0)
+
+
+def make_eval_step(graphdef: nnx.GraphDef) -> Callable:
+    """A jitted `(state, batch) -> (metrics, output, composite)` in inference mode."""
+    # The held-out batch is replicated (every process holds all of it).
+    forward = _forward(graphdef, train=False, freeze_encoder_bn=False, batch_spec=P())
+
+    def eval_step(state: TrainState, batch):
+        output, _ = forward(state.params, state.batch_stats, batch["image"], batch["mask"])
+        comp = jnp.clip(composite(output, batch["image"], batch["mask"]), 0.0, 1.0)
+        error = comp - batch["image"]
+        mse = jnp.maximum(jnp.mean(jnp.square(error), axis=(1, 2, 3)), 1e-10)
+        metrics = {"l1_percent": 100.0 * jnp.mean(jnp.abs(error)),
+                   "psnr": jnp.mean(-10.0 * jnp.log10(mse))}
+        return metrics, output, comp
+
+    return jax.jit(eval_step)
+
+
+def eval_batch(config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
+    """The fixed held-out batch: the first eval_batch_size held-out images with seeded masks."""
+    from pconv_jax import data
+    count = int(config.train.eval_batch_size)
+    images = np.asarray(data.load_eval_images(config, count), np.float32)
+    size = images.shape[1:3]
+    masks = np.stack([generate_mask((config.seed, 10_000 + i), size,
+                                    hole_ratio_range=(config.masks.hole_ratio_min,
+                                                      config.masks.hole_ratio_max))
+                      for i in range(count)])
+    return {"image": images, "mask": masks}
+
+
+# ----------------------------------------------------------------------------- the loop
+
+def prepare_workdir(workdir: str) -> str:
+    """Creates the workdir; a clear error if it cannot be written."""
+    workdir = os.path.abspath(workdir)
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        probe = os.path.join(workdir, f".write_test_{jax.process_index()}")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise PermissionError(f"cannot write to the workdir {workdir!r} ({e.strerror}); pass a "
+                              f"writable --workdir") from e
+    return workdir
+
+
+def _restore_or_init(config, checkpointer, tx, mesh, pipeline):
+    """(graphdef, state): own checkpoint -> config.train.init_from -> fresh init."""
+    graphdef, state = create_train_state(config, tx, mesh)
+    replicated = parallel.replicated(mesh)
+    abstract_model = checkpointing.abstract_like(state.model_item(), replicated)
+    if checkpointer.latest_step() is not None:
+        abstract_train = checkpointing.abstract_like(state.train_item(), replicated)
+        model, train, data_states, step = checkpointer.restore(abstract_model, abstract_train)
+        state = TrainState(params=model["params"], batch_stats=model["batch_stats"], **train)
+        index, count = jax.process_index(), jax.process_count()
+        if data_states is not None and len(data_states) == count:
+            pipeline.set_state(data_states[index])
+        else:
+            logging.warning("checkpoint data-pipeline state is for %s processes, this run has %d: "
+                            "the pipeline restarts from its beginning",
+                            None if data_states is None else len(data_states), count)
+        logging.info("resumed from %s at step %d", checkpointer.directory, step)
+    elif config.train.init_from:
+        init_dir = checkpointing.checkpoint_dir(config.train.init_from)
+        if not os.path.isdir(init_dir):
+            raise FileNotFoundError(
+                f"config.train.init_from = {config.train.init_from!r} holds no checkpoints "
+                f"({init_dir}): run the train stage first, or point init_from at its workdir")
+        source = checkpointing.Checkpointer(init_dir, save_every_steps=1, keep=1,
+                                            asynchronous=False, read_only=True)
+        try:
+            model, step = source.restore_model(abstract_model)
+        finally:
+            source.close()
+        state = state.replace(params=model["params"], batch_stats=model["batch_stats"],
+                              opt_state=parallel.replicate(tx.init(model["params"]), mesh))
+        logging.info("initialised the network from %s (step %d)", init_dir, step)
+    return graphdef, state
+
+
+def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+    """Trains (or fine-tunes) per `config`, checkpointing and logging into `workdir`.
+
+    Returns the final TrainState. Raises FloatingPointError when the loss is not finite (the
+    last checkpoint stays the last good one).
+    """
+    from pconv_jax import data  # TensorFlow: imported when training, not with the module
+    workdir = prepare_workdir(workdir)
+    mesh = parallel.make_data_mesh()
+    parallel.check_batch_size(config.data.batch_size, mesh)
+    _write_config(config, workdir)
+    writer = train_logging.create_writer(workdir)
+    tx = make_optimizer(config)
+    vgg = load_vgg(config)
+    vgg = None if vgg is None else parallel.replicate(vgg, mesh)
+
+    pipeline = data.create_train_pipeline(config, seed=config.seed)
+    checkpointer = checkpointing.Checkpointer(
+        checkpointing.checkpoint_dir(workdir), save_every_steps=config.train.checkpoint_every_steps,
+        keep=config.train.keep_checkpoints, asynchronous=config.train.async_checkpoints)
+    checkpointer.install_signal_handler()
+    try:
+        graphdef, state = _restore_or_init(config, checkpointer, tx, mesh, pipeline)
+        held_out = eval_batch(config)
+        held_out_global = {k: jax.make_array_from_process_local_data(parallel.replicated(mesh), v)
+                           for k, v in held_out.items()}
+        train_step, eval_step = make_train_step(graphdef, tx, config), make_eval_step(graphdef)
+        num_steps = int(config.train.num_steps)
+        first_step = int(jax.device_get(state.step)) + 1
+        report_progress = train_logging.progress_reporter(num_steps, writer)
+        throughput = train_logging.Throughput(config.data.batch_size)
+        throughput.measure(first_step - 1)
+        history: list[dict[str, jax.Array]] = []
+        window_start = first_step
+        if first_step > num_steps:
+            logging.info("nothing to do: the checkpoint is at step %d >= num_steps %d",
+                         first_step - 1, num_steps)
+
+        def flush_metrics(step: int) -> None:
+            nonlocal history, window_start
+            if not history:
+                return
+            host = jax.device_get(history)
+            losses_ = np.array([m["loss"] for m in host])
+            if not np.all(np.isfinite(losses_)):
+                bad = window_start + int(np.argmin(np.isfinite(losses_)))
+                last = checkpointer.latest_step()
+                raise FloatingPointError(
+                    f"non-finite loss at step {bad} (in steps {window_start}..{step}); training "
+                    f"stopped. The last good checkpoint is step {last} in "
+                    f"{checkpointer.directory}. Lower config.train.learning_rate or check the data.")
+            summary = train_logging.mean_metrics(host)
+            summary.update(throughput.measure(step))
+            summary["learning_rate"] = float(config.train.learning_rate)
+            writer.write_scalars(step, summary)
+            history, window_start = [], step + 1
+
+        with jax.set_mesh(mesh):
+            for step in range(first_step, num_steps + 1):
+                batch = parallel.global_batch(next(pipeline), mesh)
+                state, metrics = train_step(state, batch, vgg)
+                history.append(metrics)
+                report_progress(step)
+                last = step == num_steps
+                stop = checkpointer.should_stop(step)
+                save = last or stop or checkpointer.should_save(step)
+                if save or step % config.train.log_every_steps == 0:
+                    flush_metrics(step)  # also the NaN check, before anything is saved
+                if last or step % config.train.eval_every_steps == 0:
+                    evaluate(eval_step, state, held_out, held_out_global, writer, step)
+                if save:
+                    checkpointer.save(step, model=state.model_item(), train=state.train_item(),
+                                      data_state=pipeline.get_state(), force=last or stop)
+                if stop:
+                    logging.warning("preemption: saved step %d, stopping", step)
+                    break
+        checkpointer.wait()
+        writer.flush()
+        return state
+    finally:
+        checkpointer.wait()
+        checkpointer.close()
+
+
+def evaluate(eval_step, state, held_out, held_out_global, writer, step: int) -> dict[str, float]:
+    """L1 / PSNR on the fixed held-out batch and its image grid, written at `step`."""
+    metrics, output, comp = eval_step(state, held_out_global)
+    metrics = {f"eval_{k}": float(v) for k, v in jax.device_get(metrics).items()}
+    writer.write_scalars(step, metrics)
+    grid = train_logging.image_grid(held_out["image"], held_out["mask"],
+                                    np.asarray(jax.device_get(output)), np.asarray(jax.device_get(comp)))
+    writer.write_images(step, {"held_out": grid[None]})
+    return metrics

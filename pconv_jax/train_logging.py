@@ -1,0 +1,65 @@
+"""Training logs: TensorBoard writers (process 0 only), image grids, progress with ETA."""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import numpy as np
+from clu import metric_writers, periodic_actions
+
+
+def create_writer(workdir: str) -> metric_writers.MetricWriter:
+    """TensorBoard (in `workdir`) + console writer on process 0; console-only logging elsewhere."""
+    return metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+
+
+def progress_reporter(num_steps: int, writer: metric_writers.MetricWriter,
+                      every_seconds: float = 60.0) -> periodic_actions.ReportProgress:
+    """Logs steps/s, the fraction done and the ETA to the console."""
+    # The writer gets steps/s and images/s from `Throughput` at log steps; this one only logs.
+    del writer
+    return periodic_actions.ReportProgress(num_train_steps=num_steps, writer=None,
+                                           every_secs=every_seconds, every_steps=None)
+
+
+def image_grid(image: np.ndarray, mask: np.ndarray, output: np.ndarray,
+               composite: np.ndarray) -> np.ndarray:
+    """One row per example: masked input (holes white) | output | composite | ground truth.
+
+    Inputs are (N, H, W, 3) in [0, 1] (mask (N, H, W, 1), 1 = valid); returns uint8
+    (N*H, 4*W, 3) with a 2-pixel gap between panels.
+    """
+    masked = np.where(mask > 0.5, image, 1.0)
+    panels = [masked, output, composite, image]
+    n, h, w, c = image.shape
+    gap = 2
+    grid = np.ones((n * (h + gap) - gap, 4 * (w + gap) - gap, c), np.float32)
+    for row in range(n):
+        for col, panel in enumerate(panels):
+            top, left = row * (h + gap), col * (w + gap)
+            grid[top:top + h, left:left + w] = np.clip(panel[row], 0.0, 1.0)
+    return (grid * 255.0 + 0.5).astype(np.uint8)
+
+
+class Throughput:
+    """Images/s between two calls to `measure` (host wall-clock; call it at log steps)."""
+
+    def __init__(self, global_batch_size: int):
+        self.global_batch_size = global_batch_size
+        self._time, self._step = time.perf_counter(), None
+
+    def measure(self, step: int) -> dict[str, float]:
+        now = time.perf_counter()
+        result = {}
+        if self._step is not None and step > self._step:
+            steps_per_sec = (step - self._step) / max(now - self._time, 1e-9)
+            result = {"steps_per_sec": steps_per_sec,
+                      "images_per_sec": steps_per_sec * self.global_batch_size}
+        self._time, self._step = now, step
+        return result
+
+
+def mean_metrics(history: list[dict[str, np.ndarray]]) -> dict[str, float]:
+    """The mean of each metric over the steps of a log window (already on the host)."""
+    return {k: float(np.mean([m[k] for m in history])) for k in history[0]}
