@@ -10,11 +10,11 @@ be overridden, e.g. `--config.eval.num_images=16`. See `pconv_jax/evaluation.py`
 from absl import app, flags
 from ml_collections import config_flags
 
-from pconv_jax import evaluation
+from pconv_jax import config as config_lib, evaluation
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "config file (path.py[:arg])",
                                           lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "training workdir (default: the config's)")
+_WORKDIR = flags.DEFINE_string("workdir", None, "training workdir (default: workdirs/<experiment>_<stage>, as train.py)")
 _CHECKPOINT = flags.DEFINE_integer("checkpoint", None, "checkpoint step (default: latest)")
 _METHOD = flags.DEFINE_enum("method", None, list(evaluation.METHODS),
                             "model, or OpenCV's telea / ns (default: config.eval.method)")
@@ -24,7 +24,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     config = _CONFIG.value
-    workdir = _WORKDIR.value or evaluation.default_workdir(config, _CONFIG.config_filename)
+    workdir = _WORKDIR.value or config_lib.default_workdir(config.experiment, config.stage)
     evaluation.run(config, workdir, method=_METHOD.value, checkpoint_step=_CHECKPOINT.value)
 
 

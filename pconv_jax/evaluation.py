@@ -145,14 +145,6 @@ def classical_inpainter(method: str, radius: int = 3) -> Inpainter:
 
 # ---------------------------------------------------------------------------- protocol
 
-def default_workdir(config: ml_collections.ConfigDict, config_file: str | None = None) -> str:
-    """config.workdir if the config names one, else workdirs/<config file name>."""
-    if config.get("workdir"):
-        return config.workdir
-    name = os.path.splitext(os.path.basename(config_file or "default"))[0]
-    return os.path.join("workdirs", name)
-
-
 def evaluate(inpaint: Inpainter, images: np.ndarray, test_masks: EvalMaskSet, *,
              batch_size: int = 8, psnr_cap: float = metrics.PSNR_CAP,
              progress: bool = True) -> dict[str, np.ndarray]:
