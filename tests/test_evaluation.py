@@ -117,3 +117,46 @@ def test_an_untrained_network_fills_every_cell(test_set):
     assert [table[c]["count"] for c in table] == [2] * 12 + [24]
     assert all(np.isfinite(table["all"][m]) for m in evaluation.METRICS)
     assert 0 < table["all"]["l1"] < 100 and table["all"]["psnr"] < 100
+
+
+def test_end_to_end_tiny_checkpoint_eval_and_inpaint_command(tmp_path):
+    """train_and_evaluate a few steps, eval.py's protocol on it, then the inpaint command."""
+    import pathlib
+    import warnings
+
+    import cv2
+    import ml_collections
+
+    from pconv_jax import inpaint, train
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    config = ml_collections.ConfigDict(
+        inpaint.load_config(str(repo / "configs" / "demo.py")).to_dict())  # unlocked copy
+    config.data.update(image_size=32, batch_size=8, eval_images=3, prefetch=1,
+                       num_parallel_calls=1, shuffle_buffer=8)
+    config.model.update(depth=2, base_width=4, max_width=8)
+    config.train.update(num_steps=2, log_every_steps=1, checkpoint_every_steps=2,
+                        eval_every_steps=2, eval_batch_size=2, async_checkpoints=False)
+    config.eval.update(masks_per_cell=1, batch_size=4)
+    workdir = str(tmp_path / "run")
+    train.train_and_evaluate(config, workdir)
+
+    results = evaluation.run(config, workdir, progress=False)
+    loaded = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert loaded["method"] == "model" and loaded["step"] == 2 and results["num_images"] == 3
+    assert [loaded["table"][c]["count"] for c in loaded["table"]] == [1] * 12 + [12]
+    assert all(np.isfinite(loaded["table"]["all"][m]) for m in evaluation.METRICS)
+    assert "| PSNR (dB) |" in (tmp_path / "run" / "results.md").read_text()
+
+    # the inpaint command rebuilds the model from the workdir's config.json
+    rgb = np.random.default_rng(0).integers(0, 256, (21, 30, 3), np.uint8)
+    cv2.imwrite(str(tmp_path / "photo.png"), rgb)
+    holes = np.zeros((21, 30), np.uint8)
+    holes[5:12, 8:20] = 255
+    cv2.imwrite(str(tmp_path / "mask.png"), holes)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # same size: no resize warning
+        inpaint.main(["--workdir", workdir, "--image", str(tmp_path / "photo.png"),
+                      "--mask", str(tmp_path / "mask.png"), "--out", str(tmp_path / "out.png")])
+    out = cv2.imread(str(tmp_path / "out.png"))
+    assert out.shape == (21, 30, 3)
+    np.testing.assert_array_equal(out[holes == 0], rgb[holes == 0])
