@@ -237,7 +237,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, method: str | None =
     per_mask = evaluate(inpaint, images, test_masks, batch_size=config.eval.batch_size,
                         psnr_cap=config.eval.psnr_cap, progress=progress)
     table = summarize(per_mask, test_masks)
-    title = (f"{method}" + (f" (step {step})" if step is not None else "")
+    name = method if method != "model" else config.get("experiment", "model")
+    title = (f"{name}" + (f" (step {step})" if step is not None else "")
              + f": {len(test_masks)} masks on {len(images)} held-out images, "
              f"{images.shape[1]}x{images.shape[2]}")
     results = dict(
