@@ -123,7 +123,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
             state.params, state.batch_stats, batch, vgg)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads),
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
                    **{f"loss_{k}": v for k, v in terms.items()}}
         return state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                              opt_state=opt_state), metrics
@@ -173,9 +173,25 @@ def prepare_workdir(workdir: str) -> str:
             f.write("ok")
         os.remove(probe)
     except OSError as e:
-        raise PermissionError(f"cannot write to the workdir {workdir!r} ({e.strerror}); pass a "
-                              f"writable --workdir") from e
+        raise OSError(f"cannot write to the workdir {workdir!r} ({e.strerror}); pass a writable "
+                      f"--workdir") from e
     return workdir
+
+
+def check_dataset(config: ml_collections.ConfigDict) -> None:
+    """A clear error, before any compilation, for a TFDS dataset that is absent and may not be
+    downloaded."""
+    from pconv_jax import data_sources
+    name = config.data.name
+    if name not in data_sources.TFDS_NAMES or config.data.download:
+        return
+    import tensorflow_datasets as tfds
+    builder = tfds.builder(name, data_dir=config.data.tfds_data_dir or None)
+    if not builder.is_prepared():
+        raise FileNotFoundError(
+            f"TFDS dataset {name} is not prepared in {builder.data_dir!r}: set "
+            f"config.data.download=True to let TFDS download it (CelebA-HQ needs a manual "
+            f"download, see docs), or point config.data.tfds_data_dir at a prepared copy.")
 
 
 def _restore_or_init(config, checkpointer, tx, mesh, pipeline):
@@ -227,6 +243,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     """
     from pconv_jax import data  # TensorFlow: imported when training, not with the module
     workdir = prepare_workdir(workdir)
+    check_dataset(config)
     mesh = parallel.make_data_mesh()
     parallel.check_batch_size(config.data.batch_size, mesh)
     _write_config(config, workdir)

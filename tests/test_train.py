@@ -1,0 +1,192 @@
+"""train_and_evaluate end to end at tiny sizes: every config, the two stages, the NaN guard,
+config and workdir errors."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+from absl import flags
+from ml_collections import config_flags
+from PIL import Image
+
+from pconv_jax import checkpointing, config as config_lib, data
+from pconv_jax.train import train_and_evaluate
+from test_train_helpers import REPO, demo_config, load_config_file, param_leaves, shrink
+
+
+def _scalars(workdir: str, tag: str) -> dict[int, float]:
+    values = {}
+    for path in tf.io.gfile.glob(os.path.join(workdir, "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                if value.tag == tag:
+                    values[event.step] = float(tf.make_ndarray(value.tensor))
+    return values
+
+
+@pytest.mark.slow
+def test_demo_loss_decreases_then_finetune_freezes_encoder_bn(tmp_path):
+    config = demo_config(steps=40)
+    config.train.learning_rate = 3e-3
+    config.train.log_every_steps = 5
+    config.train.checkpoint_every_steps = 20
+    train_dir = str(tmp_path / "train")
+    state = train_and_evaluate(config, train_dir)
+    assert int(state.step) == 40
+    losses = _scalars(train_dir, "loss")
+    assert sorted(losses) == list(range(5, 41, 5))
+    assert losses[40] < 0.7 * losses[5], losses
+    assert set(_scalars(train_dir, "eval_psnr")) == {40}
+    assert os.path.isfile(os.path.join(train_dir, "config.json"))
+
+    # Fine-tune from the train stage: encoder BN frozen (statistics and scale/bias).
+    fine = demo_config("finetune", steps=2)
+    fine.train.init_from = train_dir
+    fine_state = train_and_evaluate(fine, str(tmp_path / "finetune"))
+    assert fine.train.learning_rate == 5e-4 and fine.train.freeze_encoder_bn
+    before_p, after_p = param_leaves(state.params), param_leaves(fine_state.params)
+    before_s, after_s = param_leaves(state.batch_stats), param_leaves(fine_state.batch_stats)
+    encoder_bn = [k for k in before_p if k.startswith("encoder/") and "/bn/" in k]
+    decoder_bn = [k for k in before_p if k.startswith("decoder/") and "/bn/" in k]
+    assert encoder_bn and decoder_bn
+    for key in encoder_bn:
+        np.testing.assert_array_equal(after_p[key], before_p[key], err_msg=key)
+    for key in [k for k in before_s if k.startswith("encoder/")]:
+        np.testing.assert_array_equal(after_s[key], before_s[key], err_msg=key)
+    for key in decoder_bn + [k for k in before_s if k.startswith("decoder/")]:
+        before = before_p.get(key, before_s.get(key))
+        after = after_p.get(key, after_s.get(key))
+        assert not np.array_equal(after, before), key
+    for key in [k for k in before_p if k.endswith("kernel")]:
+        assert not np.array_equal(after_p[key], before_p[key]), key
+
+
+def _mock_tfds_config(name: str, arg: str | None) -> ml_collections.ConfigDict:
+    config = shrink(load_config_file(name, arg), steps=2)
+    config.data.heldout_count = 2
+    config.train.checkpoint_every_steps = 2
+    return config
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,arg", [("places2", None), ("celeba_hq", "512,conv")])
+def test_tfds_configs_train_under_mock_data(name, arg, tmp_path):
+    config = _mock_tfds_config(name, arg)
+    with tfds.testing.mock_data(num_examples=16):
+        state = train_and_evaluate(config, str(tmp_path))
+    assert int(state.step) == 2
+    assert checkpointing.Checkpointer(str(tmp_path / "checkpoints"), save_every_steps=2, keep=1,
+                                      read_only=True).latest_step() == 2
+
+
+@pytest.mark.slow
+def test_folder_config_trains(tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 255, (40, 48, 3), np.uint8)).save(folder / f"{i}.png")
+    config = shrink(load_config_file("folder", "conv"), steps=2)
+    config.data.folder = str(folder)
+    config.data.heldout_count = 2
+    state = train_and_evaluate(config, str(tmp_path / "work"))
+    assert int(state.step) == 2
+
+
+@pytest.mark.slow
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
+    create = data.create_train_pipeline
+
+    class Poisoned:
+        """Real batches, but NaN images from the 7th batch on."""
+        def __init__(self, pipeline):
+            self.pipeline, self.count = pipeline, 0
+
+        def __next__(self):
+            batch, self.count = dict(next(self.pipeline)), self.count + 1
+            if self.count >= 7:
+                batch["image"] = np.full_like(batch["image"], np.nan)
+            return batch
+
+        def get_state(self):
+            return self.pipeline.get_state()
+
+        def set_state(self, state):
+            self.pipeline.set_state(state)
+
+    monkeypatch.setattr(data, "create_train_pipeline", lambda *a, **k: Poisoned(create(*a, **k)))
+    config = demo_config(steps=12)
+    config.train.log_every_steps = 5
+    config.train.checkpoint_every_steps = 4
+    with pytest.raises(FloatingPointError, match=r"non-finite loss at step 7 \(in steps 6\.\.8\).*"
+                                                 r"last good checkpoint is step 4"):
+        train_and_evaluate(config, str(tmp_path))
+    model, step = checkpointing.restore_model(config, str(tmp_path))
+    assert step == 4
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(model))
+
+
+# ----------------------------------------------------------------------------- config files
+
+def test_config_args():
+    assert load_config_file("places2").experiment == "places2"
+    fine = load_config_file("places2", "finetune")
+    assert (fine.stage, fine.train.learning_rate, fine.train.freeze_encoder_bn) == ("finetune", 5e-5, True)
+    assert fine.train.init_from == os.path.join("workdirs", "places2_train")
+    train = load_config_file("places2")
+    assert (train.train.learning_rate, train.model.depth, train.data.image_size) == (2e-4, 7, 256)
+    celeba = load_config_file("celeba_hq", "512,finetune,conv")
+    assert (celeba.data.name, celeba.model.depth, celeba.model.partial) == ("celeb_a_hq/512", 8, False)
+    assert celeba.experiment == "celeba_hq_512_conv"
+    assert config_lib.default_workdir(celeba.experiment, celeba.stage) == os.path.join(
+        "workdirs", "celeba_hq_512_conv_finetune")
+    folder = load_config_file("folder")
+    assert (folder.data.image_size, folder.model.depth) == (512, 8)
+    demo = load_config_file("demo")
+    assert demo.data.image_size <= 128 and demo.model.max_width <= 64
+    assert demo.loss.weights.perceptual == 0.0
+    with pytest.raises(ValueError, match="unknown config argument '1024'"):
+        load_config_file("celeba_hq", "1024")
+    with pytest.raises(ValueError, match="unknown config argument 'tune'"):
+        load_config_file("places2", "tune")
+
+
+def _parse_config_flags(argv: list[str], monkeypatch) -> ml_collections.ConfigDict:
+    """Parses argv as train.py does (config_flags reads the overrides from sys.argv)."""
+    monkeypatch.setattr(sys, "argv", argv)
+    flag_values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "", flag_values=flag_values, lock_config=True)
+    flag_values(argv)
+    return flag_values.config
+
+
+def test_overrides_and_unknown_override_key(monkeypatch):
+    path = str(REPO / "configs" / "demo.py")
+    config = _parse_config_flags(["train.py", f"--config={path}:finetune",
+                                  "--config.train.num_steps=7"], monkeypatch)
+    assert config.train.num_steps == 7 and config.stage == "finetune"
+    with pytest.raises((flags.Error, KeyError, AttributeError), match="no_such_key"):
+        _parse_config_flags(["train.py", f"--config={path}", "--config.train.no_such_key=1"],
+                            monkeypatch)
+
+
+def test_missing_tfds_dataset_is_a_clear_error(tmp_path):
+    config = shrink(load_config_file("places2"))
+    config.data.tfds_data_dir = str(tmp_path / "tfds")
+    config.data.download = False
+    with pytest.raises(FileNotFoundError, match="places365_small.*not prepared.*download"):
+        train_and_evaluate(config, str(tmp_path / "work"))
+
+
+def test_unwritable_workdir_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    with pytest.raises(OSError, match="cannot write to the workdir.*--workdir"):
+        train_and_evaluate(demo_config(), str(blocker / "work"))

@@ -1,0 +1,65 @@
+"""Shared tiny settings for the training tests (no tests here)."""
+
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+
+import ml_collections
+import numpy as np
+from flax import nnx
+
+
+def shrink(config: ml_collections.ConfigDict, *, steps: int = 4, size: int = 32,
+           batch: int = 8) -> ml_collections.ConfigDict:
+    """A config file's config made tiny: 32x32 images, depth 3, widths 4..8, synchronous saves."""
+    config = ml_collections.ConfigDict(config.to_dict())  # an unlocked copy
+    config.data.image_size = size
+    config.data.batch_size = batch
+    config.data.eval_images = 2
+    config.data.shuffle_buffer = 8
+    config.data.prefetch = 1
+    config.data.num_parallel_calls = 1
+    config.model.depth = 3
+    config.model.base_width = 4
+    config.model.max_width = 8
+    config.loss.vgg_weights = ""
+    for term in ("perceptual", "style_out", "style_comp"):
+        config.loss.weights[term] = 0.0
+    config.masks.hole_ratio_min = 0.1
+    config.masks.hole_ratio_max = 0.4
+    config.train.num_steps = steps
+    config.train.log_every_steps = 2
+    config.train.checkpoint_every_steps = 2
+    config.train.eval_every_steps = steps
+    config.train.eval_batch_size = 2
+    config.train.async_checkpoints = False
+    return config
+
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def load_config_file(name: str, arg: str | None = None) -> ml_collections.ConfigDict:
+    """`configs/<name>.py`'s get_config(arg)."""
+    spec = importlib.util.spec_from_file_location(f"_config_{name}", REPO / "configs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
+def demo_config(arg: str = "train", **kwargs) -> ml_collections.ConfigDict:
+    return shrink(load_config_file("demo", arg), **kwargs)
+
+
+def random_batch(n: int = 8, size: int = 32, seed: int = 0) -> dict[str, np.ndarray]:
+    """Images in [0, 1] and binary masks (1 = valid) with about a third holes."""
+    rng = np.random.default_rng(seed)
+    return {"image": rng.random((n, size, size, 3), np.float32),
+            "mask": (rng.random((n, size, size, 1)) > 0.35).astype(np.float32)}
+
+
+def param_leaves(state: nnx.State) -> dict[str, np.ndarray]:
+    """{'encoder/1/bn/scale': array, ...} of a params or batch_stats State."""
+    return {"/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path[:-1]): np.asarray(v)
+            for path, v in __import__("jax").tree_util.tree_flatten_with_path(state)[0]}
