@@ -11,6 +11,7 @@ e.g. fine-tuning from the train stage) -> a fresh initialisation.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Callable
@@ -59,8 +60,13 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
     """Adam at `config.train.learning_rate`; with `freeze_encoder_bn` the encoder's BatchNorm
     scale and bias get zero updates and no Adam state (optax.multi_transform)."""
     train = config.train
-    adam = optax.adam(train.learning_rate, b1=train.adam_b1, b2=train.adam_b2)
-    if not train.freeze_encoder_bn:
+    return _optimizer(float(train.learning_rate), float(train.adam_b1), float(train.adam_b2),
+                      bool(train.freeze_encoder_bn))
+
+
+def _optimizer(learning_rate: float, b1: float, b2: float, freeze_encoder_bn: bool):
+    adam = optax.adam(learning_rate, b1=b1, b2=b2)
+    if not freeze_encoder_bn:
         return adam
     return optax.multi_transform({"trained": adam, "frozen": optax.set_to_zero()}, _param_labels)
 
@@ -108,10 +114,10 @@ def _forward(graphdef: nnx.GraphDef, *, train: bool, freeze_encoder_bn: bool,
 
 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
-                    config: ml_collections.ConfigDict) -> Callable:
+                    loss_weights: dict[str, float], freeze_encoder_bn: bool) -> Callable:
     """A jitted `(state, batch, vgg) -> (state, metrics)`; the state is donated."""
-    weights = {k: float(v) for k, v in config.loss.weights.items()}
-    forward = _forward(graphdef, train=True, freeze_encoder_bn=bool(config.train.freeze_encoder_bn))
+    weights = {k: float(v) for k, v in loss_weights.items()}
+    forward = _forward(graphdef, train=True, freeze_encoder_bn=freeze_encoder_bn)
 
     def loss_fn(params, batch_stats, batch, vgg):
         output, new_batch_stats = forward(params, batch_stats, batch["image"], batch["mask"])
@@ -129,6 +135,21 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
                              opt_state=opt_state), metrics
 
     return jax.jit(train_step, donate_argnums=0)
+
+
+def steps_for(graphdef: nnx.GraphDef, config: ml_collections.ConfigDict) -> tuple[Callable, Callable]:
+    """(train_step, eval_step) for the config; a later run in this process with the same network
+    and step settings reuses them and their compilations."""
+    train = config.train
+    return _cached_steps(graphdef, tuple(sorted((k, float(v)) for k, v in config.loss.weights.items())),
+                         float(train.learning_rate), float(train.adam_b1), float(train.adam_b2),
+                         bool(train.freeze_encoder_bn))
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_steps(graphdef, weights, learning_rate, b1, b2, freeze_encoder_bn):
+    tx = _optimizer(learning_rate, b1, b2, freeze_encoder_bn)
+    return make_train_step(graphdef, tx, dict(weights), freeze_encoder_bn), make_eval_step(graphdef)
 
 
 def make_eval_step(graphdef: nnx.GraphDef) -> Callable:
@@ -262,7 +283,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         held_out = eval_batch(config)
         held_out_global = {k: jax.make_array_from_process_local_data(parallel.replicated(mesh), v)
                            for k, v in held_out.items()}
-        train_step, eval_step = make_train_step(graphdef, tx, config), make_eval_step(graphdef)
+        train_step, eval_step = steps_for(graphdef, config)
         num_steps = int(config.train.num_steps)
         first_step = int(jax.device_get(state.step)) + 1
         report_progress = train_logging.progress_reporter(num_steps, writer)

@@ -34,7 +34,6 @@ def _scalars(workdir: str, tag: str) -> dict[int, float]:
 @pytest.mark.slow
 def test_demo_loss_decreases_then_finetune_freezes_encoder_bn(tmp_path):
     config = demo_config(steps=40)
-    config.train.learning_rate = 3e-3
     config.train.log_every_steps = 5
     config.train.checkpoint_every_steps = 20
     train_dir = str(tmp_path / "train")

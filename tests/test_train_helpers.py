@@ -28,6 +28,8 @@ def shrink(config: ml_collections.ConfigDict, *, steps: int = 4, size: int = 32,
         config.loss.weights[term] = 0.0
     config.masks.hole_ratio_min = 0.1
     config.masks.hole_ratio_max = 0.4
+    # One learning rate per stage, so runs in one test process share their compiled steps.
+    config.train.learning_rate = 5e-4 if config.train.freeze_encoder_bn else 2e-3
     config.train.num_steps = steps
     config.train.log_every_steps = 2
     config.train.checkpoint_every_steps = 2
