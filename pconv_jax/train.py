@@ -286,7 +286,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         train_step, eval_step = steps_for(graphdef, config)
         num_steps = int(config.train.num_steps)
         first_step = int(jax.device_get(state.step)) + 1
-        report_progress = train_logging.progress_reporter(num_steps, writer)
+        report_progress = train_logging.progress_reporter(num_steps)
         throughput = train_logging.Throughput(config.data.batch_size)
         throughput.measure(first_step - 1)
         history: list[dict[str, jax.Array]] = []

@@ -14,11 +14,12 @@ def create_writer(workdir: str) -> metric_writers.MetricWriter:
     return metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
 
 
-def progress_reporter(num_steps: int, writer: metric_writers.MetricWriter,
-                      every_seconds: float = 60.0) -> periodic_actions.ReportProgress:
-    """Logs steps/s, the fraction done and the ETA to the console."""
-    # The writer gets steps/s and images/s from `Throughput` at log steps; this one only logs.
-    del writer
+def progress_reporter(num_steps: int, every_seconds: float = 60.0
+                      ) -> periodic_actions.ReportProgress:
+    """Logs steps/s, the fraction done and the ETA to the console.
+
+    (TensorBoard gets steps/s and images/s from `Throughput` at log steps.)
+    """
     return periodic_actions.ReportProgress(num_train_steps=num_steps, writer=None,
                                            every_secs=every_seconds, every_steps=None)
 

@@ -16,7 +16,7 @@ from absl import flags
 from ml_collections import config_flags
 from PIL import Image
 
-from pconv_jax import checkpointing, config as config_lib, data
+from pconv_jax import checkpointing, config as config_lib, data, train_logging
 from pconv_jax.train import train_and_evaluate
 from test_train_helpers import REPO, demo_config, load_config_file, param_leaves, shrink
 
@@ -189,3 +189,15 @@ def test_unwritable_workdir_is_a_clear_error(tmp_path):
     blocker.write_text("")
     with pytest.raises(OSError, match="cannot write to the workdir.*--workdir"):
         train_and_evaluate(demo_config(), str(blocker / "work"))
+
+
+def test_image_grid_layout():
+    image = np.full((2, 4, 4, 3), 0.5, np.float32)
+    mask = np.ones((2, 4, 4, 1), np.float32)
+    mask[:, :2] = 0.0
+    output = np.zeros_like(image)
+    grid = train_logging.image_grid(image, mask, output, 0.25 * np.ones_like(image))
+    assert grid.shape == (2 * 4 + 2, 4 * 4 + 3 * 2, 3) and grid.dtype == np.uint8
+    assert (grid[0, 0] == 255).all() and (grid[3, 0] == 128).all()  # holes white, known pixels
+    assert (grid[0, 6] == 0).all() and (grid[0, 12] == 64).all() and (grid[0, 18] == 128).all()
+    assert (grid[4:6] == 255).all()  # the gap between rows
