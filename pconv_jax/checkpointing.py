@@ -24,7 +24,6 @@ import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
-from absl import logging
 from flax import nnx
 
 from pconv_jax import parallel

@@ -16,7 +16,7 @@ import os
 
 import ml_collections
 
-from pconv_jax import data, evaluation, losses, masks, model
+from pconv_jax import losses, masks, model
 
 STAGES = ("train", "finetune")
 
@@ -53,6 +53,7 @@ def base_config(experiment: str, arg: ConfigArg, *, finetune_learning_rate: floa
     Sections: model, loss, data, masks, eval (owned by their modules) and train (here).
     `experiment` names the default workdir `workdirs/<experiment>[_conv]_<stage>`.
     """
+    from pconv_jax import data, evaluation  # TensorFlow & co.: only when a full config is built
     config = ml_collections.ConfigDict()
     config.experiment = experiment + ("_conv" if arg.conv else "")
     config.stage = arg.stage

@@ -12,7 +12,6 @@ e.g. fine-tuning from the train stage) -> a fresh initialisation.
 from __future__ import annotations
 
 import functools
-import json
 import os
 from collections.abc import Callable
 from typing import Any
@@ -304,10 +303,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
             if not np.all(np.isfinite(losses_)):
                 bad = window_start + int(np.argmin(np.isfinite(losses_)))
                 last = checkpointer.latest_step()
+                kept = (f"The last good checkpoint is step {last} in {checkpointer.directory}"
+                        if last is not None else "No checkpoint was saved yet")
                 raise FloatingPointError(
                     f"non-finite loss at step {bad} (in steps {window_start}..{step}); training "
-                    f"stopped. The last good checkpoint is step {last} in "
-                    f"{checkpointer.directory}. Lower config.train.learning_rate or check the data.")
+                    f"stopped. {kept}. Lower config.train.learning_rate or check the data.")
             summary = train_logging.mean_metrics(host)
             summary.update(throughput.measure(step))
             summary["learning_rate"] = float(config.train.learning_rate)

@@ -10,7 +10,6 @@ import textwrap
 import time
 
 import jax
-import numpy as np
 import optax
 import pytest
 from flax import nnx
