@@ -204,12 +204,9 @@ class Checkpointer:
 def abstract_model_state(config: ml_collections.ConfigDict, sharding: jax.sharding.Sharding | None = None
                          ) -> tuple[nnx.GraphDef, dict[str, Any]]:
     """(graphdef, abstract {'params', 'batch_stats'}) of the config's network, without allocating it."""
-    def build():
-        model = PConvUNet.from_config(config.model, rngs=nnx.Rngs(0))
-        _, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
-        return {"params": params, "batch_stats": batch_stats}
-    graphdef = nnx.graphdef(nnx.eval_shape(lambda: PConvUNet.from_config(config.model, rngs=nnx.Rngs(0))))
-    shapes = jax.eval_shape(build)
+    abstract = nnx.eval_shape(lambda: PConvUNet.from_config(config.model, rngs=nnx.Rngs(0)))
+    graphdef, params, batch_stats = nnx.split(abstract, nnx.Param, nnx.BatchStat)
+    shapes = {"params": params, "batch_stats": batch_stats}
     if sharding is None:
         sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     return graphdef, abstract_like(shapes, sharding)
