@@ -19,10 +19,16 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 DATA_AXIS = "data"
 
-# Environment variables that mark a multi-process launch (JAX reads these itself when
-# `jax.distributed.initialize()` is called without arguments).
-_CLUSTER_ENV_VARS = ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES",
-                     "JAX_COORDINATOR_ADDRESS", "KUBERNETES_SERVICE_HOST")
+
+def _cluster_is_multiprocess() -> bool:
+    """Whether the environment describes a multi-process launch that JAX's
+    `jax.distributed.initialize()` detects by itself (SLURM, Open MPI, Cloud TPU pods, or an
+    explicit JAX_COORDINATOR_ADDRESS)."""
+    env = os.environ
+    return (int(env.get("SLURM_NTASKS", "1") or 1) > 1
+            or int(env.get("OMPI_COMM_WORLD_SIZE", "1") or 1) > 1
+            or "," in env.get("TPU_WORKER_HOSTNAMES", "")
+            or "JAX_COORDINATOR_ADDRESS" in env)
 
 
 def initialize_distributed(coordinator_address: str | None = None,
@@ -35,9 +41,7 @@ def initialize_distributed(coordinator_address: str | None = None,
     A single-process run (no arguments, no cluster variables) is left alone.
     """
     explicit = coordinator_address is not None or (num_processes or 1) > 1
-    slurm_single = os.environ.get("SLURM_NTASKS") == "1"
-    detected = any(v in os.environ for v in _CLUSTER_ENV_VARS) and not slurm_single
-    if not explicit and not detected:
+    if not explicit and not _cluster_is_multiprocess():
         return False
     if explicit and (coordinator_address is None or num_processes is None or process_id is None):
         raise ValueError("a multi-process launch needs --coordinator_address, --num_processes and "

@@ -148,3 +148,35 @@ def test_sigterm_requests_a_final_save(tmp_path):
     finally:
         checkpointer.close()
     assert signal.getsignal(signal.SIGTERM) is not None
+
+
+def test_sigterm_during_training_saves_and_stops(tmp_path, monkeypatch):
+    from pconv_jax import data
+    create = data.create_train_pipeline
+
+    class TerminatedAtThirdBatch:
+        def __init__(self, pipeline):
+            self.pipeline, self.count = pipeline, 0
+
+        def __next__(self):
+            self.count += 1
+            if self.count == 3:
+                os.kill(os.getpid(), signal.SIGTERM)  # as a preemption notice would
+            return next(self.pipeline)
+
+        def get_state(self):
+            return self.pipeline.get_state()
+
+        def set_state(self, state):
+            self.pipeline.set_state(state)
+
+    monkeypatch.setattr(data, "create_train_pipeline",
+                        lambda *a, **k: TerminatedAtThirdBatch(create(*a, **k)))
+    previous = signal.getsignal(signal.SIGTERM)
+    state = train_and_evaluate(_config(), str(tmp_path))
+    assert int(state.step) == 3
+    assert signal.getsignal(signal.SIGTERM) == previous
+    saved = checkpointing.Checkpointer(str(tmp_path / "checkpoints"), save_every_steps=EVERY,
+                                       keep=3, read_only=True)
+    assert saved.all_steps() == [3]
+    saved.close()
