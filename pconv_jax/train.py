@@ -255,6 +255,40 @@ def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
             f.write(config.to_json_best_effort(indent=2))
 
 
+class MetricsWindow:
+    """Per-step metrics kept on the devices until a log step, then averaged and checked.
+
+    Fetching them only at log steps keeps the loop free of per-step host synchronisation.
+    """
+
+    def __init__(self, first_step: int):
+        self.start, self._history = first_step, []
+
+    def add(self, metrics: dict[str, jax.Array]) -> None:
+        self._history.append(metrics)
+
+    def flush(self, step: int, last_checkpoint: str) -> dict[str, float]:
+        """Means over the window; FloatingPointError naming the step if a loss is not finite."""
+        if not self._history:
+            return {}
+        host = jax.device_get(self._history)
+        finite = np.isfinite([m["loss"] for m in host])
+        if not finite.all():
+            bad = self.start + int(np.argmin(finite))
+            raise FloatingPointError(
+                f"non-finite loss at step {bad} (in steps {self.start}..{step}); training "
+                f"stopped. {last_checkpoint}. Lower config.train.learning_rate or check the data.")
+        self.start, self._history = step + 1, []
+        return train_logging.mean_metrics(host)
+
+
+def _last_checkpoint_text(checkpointer: checkpointing.Checkpointer) -> str:
+    last = checkpointer.latest_step()
+    if last is None:
+        return "No checkpoint was saved yet"
+    return f"The last good checkpoint is step {last} in {checkpointer.directory}"
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     """Trains (or fine-tunes) per `config`, checkpointing and logging into `workdir`.
 
@@ -262,6 +296,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     last checkpoint stays the last good one).
     """
     from pconv_jax import data  # TensorFlow: imported when training, not with the module
+
+    # --- Setup: workdir, mesh, writers, optimizer, frozen VGG, data, checkpoints.
     workdir = prepare_workdir(workdir)
     check_dataset(config)
     mesh = parallel.make_data_mesh()
@@ -271,60 +307,44 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     tx = make_optimizer(config)
     vgg = load_vgg(config)
     vgg = None if vgg is None else parallel.replicate(vgg, mesh)
-
     pipeline = data.create_train_pipeline(config, seed=config.seed)
     checkpointer = checkpointing.Checkpointer(
         checkpointing.checkpoint_dir(workdir), save_every_steps=config.train.checkpoint_every_steps,
         keep=config.train.keep_checkpoints, asynchronous=config.train.async_checkpoints)
     checkpointer.install_signal_handler()
     try:
+        # --- State: own checkpoint -> config.train.init_from -> fresh initialisation.
         graphdef, state = _restore_or_init(config, checkpointer, tx, mesh, pipeline)
+        train_step, eval_step = steps_for(graphdef, config)
         held_out = eval_batch(config)
         held_out_global = {k: jax.make_array_from_process_local_data(parallel.replicated(mesh), v)
                            for k, v in held_out.items()}
-        train_step, eval_step = steps_for(graphdef, config)
         num_steps = int(config.train.num_steps)
         first_step = int(jax.device_get(state.step)) + 1
-        report_progress = train_logging.progress_reporter(num_steps)
-        throughput = train_logging.Throughput(config.data.batch_size)
-        throughput.measure(first_step - 1)
-        history: list[dict[str, jax.Array]] = []
-        window_start = first_step
         if first_step > num_steps:
             logging.info("nothing to do: the checkpoint is at step %d >= num_steps %d",
                          first_step - 1, num_steps)
+        report_progress = train_logging.progress_reporter(num_steps)
+        throughput = train_logging.Throughput(config.data.batch_size)
+        throughput.measure(first_step - 1)
+        window = MetricsWindow(first_step)
 
-        def flush_metrics(step: int) -> None:
-            nonlocal history, window_start
-            if not history:
-                return
-            host = jax.device_get(history)
-            losses_ = np.array([m["loss"] for m in host])
-            if not np.all(np.isfinite(losses_)):
-                bad = window_start + int(np.argmin(np.isfinite(losses_)))
-                last = checkpointer.latest_step()
-                kept = (f"The last good checkpoint is step {last} in {checkpointer.directory}"
-                        if last is not None else "No checkpoint was saved yet")
-                raise FloatingPointError(
-                    f"non-finite loss at step {bad} (in steps {window_start}..{step}); training "
-                    f"stopped. {kept}. Lower config.train.learning_rate or check the data.")
-            summary = train_logging.mean_metrics(host)
-            summary.update(throughput.measure(step))
-            summary["learning_rate"] = float(config.train.learning_rate)
-            writer.write_scalars(step, summary)
-            history, window_start = [], step + 1
-
+        # --- The loop.
         with jax.set_mesh(mesh):
             for step in range(first_step, num_steps + 1):
                 batch = parallel.global_batch(next(pipeline), mesh)
                 state, metrics = train_step(state, batch, vgg)
-                history.append(metrics)
+                window.add(metrics)
                 report_progress(step)
                 last = step == num_steps
                 stop = checkpointer.should_stop(step)
                 save = last or stop or checkpointer.should_save(step)
                 if save or step % config.train.log_every_steps == 0:
-                    flush_metrics(step)  # also the NaN check, before anything is saved
+                    # Also the non-finite check, so that a NaN state is never saved.
+                    summary = window.flush(step, _last_checkpoint_text(checkpointer))
+                    summary.update(throughput.measure(step),
+                                   learning_rate=float(config.train.learning_rate))
+                    writer.write_scalars(step, summary)
                 if last or step % config.train.eval_every_steps == 0:
                     evaluate(eval_step, state, held_out, held_out_global, writer, step)
                 if save:
@@ -333,7 +353,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                 if stop:
                     logging.warning("preemption: saved step %d, stopping", step)
                     break
-        checkpointer.wait()
         writer.flush()
         return state
     finally:
