@@ -27,6 +27,8 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     from pconv_jax import config as config_lib, parallel, train  # after absl parsed the flags
+    from pconv_jax.train_logging import quiet_library_logs
+    quiet_library_logs()
     parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     config = _CONFIG.value
     workdir = _WORKDIR.value or config_lib.default_workdir(config.experiment, config.stage)

@@ -92,9 +92,9 @@ class _Block(nnx.Module):
 
 def _upsample2x(x):
     """Nearest-neighbour x2 upsampling of NHWC features or masks."""
-    n, h, w, c = x.shape
-    x = jnp.broadcast_to(x[:, :, None, :, None, :], (n, h, 2, w, 2, c))
-    return x.reshape(n, 2 * h, 2 * w, c)
+    # jnp.repeat rather than a broadcast+reshape: the reshape is refused on batch-sharded
+    # arrays of an Explicit mesh.
+    return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
 
 
 def _nearest_valid_sizes(size: int, multiple: int) -> str:
