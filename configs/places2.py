@@ -19,6 +19,6 @@ def get_config(arg: str | None = None):
     config.train.log_every_steps = 100
     config.train.checkpoint_every_steps = 5_000
     config.train.eval_every_steps = 5_000
-    config.loss.vgg_weights = "vgg16-397923af.pth"   # torchvision's file; see docs/loss.md
+    config.loss.vgg_weights = "vgg16-397923af.pth"   # torchvision's file; see the README
     config.lock()
     return config

@@ -127,7 +127,8 @@ def inpainting_loss(
     if use_vgg and vgg is None:
         raise ValueError(
             "The perceptual and style losses need VGG16 weights: set `config.loss.vgg_weights` "
-            "to a weights file (see docs/loss.md), or set the perceptual and style weights to 0."
+            "to a weights file (README: 'The loss and its VGG16 weights'), or set the perceptual "
+            "and style weights to 0."
         )
     m = (mask > MASK_THRESHOLD).astype(jnp.float32)  # binarised exactly as the network does
     out, gt = output.astype(jnp.float32), target.astype(jnp.float32)
