@@ -83,6 +83,18 @@ def _valid_count(xs: list[Array], masks: list[Array]) -> Array:
     return count
 
 
+def _window_sum(count: Array, window, strides, pads, dilations) -> Array:
+    """Sum of (N, H, W, 1) `count` over each (dilated, strided, zero-padded) window."""
+    for axis in (1, 2):
+        dims, step, dil = [1, 1, 1, 1], [1, 1, 1, 1], [1, 1, 1, 1]
+        dims[axis], step[axis], dil[axis] = window[axis - 1], strides[axis - 1], dilations[axis - 1]
+        pad = [(0, 0)] * 4
+        pad[axis] = pads[axis - 1]
+        count = jax.lax.reduce_window(count, 0.0, jax.lax.add, tuple(dims), tuple(step),
+                                      tuple(pad), window_dilation=tuple(dil))
+    return count
+
+
 def partial_conv(
     x: Array | Sequence[Array],
     mask: Array | Sequence[Array],
@@ -135,12 +147,9 @@ def partial_conv(
         rhs_dilation=dilations, dimension_numbers=_DIMENSION_NUMBERS)
 
     # Mask path: the window sum of the valid-channel count, in float32 (exact integers). This is
-    # a 1 -> 1 convolution with a ones kernel, written as a windowed sum: XLA runs that much
-    # faster than a single-channel convolution.
-    window_sum = jax.lax.reduce_window(
-        count, 0.0, jax.lax.add, window_dimensions=(1, kh, kw, 1),
-        window_strides=(1, *strides, 1), padding=((0, 0), *pads, (0, 0)),
-        window_dilation=(1, *dilations, 1))
+    # a 1 -> 1 convolution with a ones kernel, written as two separable windowed sums (rows,
+    # then columns): XLA runs that far faster than a single-channel convolution.
+    window_sum = _window_sum(count, (kh, kw), strides, pads, dilations)
     new_mask = (window_sum > 0.5).astype(jnp.float32)
     ratio = jnp.where(new_mask > 0, (c_in * kh * kw) / jnp.maximum(window_sum, 1.0), 0.0)
 

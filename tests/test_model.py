@@ -111,9 +111,9 @@ def test_plain_conv_switch_uses_plain_convolutions():
     image = jax.random.uniform(jax.random.key(2), (1, 32, 32, 3))
     mask = jnp.asarray(box_mask(1, 32, 5, 5, 12, 12))
     partial_model, plain_model = small_unet(depth), small_unet(depth, partial=False)
-    # Both: one image convolution per layer. Partial adds one window sum per layer (the mask
-    # path); plain has none.
-    assert count_primitives(partial_model, image, mask) == (2 * depth, 2 * depth)
+    # Both: one image convolution per layer. Partial adds the mask path, a separable window sum
+    # (two one-axis sums) per layer; plain has none.
+    assert count_primitives(partial_model, image, mask) == (2 * depth, 2 * 2 * depth)
     assert count_primitives(plain_model, image, mask) == (2 * depth, 0)
     # Same parameter shapes, so the comparison is like for like.
     shapes = lambda m: jax.tree.map(jnp.shape, nnx.state(m, nnx.Param))
