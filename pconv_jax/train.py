@@ -24,7 +24,6 @@ import numpy as np
 import optax
 from absl import logging
 from flax import nnx
-from jax.sharding import PartitionSpec as P
 
 from pconv_jax import checkpointing, losses, parallel, train_logging
 from pconv_jax.model import PConvUNet, composite, encoder_batchnorm_filter
@@ -96,12 +95,11 @@ def load_vgg(config: ml_collections.ConfigDict):
 
 # ----------------------------------------------------------------------------- steps
 
-def _forward(graphdef: nnx.GraphDef, *, train: bool, freeze_encoder_bn: bool,
-             batch_spec: P = P(parallel.DATA_AXIS)) -> Callable:
-    """(params, batch_stats, image, mask) -> (output, new batch_stats); output as `batch_spec`.
+def _forward(graphdef: nnx.GraphDef, *, train: bool, freeze_encoder_bn: bool) -> Callable:
+    """(params, batch_stats, image, mask) -> (output, new batch_stats).
 
-    The network runs with compiler-chosen (auto) sharding inside: its reshapes of the sharded
-    batch axis need no annotations; inputs and outputs keep the explicit shardings.
+    Under the explicit mesh the output keeps the batch's sharding and the BatchNorm statistics
+    (means over the batch axis) come back replicated.
     """
     def forward(params, batch_stats, image, mask):
         model = nnx.merge(graphdef, params, batch_stats, copy=True)
@@ -109,7 +107,7 @@ def _forward(graphdef: nnx.GraphDef, *, train: bool, freeze_encoder_bn: bool,
         model.freeze_encoder_bn = freeze_encoder_bn
         output = model(image * mask, mask)
         return output, nnx.state(model, nnx.BatchStat)
-    return jax.sharding.auto_axes(forward, out_sharding=(batch_spec, P()))
+    return forward
 
 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
@@ -154,7 +152,7 @@ def _cached_steps(graphdef, weights, learning_rate, b1, b2, freeze_encoder_bn):
 def make_eval_step(graphdef: nnx.GraphDef) -> Callable:
     """A jitted `(state, batch) -> (metrics, output, composite)` in inference mode."""
     # The held-out batch is replicated (every process holds all of it).
-    forward = _forward(graphdef, train=False, freeze_encoder_bn=False, batch_spec=P())
+    forward = _forward(graphdef, train=False, freeze_encoder_bn=False)
 
     def eval_step(state: TrainState, batch):
         output, _ = forward(state.params, state.batch_stats, batch["image"], batch["mask"])
