@@ -7,6 +7,8 @@ results.md (results_telea.* / results_ns.* for the baselines) into the workdir. 
 be overridden, e.g. `--config.eval.num_images=16`. See `pconv_jax/evaluation.py`.
 """
 
+import sys
+
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -25,7 +27,10 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     config = _CONFIG.value
     workdir = _WORKDIR.value or config_lib.default_workdir(config.experiment, config.stage)
-    evaluation.run(config, workdir, method=_METHOD.value, checkpoint_step=_CHECKPOINT.value)
+    try:
+        evaluation.run(config, workdir, method=_METHOD.value, checkpoint_step=_CHECKPOINT.value)
+    except FileNotFoundError as e:  # no checkpoint, no test masks, no data: say which, no traceback
+        sys.exit(f"eval.py: {e}")
 
 
 if __name__ == "__main__":
