@@ -34,6 +34,7 @@ def default_config() -> ml_collections.ConfigDict:
         hole_fill=0.5,     # the baseline's constant in holes (the paper: mean pixel 127.5/255)
         bn_momentum=0.9,   # Flax convention: 1 - PyTorch's 0.1
         dtype="float32",   # compute dtype; "bfloat16" for mixed precision (parameters stay float32)
+        remat=False,       # recompute each block's activations in the backward pass (less memory)
     ))
 
 
@@ -90,6 +91,10 @@ class _Block(nnx.Module):
         return y, new_mask
 
 
+def _run_block(block, x, mask, frozen_bn):
+    return block(x, mask, frozen_bn=frozen_bn)
+
+
 def _upsample2x(x):
     """Nearest-neighbour x2 upsampling of NHWC features or masks."""
     # jnp.repeat rather than a broadcast+reshape: the reshape is refused on batch-sharded
@@ -118,12 +123,16 @@ class PConvUNet(nnx.Module):
     `freeze_encoder_bn = True` (the paper's fine-tuning stage) makes the encoder's BatchNorm use
     its running statistics even in training mode; freezing its scale and bias is the optimizer's
     job (see `encoder_batchnorm_filter`).
+
+    `remat=True` recomputes each block's activations in the backward pass instead of storing
+    them (`nnx.remat`): less memory for large images at the price of a second forward pass.
     """
 
     def __init__(self, *, depth: int = 7, widths: Sequence[int] | None = None,
                  kernel_sizes: Sequence[int] | None = None, in_channels: int = 3,
                  out_channels: int = 3, partial: bool = True, hole_fill: float = 0.5,
-                 bn_momentum: float = 0.9, dtype=jnp.float32, rngs: nnx.Rngs):
+                 bn_momentum: float = 0.9, dtype=jnp.float32, remat: bool = False,
+                 rngs: nnx.Rngs):
         widths = tuple(widths) if widths is not None else paper_widths(depth)
         kernel_sizes = tuple(kernel_sizes) if kernel_sizes is not None else paper_kernel_sizes(depth)
         if len(widths) != depth or len(kernel_sizes) != depth:
@@ -132,6 +141,7 @@ class PConvUNet(nnx.Module):
         self.depth, self.in_channels, self.out_channels = depth, in_channels, out_channels
         self.partial, self.hole_fill, self.dtype = partial, hole_fill, jnp.dtype(dtype)
         self.freeze_encoder_bn = False
+        self.remat = remat
         common = dict(partial=partial, momentum=bn_momentum, dtype=self.dtype, rngs=rngs)
 
         encoder, previous = [], in_channels
@@ -157,7 +167,8 @@ class PConvUNet(nnx.Module):
         return cls(depth=config.depth,
                    widths=paper_widths(config.depth, config.base_width, config.max_width),
                    partial=config.partial, hole_fill=config.hole_fill,
-                   bn_momentum=config.bn_momentum, dtype=jnp.dtype(config.dtype), rngs=rngs)
+                   bn_momentum=config.bn_momentum, dtype=jnp.dtype(config.dtype),
+                   remat=config.remat, rngs=rngs)
 
     def check_inputs(self, image: jax.Array, mask: jax.Array) -> None:
         """Raises ValueError for sizes the network cannot take or a mask that does not fit."""
@@ -176,6 +187,12 @@ class PConvUNet(nnx.Module):
                 f"mask of shape {mask.shape} does not fit image of shape {image.shape}: expected "
                 f"{image.shape[:3] + (1,)} or {image.shape}")
 
+    def _apply(self, block, x, mask, frozen_bn: bool):
+        """Runs one block; with `remat`, its activations are recomputed in the backward pass."""
+        if self.remat:
+            return nnx.remat(_run_block, static_argnums=(3,))(block, x, mask, frozen_bn)
+        return _run_block(block, x, mask, frozen_bn)
+
     def encode(self, image: jax.Array, mask: jax.Array) -> list[tuple[jax.Array, jax.Array | None]]:
         """(features, mask) of the input and of every encoder level, shallowest first.
 
@@ -188,7 +205,7 @@ class PConvUNet(nnx.Module):
             x = jnp.where(mask > 0, x, jnp.asarray(self.hole_fill, self.dtype))
         levels = [(x, mask)]
         for block in self.encoder:
-            x, mask = block(x, mask, frozen_bn=self.freeze_encoder_bn)
+            x, mask = self._apply(block, x, mask, self.freeze_encoder_bn)
             levels.append((x, mask))
         return levels
 
@@ -199,9 +216,9 @@ class PConvUNet(nnx.Module):
             skip_x, skip_mask = levels.pop()
             x = _upsample2x(x)
             if self.partial:
-                x, mask = block([x, skip_x], [_upsample2x(mask), skip_mask])
+                x, mask = self._apply(block, [x, skip_x], [_upsample2x(mask), skip_mask], False)
             else:
-                x, _ = block([x, skip_x], None)
+                x, _ = self._apply(block, [x, skip_x], None, False)
         return x.astype(jnp.float32)
 
 def composite(output: jax.Array, image: jax.Array, mask: jax.Array) -> jax.Array:

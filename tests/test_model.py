@@ -176,3 +176,32 @@ def test_bfloat16_compute():
     assert out16.dtype == jnp.float32
     assert nnx.state(model, nnx.Param)["encoder"][0]["conv"]["kernel"][...].dtype == jnp.float32
     np.testing.assert_allclose(out16, out32, atol=0.1 * float(jnp.abs(out32).max()))
+
+
+def test_remat_gives_the_same_output_gradients_and_statistics():
+    image = jax.random.uniform(jax.random.key(6), (2, 16, 16, 3))
+    mask = jnp.asarray(box_mask(2, 16, 3, 3, 6, 6))
+
+    def loss_grads_stats(remat):
+        model = PConvUNet(depth=3, widths=(4, 8, 8), remat=remat, rngs=nnx.Rngs(0))
+        model.train()
+
+        @nnx.jit
+        def step(model):
+            loss = lambda m: jnp.mean(jnp.abs(m(image, mask) - image))
+            return nnx.value_and_grad(loss)(model)
+
+        value, grads = step(model)
+        return value, grads, nnx.state(model, nnx.BatchStat)
+
+    # Every block (3 encoder, 3 decoder) is wrapped in a remat.
+    model = PConvUNet(depth=3, widths=(4, 8, 8), remat=True, rngs=nnx.Rngs(0))
+    graphdef, state = nnx.split(model)
+    jaxpr = str(jax.make_jaxpr(lambda s: nnx.merge(graphdef, s)(image, mask))(state))
+    assert jaxpr.count("remat") == 6
+
+    plain, remat = loss_grads_stats(False), loss_grads_stats(True)
+    np.testing.assert_allclose(remat[0], plain[0], rtol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+                 remat[1], plain[1])
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), remat[2], plain[2])
