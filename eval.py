@@ -13,6 +13,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from pconv_jax import config as config_lib, evaluation
+from pconv_jax.train_logging import quiet_library_logs
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "config file (path.py[:arg])",
                                           lock_config=True)
@@ -25,6 +26,7 @@ _METHOD = flags.DEFINE_enum("method", None, list(evaluation.METHODS),
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    quiet_library_logs()
     config = _CONFIG.value
     workdir = _WORKDIR.value or config_lib.default_workdir(config.experiment, config.stage)
     try:
