@@ -17,7 +17,7 @@ def get_config(arg: str | None = None):
     config.data.name = f"celeb_a_hq/{size}"
     config.data.image_size = size
     config.data.heldout_count = 1000     # CelebA-HQ has only a train split: its last 1000
-    config.data.batch_size = 48 if size == 256 else 16
+    config.data.batch_size = 6           # the paper: batch 6 on one GPU (scale with devices)
     config.model.depth = 7 if size == 256 else 8
     config.train.num_steps = 300_000 if arg.stage == "train" else config.train.num_steps
     config.train.checkpoint_every_steps = 5_000

@@ -12,7 +12,7 @@ def get_config(arg: str | None = None):
     config.data.name = "folder"
     config.data.folder = ""              # required: --config.data.folder=/path/to/images
     config.data.image_size = 512
-    config.data.batch_size = 16
+    config.data.batch_size = 6           # the paper: batch 6 on one GPU (scale with devices)
     config.model.depth = 8
     config.train.num_steps = 500_000 if arg.stage == "train" else config.train.num_steps
     config.train.checkpoint_every_steps = 5_000

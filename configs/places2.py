@@ -13,7 +13,7 @@ def get_config(arg: str | None = None):
     config = base_config("places2", arg, finetune_steps=100_000)
     config.data.name = "places365_small"
     config.data.image_size = 256
-    config.data.batch_size = 48          # the paper: 6 per GPU; here 6 x 8 devices
+    config.data.batch_size = 6           # the paper: batch 6 on one GPU (scale with devices)
     config.model.depth = 7
     config.train.num_steps = 500_000 if arg.stage == "train" else config.train.num_steps
     config.train.log_every_steps = 100
