@@ -16,15 +16,20 @@ import statistics
 import time
 
 import jax
+import ml_collections
 import numpy as np
 import optax
 
-from pconv_jax import config as config_lib, parallel, vgg
+from pconv_jax import config as config_lib, losses, model, parallel, vgg
 from pconv_jax.train import create_train_state, make_train_step
 
 
 def bench(partial: bool, args) -> dict:
-    config = config_lib.base_config("bench", config_lib.ConfigArg(conv=not partial))
+    # The sections a train step needs (no data pipeline: TensorFlow need not be installed).
+    config = ml_collections.ConfigDict(dict(seed=0, model=model.default_config(),
+                                            loss=losses.default_config(),
+                                            train=config_lib.train_config()))
+    config.model.partial = partial
     config.model.depth, config.model.dtype = args.depth, args.dtype
     config.model.base_width = args.base_width
     mesh = parallel.make_data_mesh()
@@ -52,7 +57,8 @@ def bench(partial: bool, args) -> dict:
             "sec_per_step": seconds, "first_step_sec": compile_s, "size": args.size,
             "depth": args.depth, "batch": args.batch, "dtype": args.dtype, "steps": args.steps,
             "loss": float(metrics["loss"]), "devices": jax.device_count(),
-            "backend": jax.default_backend(), "cpu": platform.processor() or platform.machine()}
+            "backend": jax.default_backend(), "device": jax.devices()[0].device_kind,
+            "cpu": platform.processor() or platform.machine()}
 
 
 def main() -> None:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import TYPE_CHECKING
 
 import jax
 import numpy as np
-from clu import metric_writers, periodic_actions
+
+if TYPE_CHECKING:  # clu's writers pull in TensorFlow: imported only where a run needs them
+    from clu import metric_writers, periodic_actions
 
 
 class _LibraryInfoFilter(logging.Filter):
@@ -28,6 +31,7 @@ def quiet_library_logs() -> None:
 
 def create_writer(workdir: str) -> metric_writers.MetricWriter:
     """TensorBoard (in `workdir`) + console writer on process 0; console-only logging elsewhere."""
+    from clu import metric_writers
     return metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
 
 
@@ -37,6 +41,7 @@ def progress_reporter(num_steps: int, every_seconds: float = 60.0
 
     (TensorBoard gets steps/s and images/s from `Throughput` at log steps.)
     """
+    from clu import periodic_actions
     return periodic_actions.ReportProgress(num_train_steps=num_steps, writer=None,
                                            every_secs=every_seconds, every_steps=None)
 
