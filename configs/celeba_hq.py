@@ -23,5 +23,6 @@ def get_config(arg: str | None = None):
     config.train.checkpoint_every_steps = 5_000
     config.train.eval_every_steps = 5_000
     config.loss.vgg_weights = "vgg16-397923af.pth"
+    config.eval.masks_per_cell = 100     # generated test set: 6 bins x {N, B} x 100 masks
     config.lock()
     return config
