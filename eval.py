@@ -12,8 +12,9 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from pconv_jax import config as config_lib, evaluation
-from pconv_jax.train_logging import quiet_library_logs
+from pconv_jax import config as config_lib
+from pconv_jax.evaluation import table1 as evaluation
+from pconv_jax.training.logs import quiet_library_logs
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "config file (path.py[:arg])",
                                           lock_config=True)

@@ -1,6 +1,6 @@
-"""Inpaint your photos: see `python inpaint.py --help` (same as `python -m pconv_jax.inpaint`)."""
+"""Inpaint your photos: see `python inpaint.py --help` (same as `python -m pconv_jax.inference.inpaint`)."""
 
-from pconv_jax.inpaint import main
+from pconv_jax.inference.inpaint import main
 
 if __name__ == "__main__":
     main()

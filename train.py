@@ -1,8 +1,8 @@
 """Trains the partial-convolution inpainting network.
 
-    python train.py --config configs/places2.py                  # train stage
-    python train.py --config configs/places2.py:finetune         # fine-tune stage
-    python train.py --config configs/demo.py --config.train.num_steps=50 --workdir /tmp/demo
+    python loop.py --config configs/places2.py                  # train stage
+    python loop.py --config configs/places2.py:finetune         # fine-tune stage
+    python loop.py --config configs/demo.py --config.train.num_steps=50 --workdir /tmp/demo
 
 The workdir defaults to workdirs/<experiment>_<stage> (e.g. workdirs/places2_train); a run in a
 workdir that holds checkpoints resumes from the latest one. Multi-host: pass
@@ -26,14 +26,16 @@ flags.mark_flags_as_required(["config"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from pconv_jax import config as config_lib, parallel, train  # after absl parsed the flags
-    from pconv_jax.train_logging import quiet_library_logs
+    from pconv_jax import config as config_lib
+    from pconv_jax.training import mesh
+    from pconv_jax.training import loop  # after absl parsed the flags
+    from pconv_jax.training.logs import quiet_library_logs
     quiet_library_logs()
-    parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    mesh.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     config = _CONFIG.value
     workdir = _WORKDIR.value or config_lib.default_workdir(config.experiment, config.stage)
     logging.info("workdir: %s", workdir)
-    train.train_and_evaluate(config, workdir)
+    loop.train_and_evaluate(config, workdir)
 
 
 if __name__ == "__main__":

@@ -20,8 +20,8 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
 
-from pconv_jax import data  # noqa: E402
-from pconv_jax.masks import default_mask_config, generate_mask  # noqa: E402
+from pconv_jax.data import pipeline as data  # noqa: E402
+from pconv_jax.data.masks import default_mask_config, generate_mask  # noqa: E402
 
 
 def _config(name: str, size: int, batch: int, **overrides) -> ml_collections.ConfigDict:

@@ -21,7 +21,7 @@ import numpy as np
 from flax import nnx
 
 from pconv_jax import PConvUNet
-from pconv_jax.model import paper_widths
+from pconv_jax.network.unet import paper_widths
 
 CASES = {"256_d7_b4": (256, 7, 4), "512_d8_b1": (512, 8, 1)}
 

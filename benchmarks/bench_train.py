@@ -20,8 +20,12 @@ import ml_collections
 import numpy as np
 import optax
 
-from pconv_jax import config as config_lib, losses, model, parallel, vgg
-from pconv_jax.train import create_train_state, make_train_step
+from pconv_jax import config as config_lib
+from pconv_jax.loss import losses
+from pconv_jax.network import unet as model
+from pconv_jax.training import mesh as parallel
+from pconv_jax.network import vgg16 as vgg
+from pconv_jax.training.step import create_train_state, make_train_step
 
 
 def bench(partial: bool, args) -> dict:

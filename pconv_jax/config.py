@@ -16,7 +16,9 @@ import os
 
 import ml_collections
 
-from pconv_jax import losses, masks, model
+from pconv_jax.loss import losses
+from pconv_jax.data import masks
+from pconv_jax.network import unet
 
 STAGES = ("train", "finetune")
 
@@ -53,17 +55,18 @@ def base_config(experiment: str, arg: ConfigArg, *, finetune_learning_rate: floa
     Sections: model, loss, data, masks, eval (owned by their modules) and train (here).
     `experiment` names the default workdir `workdirs/<experiment>[_conv]_<stage>`.
     """
-    from pconv_jax import data, evaluation  # TensorFlow & co.: only when a full config is built
+    from pconv_jax.data import pipeline as data
+    from pconv_jax.evaluation import table1  # TensorFlow & co.: only when a full config is built
     config = ml_collections.ConfigDict()
     config.experiment = experiment + ("_conv" if arg.conv else "")
     config.stage = arg.stage
     config.seed = 0
-    config.model = model.default_config()
+    config.model = unet.default_config()
     config.model.partial = not arg.conv
     config.loss = losses.default_config()
     config.data = data.default_config()
     config.masks = masks.default_mask_config()
-    config.eval = evaluation.default_config()
+    config.eval = table1.default_config()
     config.train = train_config()
     if arg.stage == "finetune":
         set_finetune(config, learning_rate=finetune_learning_rate, num_steps=finetune_steps)

@@ -14,8 +14,10 @@ import optax
 import pytest
 from flax import nnx
 
-from pconv_jax import checkpointing, parallel
-from pconv_jax.train import create_train_state, train_and_evaluate
+from pconv_jax.training import checkpoints as checkpointing
+from pconv_jax.training import mesh as parallel
+from pconv_jax.training.loop import train_and_evaluate
+from pconv_jax.training.step import create_train_state
 from test_train_helpers import REPO, demo_config
 
 STEPS, EVERY = 12, 4
@@ -24,8 +26,8 @@ STEPS, EVERY = 12, 4
 KILLED_RUN = textwrap.dedent("""
     import os, sys, time
     sys.path.insert(0, os.path.join(os.getcwd(), "tests"))
-    from pconv_jax import data
-    from pconv_jax.train import train_and_evaluate
+    from pconv_jax.data import pipeline as data
+    from pconv_jax.training.loop import train_and_evaluate
     from test_train_helpers import demo_config
     create = data.create_train_pipeline
 
@@ -151,7 +153,7 @@ def test_sigterm_requests_a_final_save(tmp_path):
 
 
 def test_sigterm_during_training_saves_and_stops(tmp_path, monkeypatch):
-    from pconv_jax import data
+    from pconv_jax.data import pipeline as data
     create = data.create_train_pipeline
 
     class TerminatedAtThirdBatch:

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from pconv_jax import data, data_sources
-from pconv_jax.masks import default_mask_config
+from pconv_jax.data import pipeline as data
+from pconv_jax.data import sources as data_sources
+from pconv_jax.data.masks import default_mask_config
 
 
 def _config(name="demo", size=32, batch=4, **data_overrides):

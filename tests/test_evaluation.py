@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from pconv_jax import evaluation, masks
+from pconv_jax.evaluation import table1 as evaluation
+from pconv_jax.data import masks
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +88,7 @@ def test_a_directory_that_is_not_a_test_set_is_a_clear_error(tmp_path):
 def _demo_config(tmp_path, **eval_overrides):
     import ml_collections
 
-    from pconv_jax import data
+    from pconv_jax.data import pipeline as data
     config = ml_collections.ConfigDict(dict(data=data.default_config(),
                                             eval=evaluation.default_config()))
     config.data.image_size = 32
@@ -109,7 +110,7 @@ def test_run_with_a_baseline_writes_its_own_results_files(tmp_path, capsys):
 def test_an_untrained_network_fills_every_cell(test_set):
     from flax import nnx
 
-    from pconv_jax.model import PConvUNet
+    from pconv_jax.network.unet import PConvUNet
     model = PConvUNet(depth=3, widths=(4, 8, 8), rngs=nnx.Rngs(0))
     per_mask = evaluation.evaluate(evaluation.model_inpainter(model), _images(), test_set,
                                    batch_size=8, progress=False)
@@ -127,7 +128,8 @@ def test_end_to_end_tiny_checkpoint_eval_and_inpaint_command(tmp_path):
     import cv2
     import ml_collections
 
-    from pconv_jax import inpaint, train
+    from pconv_jax.inference import inpaint
+    from pconv_jax.training import loop
     repo = pathlib.Path(__file__).resolve().parents[1]
     config = ml_collections.ConfigDict(
         inpaint.load_config(str(repo / "configs" / "demo.py")).to_dict())  # unlocked copy
@@ -138,7 +140,7 @@ def test_end_to_end_tiny_checkpoint_eval_and_inpaint_command(tmp_path):
                         eval_every_steps=2, eval_batch_size=2, async_checkpoints=False)
     config.eval.update(masks_per_cell=1, batch_size=4)
     workdir = str(tmp_path / "run")
-    train.train_and_evaluate(config, workdir)
+    loop.train_and_evaluate(config, workdir)
 
     results = evaluation.run(config, workdir, progress=False)
     loaded = json.loads((tmp_path / "run" / "results.json").read_text())

@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from pconv_jax import evaluation, inpaint
-from pconv_jax.model import PConvUNet
+from pconv_jax.evaluation import table1 as evaluation
+from pconv_jax.inference import inpaint
+from pconv_jax.network.unet import PConvUNet
 
 
 def _write_rgb(path, rgb):

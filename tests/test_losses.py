@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from pconv_jax import losses, vgg
-from pconv_jax.model import PConvUNet
+from pconv_jax.loss import losses
+from pconv_jax.network import vgg16 as vgg
+from pconv_jax.weights import vgg16_files
+from pconv_jax.network.unet import PConvUNet
 
 loss_jit = jax.jit(losses.inpainting_loss)  # shared, so tests with equal shapes compile once
 PAPER_WEIGHTS = {"valid": 1.0, "hole": 6.0, "perceptual": 0.05, "style_out": 120.0, "style_comp": 120.0, "tv": 0.1}
@@ -206,7 +208,7 @@ def test_vgg_for_config(tmp_path):
     with pytest.raises(ValueError, match=r"config\.loss\.vgg_weights.*vgg16-397923af\.pth"):
         losses.vgg_for_config(config)
     params = vgg.random_vgg16(jax.random.key(1), preprocessing="caffe")
-    vgg.save_npz(params, tmp_path / "vgg.npz")
+    vgg16_files.save_npz(params, tmp_path / "vgg.npz")
     config.vgg_weights = str(tmp_path / "vgg.npz")
     loaded = losses.vgg_for_config(config)
     assert loaded.preprocessing == "caffe"

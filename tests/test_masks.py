@@ -5,7 +5,7 @@ import cv2
 import numpy as np
 import pytest
 
-from pconv_jax import masks
+from pconv_jax.data import masks
 
 
 @pytest.mark.parametrize("bin_index", range(masks.NUM_BINS))

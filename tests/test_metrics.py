@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from skimage.metrics import structural_similarity
 
-from pconv_jax import metrics
+from pconv_jax.evaluation import metrics
 
 
 def _pair(seed=0, shape=(3, 24, 20, 3)):

@@ -6,8 +6,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from pconv_jax import PartialConv, PConvUNet, composite, partial_conv
-from pconv_jax.model import encoder_batchnorm_filter, paper_kernel_sizes, paper_widths
+from pconv_jax import PartialConv
+from pconv_jax import PConvUNet
+from pconv_jax import composite
+from pconv_jax import partial_conv
+from pconv_jax.network.unet import encoder_batchnorm_filter, paper_kernel_sizes, paper_widths
 
 
 def small_unet(depth, partial=True, seed=0, **kw):

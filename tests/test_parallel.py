@@ -15,8 +15,11 @@ import numpy as np
 import optax
 import pytest
 
-from pconv_jax import config as config_lib, losses, model, parallel
-from pconv_jax.train import create_train_state, make_train_step
+from pconv_jax import config as config_lib
+from pconv_jax.loss import losses
+from pconv_jax.network import unet as model
+from pconv_jax.training import mesh as parallel
+from pconv_jax.training.step import create_train_state, make_train_step
 from test_train_helpers import REPO, param_leaves, random_batch
 
 
@@ -87,7 +90,7 @@ WORKER = textwrap.dedent("""
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     process_id, port, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
     sys.path.insert(0, os.path.join(os.getcwd(), "tests"))
-    from pconv_jax import parallel
+    from pconv_jax.training import mesh as parallel
     parallel.initialize_distributed(f"127.0.0.1:{port}", 2, process_id)
     import numpy as np
     from test_parallel import one_sgd_step, step_config
@@ -101,8 +104,8 @@ WORKER = textwrap.dedent("""
 
     # Every process checkpoints; each gets its own data-pipeline position back.
     import optax
-    from pconv_jax import checkpointing
-    from pconv_jax.train import create_train_state
+    from pconv_jax.training import checkpoints as checkpointing
+    from pconv_jax.training.step import create_train_state
     mesh = parallel.make_data_mesh()
     _, state = create_train_state(step_config(), optax.adam(1e-3), mesh)
     ckpt = checkpointing.Checkpointer(sys.argv[4], save_every_steps=1, keep=1)

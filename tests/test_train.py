@@ -16,8 +16,11 @@ from absl import flags
 from ml_collections import config_flags
 from PIL import Image
 
-from pconv_jax import checkpointing, config as config_lib, data, train_logging
-from pconv_jax.train import train_and_evaluate
+from pconv_jax.training import checkpoints as checkpointing
+from pconv_jax import config as config_lib
+from pconv_jax.data import pipeline as data
+from pconv_jax.training import logs
+from pconv_jax.training.loop import train_and_evaluate
 from test_train_helpers import REPO, demo_config, load_config_file, param_leaves, shrink
 
 
@@ -196,7 +199,7 @@ def test_image_grid_layout():
     mask = np.ones((2, 4, 4, 1), np.float32)
     mask[:, :2] = 0.0
     output = np.zeros_like(image)
-    grid = train_logging.image_grid(image, mask, output, 0.25 * np.ones_like(image))
+    grid = logs.image_grid(image, mask, output, 0.25 * np.ones_like(image))
     assert grid.shape == (2 * 4 + 2, 4 * 4 + 3 * 2, 3) and grid.dtype == np.uint8
     assert (grid[0, 0] == 255).all() and (grid[3, 0] == 128).all()  # holes white, known pixels
     assert (grid[0, 6] == 0).all() and (grid[0, 12] == 64).all() and (grid[0, 18] == 128).all()

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from pconv_jax import vgg
+from pconv_jax.network import vgg16 as vgg
+from pconv_jax.weights import vgg16_files
 
 # (torchvision index, Keras layer, C_in, C_out) of VGG16 conv1_1 .. conv3_3, pools after 2, 4, 7.
 LAYERS = [(0, "block1_conv1", 3, 64), (2, "block1_conv2", 64, 64), (5, "block2_conv1", 64, 128),
@@ -225,7 +226,7 @@ def test_torch_pth_loads_and_matches_reference(tmp_path, images, writer):
     state = random_torch_state()
     path = tmp_path / "vgg16-397923af.pth"
     writer(path, state)
-    params = vgg.load_vgg16(path)
+    params = vgg16_files.load_vgg16(path)
     assert params.preprocessing == "torch"
     assert_features_match(params, state, "torch", images)
 
@@ -233,7 +234,7 @@ def test_torch_pth_loads_and_matches_reference(tmp_path, images, writer):
 def test_timm_safetensors_loads_and_matches_reference(tmp_path, images):
     state = random_torch_state(2)
     save_file(dict(state), str(tmp_path / "model.safetensors"))
-    params = vgg.load_vgg16(tmp_path / "model.safetensors")
+    params = vgg16_files.load_vgg16(tmp_path / "model.safetensors")
     assert params.preprocessing == "torch"
     assert_features_match(params, state, "torch", images)
 
@@ -243,7 +244,7 @@ def test_keras_h5_loads_with_caffe_preprocessing(tmp_path, images, keras2_names)
     state = random_torch_state(3)
     path = tmp_path / "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
     write_keras_h5(path, state, keras2_names)
-    params = vgg.load_vgg16(path)
+    params = vgg16_files.load_vgg16(path)
     assert params.preprocessing == "caffe"
     assert_features_match(params, state, "caffe", images)
 
@@ -254,8 +255,8 @@ def test_convert_cli_round_trips_through_npz(tmp_path, source):
     src = tmp_path / f"weights.{source}"
     (write_torch_zip(src, state) if source == "pth" else write_keras_h5(src, state, False))
     dst = tmp_path / "vgg16.npz"
-    vgg.main(["convert", str(src), str(dst)])
-    original, converted = vgg.load_vgg16(src), vgg.load_vgg16(dst)
+    vgg16_files.main(["convert", str(src), str(dst)])
+    original, converted = vgg16_files.load_vgg16(src), vgg16_files.load_vgg16(dst)
     assert converted.preprocessing == original.preprocessing == ("torch" if source == "pth" else "caffe")
     for a, b in zip(jax.tree_util.tree_leaves(original), jax.tree_util.tree_leaves(converted)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -281,7 +282,7 @@ def test_crafted_pth_cannot_run_code(tmp_path, layout):
     else:
         path.write_bytes(payload)
     with pytest.raises(pickle.UnpicklingError, match="Refusing to load global"):
-        vgg.load_vgg16(path)
+        vgg16_files.load_vgg16(path)
     assert not marker.exists()
 
 
@@ -290,7 +291,7 @@ def test_missing_key_is_named(tmp_path):
     del state["features.10.weight"]
     save_file(dict(state), str(tmp_path / "model.safetensors"))
     with pytest.raises(KeyError, match=r"features\.10\.weight"):
-        vgg.load_vgg16(tmp_path / "model.safetensors")
+        vgg16_files.load_vgg16(tmp_path / "model.safetensors")
 
 
 def test_wrong_shape_is_named(tmp_path):
@@ -298,12 +299,12 @@ def test_wrong_shape_is_named(tmp_path):
     state["features.5.bias"] = np.zeros(64, np.float32)
     write_torch_zip(tmp_path / "w.pth", state)
     with pytest.raises(ValueError, match=r"features\.5\.bias.*\(64,\).*\(128,\)"):
-        vgg.load_vgg16(tmp_path / "w.pth")
+        vgg16_files.load_vgg16(tmp_path / "w.pth")
 
 
 def test_missing_file_says_where_weights_come_from(tmp_path):
     with pytest.raises(FileNotFoundError) as err:
-        vgg.load_vgg16(tmp_path / "nope.pth")
+        vgg16_files.load_vgg16(tmp_path / "nope.pth")
     for needle in ("config.loss.vgg_weights", "vgg16-397923af.pth", "download.pytorch.org/models", "vgg16.tv_in1k"):
         assert needle in str(err.value)
 
@@ -311,4 +312,4 @@ def test_missing_file_says_where_weights_come_from(tmp_path):
 def test_unknown_format_is_an_error(tmp_path):
     (tmp_path / "w.bin").write_bytes(b"hello, not weights at all")
     with pytest.raises(ValueError, match="Cannot tell the format"):
-        vgg.load_vgg16(tmp_path / "w.bin")
+        vgg16_files.load_vgg16(tmp_path / "w.bin")

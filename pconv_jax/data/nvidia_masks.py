@@ -1,4 +1,4 @@
-"""Readers for the NVIDIA irregular mask sets (and test sets written by `pconv_jax.masks`).
+"""Readers for the NVIDIA irregular mask sets (and test sets written by `pconv_jax.data.masks`).
 
 - Training set (`disocclusion_img_mask/*.png`, black = hole): `list_train_masks`, then
   `augment_train_mask` (random dilation, rotation, crop, flips; nearest-neighbour only, binary).
@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from pconv_jax.masks import HOLE_RATIO_BINS, NUM_BINS, bin_and_border
+from pconv_jax.data.masks import HOLE_RATIO_BINS, NUM_BINS, bin_and_border
 
 _TEST_NAME = re.compile(r"^(\d{5})\.png$")
 

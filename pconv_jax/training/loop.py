@@ -11,164 +11,33 @@ e.g. fine-tuning from the train stage) -> a fresh initialisation.
 
 from __future__ import annotations
 
-import functools
 import os
-from collections.abc import Callable
-from typing import Any
 
-import flax
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from absl import logging
-from flax import nnx
 
-from pconv_jax import checkpointing, losses, parallel, train_logging
-from pconv_jax.model import PConvUNet, composite, encoder_batchnorm_filter
-from pconv_jax.masks import generate_mask
+from pconv_jax.training import checkpoints as checkpointing
+from pconv_jax.training import mesh as parallel
+from pconv_jax.training import logs
+from pconv_jax.training.step import TrainState, create_train_state, make_optimizer, steps_for
+from pconv_jax.data.masks import generate_mask
 
 VGG_TERMS = ("perceptual", "style_out", "style_comp")
-
-
-@flax.struct.dataclass
-class TrainState:
-    """Everything a train step changes. `params`/`batch_stats` are the network's nnx.State."""
-    step: jax.Array
-    params: Any
-    batch_stats: Any
-    opt_state: Any
-
-    def model_item(self) -> dict[str, Any]:
-        return {"params": self.params, "batch_stats": self.batch_stats}
-
-    def train_item(self) -> dict[str, Any]:
-        return {"opt_state": self.opt_state, "step": self.step}
-
-
-# ----------------------------------------------------------------------------- construction
-
-def _param_labels(params: Any) -> Any:
-    return jax.tree_util.tree_map_with_path(
-        lambda path, v: "frozen" if encoder_batchnorm_filter(path, v) else "trained", params)
-
-
-def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """Adam at `config.train.learning_rate`; with `freeze_encoder_bn` the encoder's BatchNorm
-    scale and bias get zero updates and no Adam state (optax.multi_transform)."""
-    train = config.train
-    return _optimizer(float(train.learning_rate), float(train.adam_b1), float(train.adam_b2),
-                      bool(train.freeze_encoder_bn))
-
-
-def _optimizer(learning_rate: float, b1: float, b2: float, freeze_encoder_bn: bool):
-    adam = optax.adam(learning_rate, b1=b1, b2=b2)
-    if not freeze_encoder_bn:
-        return adam
-    return optax.multi_transform({"trained": adam, "frozen": optax.set_to_zero()}, _param_labels)
-
-
-def create_model(config: ml_collections.ConfigDict) -> PConvUNet:
-    """The config's network, initialised from `config.seed`."""
-    return PConvUNet.from_config(config.model, rngs=nnx.Rngs(config.seed))
-
-
-def create_train_state(config: ml_collections.ConfigDict, tx: optax.GradientTransformation,
-                       mesh: jax.sharding.Mesh) -> tuple[nnx.GraphDef, TrainState]:
-    """(graphdef, fresh TrainState replicated on the mesh)."""
-    model = create_model(config)
-    model.freeze_encoder_bn = bool(config.train.freeze_encoder_bn)
-    graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
-    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-                       opt_state=tx.init(params))
-    return graphdef, parallel.replicate(state, mesh)
 
 
 def load_vgg(config: ml_collections.ConfigDict):
     """The frozen VGG16 weights when a perceptual or style weight is > 0, else None."""
     if max(float(config.loss.weights[t]) for t in VGG_TERMS) <= 0:
         return None
-    from pconv_jax import vgg  # the loader; imported here so that VGG-free runs skip it
-    return vgg.load_vgg16(config.loss.vgg_weights)
-
-
-# ----------------------------------------------------------------------------- steps
-
-def _forward(graphdef: nnx.GraphDef, *, train: bool, freeze_encoder_bn: bool) -> Callable:
-    """(params, batch_stats, image, mask) -> (output, new batch_stats).
-
-    Under the explicit mesh the output keeps the batch's sharding and the BatchNorm statistics
-    (means over the batch axis) come back replicated.
-    """
-    def forward(params, batch_stats, image, mask):
-        model = nnx.merge(graphdef, params, batch_stats, copy=True)
-        model.train() if train else model.eval()
-        model.freeze_encoder_bn = freeze_encoder_bn
-        output = model(image * mask, mask)
-        return output, nnx.state(model, nnx.BatchStat)
-    return forward
-
-
-def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
-                    loss_weights: dict[str, float], freeze_encoder_bn: bool) -> Callable:
-    """A jitted `(state, batch, vgg) -> (state, metrics)`; the state is donated."""
-    weights = {k: float(v) for k, v in loss_weights.items()}
-    forward = _forward(graphdef, train=True, freeze_encoder_bn=freeze_encoder_bn)
-
-    def loss_fn(params, batch_stats, batch, vgg):
-        output, new_batch_stats = forward(params, batch_stats, batch["image"], batch["mask"])
-        total, terms = losses.inpainting_loss(output, batch["image"], batch["mask"], vgg, weights)
-        return total, (terms, new_batch_stats)
-
-    def train_step(state: TrainState, batch: dict[str, jax.Array], vgg):
-        (loss, (terms, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params, state.batch_stats, batch, vgg)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
-                   **{f"loss_{k}": v for k, v in terms.items()}}
-        return state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
-                             opt_state=opt_state), metrics
-
-    return jax.jit(train_step, donate_argnums=0)
-
-
-def steps_for(graphdef: nnx.GraphDef, config: ml_collections.ConfigDict) -> tuple[Callable, Callable]:
-    """(train_step, eval_step) for the config; a later run in this process with the same network
-    and step settings reuses them and their compilations."""
-    train = config.train
-    return _cached_steps(graphdef, tuple(sorted((k, float(v)) for k, v in config.loss.weights.items())),
-                         float(train.learning_rate), float(train.adam_b1), float(train.adam_b2),
-                         bool(train.freeze_encoder_bn))
-
-
-@functools.lru_cache(maxsize=4)
-def _cached_steps(graphdef, weights, learning_rate, b1, b2, freeze_encoder_bn):
-    tx = _optimizer(learning_rate, b1, b2, freeze_encoder_bn)
-    return make_train_step(graphdef, tx, dict(weights), freeze_encoder_bn), make_eval_step(graphdef)
-
-
-def make_eval_step(graphdef: nnx.GraphDef) -> Callable:
-    """A jitted `(state, batch) -> (metrics, output, composite)` in inference mode."""
-    # The held-out batch is replicated (every process holds all of it).
-    forward = _forward(graphdef, train=False, freeze_encoder_bn=False)
-
-    def eval_step(state: TrainState, batch):
-        output, _ = forward(state.params, state.batch_stats, batch["image"], batch["mask"])
-        comp = jnp.clip(composite(output, batch["image"], batch["mask"]), 0.0, 1.0)
-        error = comp - batch["image"]
-        mse = jnp.maximum(jnp.mean(jnp.square(error), axis=(1, 2, 3)), 1e-10)
-        metrics = {"l1_percent": 100.0 * jnp.mean(jnp.abs(error)),
-                   "psnr": jnp.mean(-10.0 * jnp.log10(mse))}
-        return metrics, output, comp
-
-    return jax.jit(eval_step)
+    from pconv_jax.weights import vgg16_files  # the loader; imported here so that VGG-free runs skip it
+    return vgg16_files.load_vgg16(config.loss.vgg_weights)
 
 
 def eval_batch(config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
     """The fixed held-out batch: the first eval_batch_size held-out images with seeded masks."""
-    from pconv_jax import data
+    from pconv_jax.data import pipeline as data
     count = int(config.train.eval_batch_size)
     images = np.asarray(data.load_eval_images(config, count), np.float32)
     size = images.shape[1:3]
@@ -199,9 +68,9 @@ def prepare_workdir(workdir: str) -> str:
 def check_dataset(config: ml_collections.ConfigDict) -> None:
     """A clear error, before any compilation, for a TFDS dataset that is absent and may not be
     downloaded."""
-    from pconv_jax import data_sources
+    from pconv_jax.data import sources
     name = config.data.name
-    if name not in data_sources.TFDS_NAMES or config.data.download:
+    if name not in sources.TFDS_NAMES or config.data.download:
         return
     import tensorflow_datasets as tfds
     builder = tfds.builder(name, data_dir=config.data.tfds_data_dir or None)
@@ -277,7 +146,7 @@ class MetricsWindow:
                 f"non-finite loss at step {bad} (in steps {self.start}..{step}); training "
                 f"stopped. {last_checkpoint}. Lower config.train.learning_rate or check the data.")
         self.start, self._history = step + 1, []
-        return train_logging.mean_metrics(host)
+        return logs.mean_metrics(host)
 
 
 def _last_checkpoint_text(checkpointer: checkpointing.Checkpointer) -> str:
@@ -293,7 +162,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     Returns the final TrainState. Raises FloatingPointError when the loss is not finite (the
     last checkpoint stays the last good one).
     """
-    from pconv_jax import data  # TensorFlow: imported when training, not with the module
+    from pconv_jax.data import pipeline as data  # TensorFlow: imported when training, not with the module
 
     # --- Setup: workdir, mesh, writers, optimizer, frozen VGG, data, checkpoints.
     workdir = prepare_workdir(workdir)
@@ -301,7 +170,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     mesh = parallel.make_data_mesh()
     parallel.check_batch_size(config.data.batch_size, mesh)
     _write_config(config, workdir)
-    writer = train_logging.create_writer(workdir)
+    writer = logs.create_writer(workdir)
     tx = make_optimizer(config)
     vgg = load_vgg(config)
     vgg = None if vgg is None else parallel.replicate(vgg, mesh)
@@ -322,8 +191,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         if first_step > num_steps:
             logging.info("nothing to do: the checkpoint is at step %d >= num_steps %d",
                          first_step - 1, num_steps)
-        report_progress = train_logging.progress_reporter(num_steps)
-        throughput = train_logging.Throughput(config.data.batch_size)
+        report_progress = logs.progress_reporter(num_steps)
+        throughput = logs.Throughput(config.data.batch_size)
         throughput.measure(first_step - 1)
         window = MetricsWindow(first_step)
 
@@ -363,7 +232,7 @@ def evaluate(eval_step, state, held_out, held_out_global, writer, step: int) -> 
     metrics, output, comp = eval_step(state, held_out_global)
     metrics = {f"eval_{k}": float(v) for k, v in jax.device_get(metrics).items()}
     writer.write_scalars(step, metrics)
-    grid = train_logging.image_grid(held_out["image"], held_out["mask"],
+    grid = logs.image_grid(held_out["image"], held_out["mask"],
                                     np.asarray(jax.device_get(output)), np.asarray(jax.device_get(comp)))
     writer.write_images(step, {"held_out": grid[None]})
     return metrics

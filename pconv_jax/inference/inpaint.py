@@ -2,11 +2,11 @@
 
 One image::
 
-    python -m pconv_jax.inpaint --workdir WORKDIR --image photo.jpg --mask mask.png --out result.png
+    python -m pconv_jax.inference.inpaint --workdir WORKDIR --image photo.jpg --mask mask.png --out result.png
 
 A folder (each image is paired with the mask of the same file name stem, e.g. a.jpg <-> a.png)::
 
-    python -m pconv_jax.inpaint --workdir WORKDIR --image photos/ --mask masks/ --out results/
+    python -m pconv_jax.inference.inpaint --workdir WORKDIR --image photos/ --mask masks/ --out results/
 
 Masks: by default white = hole (the NVIDIA test-set convention); `--mask-holes black` for masks
 drawn the other way. Pixel values >= 128 count as white. A mask of another size than its image
@@ -92,7 +92,7 @@ def inpaint_image(fill, image: np.ndarray, mask: np.ndarray, multiple: int = 1) 
     """Composite (H, W, 3) of one image: pads to `multiple`, fills with `fill`, crops back.
 
     `fill`: an inpainter taking (1, H', W', 3) images and (1, H', W', 1) masks (1 = valid)
-    and returning composites, e.g. `evaluation.model_inpainter(model)`.
+    and returning composites, e.g. `table1.model_inpainter(model)`.
     """
     h, w = image.shape[:2]
     padded_image, padded_mask = pad_to_multiple(image, mask, multiple)
@@ -153,19 +153,19 @@ def pair_folder(image_dir: str, mask_dir: str) -> list[tuple[str, str]]:
 def build_inpainter(method: str, workdir: str | None, config_spec: str | None,
                     checkpoint: int | None, radius: int = 3):
     """(inpainter, size multiple) for 'model' (restored from the workdir), 'telea' or 'ns'."""
-    from pconv_jax import evaluation
+    from pconv_jax.evaluation import table1
     if method != "model":
-        return evaluation.classical_inpainter(method, radius), 1
+        return table1.classical_inpainter(method, radius), 1
     if not workdir:
         raise ValueError("--workdir is required with --method model (it holds the checkpoints)")
-    from pconv_jax import checkpointing
+    from pconv_jax.training import checkpoints as checkpointing
     config = load_config(config_spec) if config_spec else workdir_config(workdir)
     model, _ = checkpointing.restore_model(config, workdir, step=checkpoint)
-    return evaluation.model_inpainter(model), 2**model.depth
+    return table1.model_inpainter(model), 2**model.depth
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m pconv_jax.inpaint", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m pconv_jax.inference.inpaint", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--image", required=True, help="an image file, or a folder of images")
     parser.add_argument("--mask", required=True, help="a mask file, or a folder of masks")

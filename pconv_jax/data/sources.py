@@ -1,7 +1,7 @@
 """Where images come from: the bundled demo photographs, an image folder, TFDS datasets.
 
 Random-access sources (demo, folder) are `ImageSource` objects: a list of items with a loader
-returning uint8 RGB arrays (H, W, 3). TFDS sources are read by `pconv_jax.data` directly; this
+returning uint8 RGB arrays (H, W, 3). TFDS sources are read by `pconv_jax.data.pipeline` directly; this
 module only prepares their builder and names their splits.
 """
 

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from pconv_jax.pconv import partial_conv, plain_conv
+from pconv_jax.ops.pconv import partial_conv, plain_conv
 
 MASK_THRESHOLD = 0.5  # mask values > this count as valid; the rest as holes.
 

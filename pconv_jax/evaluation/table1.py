@@ -5,7 +5,7 @@ Protocol (deterministic, so two methods are compared on identical pairs):
 - Test masks: a directory in the NVIDIA test-set layout (00000.png, 00001.png, ..., white = hole,
   blocks of 2K files per hole-ratio bin, the first K of a block not touching the border: N, the
   next K touching it: B), or, when `config.eval.test_masks` is '', our own set of 6 x 2 x K masks
-  written by `pconv_jax.masks.write_test_set` into `<workdir>/test_masks_<size>_k<K>` at the
+  written by `pconv_jax.data.masks.write_test_set` into `<workdir>/test_masks_<size>_k<K>` at the
   evaluation resolution. A mask's bin and N/B label come from its position in that layout.
 - Masks of another size than the images are resized nearest-neighbour (never interpolated).
 - Images: the first `config.eval.num_images` held-out images of the config's data source.
@@ -33,8 +33,11 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
-from pconv_jax import baselines, masks as masks_lib, metrics, nvidia_masks
-from pconv_jax.model import composite
+from pconv_jax.evaluation import baselines
+from pconv_jax.data import masks as masks_lib
+from pconv_jax.evaluation import metrics
+from pconv_jax.data import nvidia_masks
+from pconv_jax.network.unet import composite
 
 METRICS = ("l1", "psnr", "ssim")
 METRIC_TITLES = {"l1": "L1 (%)", "psnr": "PSNR (dB)", "ssim": "SSIM"}
@@ -216,7 +219,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, method: str | None =
     defaults to config.eval.method. Returns the results dictionary written to results.json
     (results_telea.json / results_ns.json for the baselines, so they never overwrite the network's).
     """
-    from pconv_jax import data  # heavy (TensorFlow): import only when evaluating
+    from pconv_jax.data import pipeline as data  # heavy (TensorFlow): import only when evaluating
 
     method = method or config.eval.method
     if method not in METHODS:
@@ -225,8 +228,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, method: str | None =
         checkpoint_step = config.eval.checkpoint_step
     step = None
     if method == "model":
-        from pconv_jax import checkpointing
-        model, step = checkpointing.restore_model(config, workdir, step=checkpoint_step)
+        from pconv_jax.training import checkpoints
+        model, step = checkpoints.restore_model(config, workdir, step=checkpoint_step)
         inpaint = model_inpainter(model)
     else:
         inpaint = classical_inpainter(method, config.eval.inpaint_radius)

@@ -20,9 +20,9 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
-from pconv_jax import data_sources
-from pconv_jax.masks import default_mask_config, generate_mask
-from pconv_jax.nvidia_masks import NvidiaTrainMasks
+from pconv_jax.data import sources as data_sources
+from pconv_jax.data.masks import default_mask_config, generate_mask
+from pconv_jax.data.nvidia_masks import NvidiaTrainMasks
 
 try:  # TensorFlow only feeds data: keep it off the accelerators JAX uses.
     tf.config.set_visible_devices([], "GPU")
@@ -276,7 +276,7 @@ def create_train_pipeline(config: ml_collections.ConfigDict, *, seed: int,
 
     Args:
       config: the whole config; reads `config.data` (see `default_config`) and `config.masks`
-        (see `pconv_jax.masks.default_mask_config`; defaults if absent).
+        (see `pconv_jax.data.masks.default_mask_config`; defaults if absent).
       seed: non-negative int; the same seed gives the same batches.
       process_index, process_count: this process's share; default jax.process_index() and
         jax.process_count().

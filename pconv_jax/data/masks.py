@@ -7,7 +7,7 @@ function of its seed.
 
 Writing a test set with the NVIDIA test-set layout (PNG, white 255 = hole)::
 
-    python -m pconv_jax.masks write-test-set OUT_DIR --per-cell 1000 --size 512 --seed 0
+    python -m pconv_jax.data.masks write-test-set OUT_DIR --per-cell 1000 --size 512 --seed 0
 """
 
 from __future__ import annotations
@@ -234,7 +234,7 @@ def write_test_set(out_dir: str, *, per_cell: int = 1000, size: int = 512, seed:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m pconv_jax.masks", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m pconv_jax.data.masks", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     write = commands.add_parser("write-test-set", help="write a test mask set (white = hole)")

@@ -26,8 +26,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from pconv_jax import parallel
-from pconv_jax.model import PConvUNet
+from pconv_jax.training import mesh
+from pconv_jax.network.unet import PConvUNet
 
 CHECKPOINT_SUBDIR = "checkpoints"
 
@@ -118,7 +118,7 @@ class Checkpointer:
         """
         if not force and not self.should_save(step):
             return False
-        processes = parallel.allgather_json(data_state)
+        processes = mesh.allgather_json(data_state)
         return self._manager.save(
             step, force=True,
             args=ocp.args.Composite(model=ocp.args.StandardSave(model),

@@ -3,7 +3,7 @@
     L = L_valid + 6 L_hole + 0.05 L_perc + 120 (L_style_out + L_style_comp) + 0.1 L_tv
 
 Every L1 term is a mean over elements. Perceptual and style terms use VGG16 pool1..pool3
-(`pconv_jax.vgg`); the total-variation term is restricted to the 1-pixel dilation of the holes.
+(`pconv_jax.network.vgg16`); the total-variation term is restricted to the 1-pixel dilation of the holes.
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from pconv_jax.model import MASK_THRESHOLD
-from pconv_jax.vgg import WEIGHTS_HELP, VGGParams, load_vgg16, vgg16_features
+from pconv_jax.network.unet import MASK_THRESHOLD
+from pconv_jax.network.vgg16 import VGGParams, vgg16_features
+from pconv_jax.weights.vgg16_files import WEIGHTS_HELP, load_vgg16
 
 TERMS = ("valid", "hole", "perceptual", "style_out", "style_comp", "tv")
 DEFAULT_WEIGHTS = {"valid": 1.0, "hole": 6.0, "perceptual": 0.05, "style_out": 120.0, "style_comp": 120.0, "tv": 0.1}
@@ -112,7 +113,7 @@ def inpainting_loss(
       target: the ground truth I_gt, same shape.
       mask: 1 = valid pixel, 0 = hole; (N, H, W, 1) or (N, H, W, C). Values above
         `MASK_THRESHOLD` (0.5) count as valid, as in the network.
-      vgg: frozen VGG16 weights (`pconv_jax.vgg.load_vgg16`); needed when the perceptual
+      vgg: frozen VGG16 weights (`pconv_jax.weights.vgg16_files.load_vgg16`); needed when the perceptual
         or a style weight is > 0. With those weights all 0 the VGG is not run.
       weights: term weights (keys of `TERMS`, missing ones default to the paper's
         1, 6, 0.05, 120, 120, 0.1); static Python numbers, e.g. `config.loss.weights`.

@@ -1,0 +1,1 @@
+"""Image and mask files, generated and NVIDIA masks, image sources, input pipelines."""

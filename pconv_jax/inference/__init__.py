@@ -1,0 +1,1 @@
+"""Inpainting images with a trained network."""

@@ -1,0 +1,1 @@
+"""The partial convolution as a pure function of arrays."""

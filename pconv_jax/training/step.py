@@ -1,0 +1,148 @@
+"""The train and eval steps: a `TrainState`, the optimizer, and the jitted steps.
+
+One `jax.jit` step over a 1-D mesh of all devices ('data'): parameters replicated, the batch
+sharded, so BatchNorm statistics are global over the whole batch and gradients come back summed.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax import nnx
+
+from pconv_jax.loss import losses
+from pconv_jax.network.unet import PConvUNet, composite, encoder_batchnorm_filter
+from pconv_jax.training import mesh as parallel
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a train step changes. `params`/`batch_stats` are the network's nnx.State."""
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+
+    def model_item(self) -> dict[str, Any]:
+        return {"params": self.params, "batch_stats": self.batch_stats}
+
+    def train_item(self) -> dict[str, Any]:
+        return {"opt_state": self.opt_state, "step": self.step}
+
+
+# ----------------------------------------------------------------------------- construction
+
+def _param_labels(params: Any) -> Any:
+    return jax.tree_util.tree_map_with_path(
+        lambda path, v: "frozen" if encoder_batchnorm_filter(path, v) else "trained", params)
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """Adam at `config.train.learning_rate`; with `freeze_encoder_bn` the encoder's BatchNorm
+    scale and bias get zero updates and no Adam state (optax.multi_transform)."""
+    train = config.train
+    return _optimizer(float(train.learning_rate), float(train.adam_b1), float(train.adam_b2),
+                      bool(train.freeze_encoder_bn))
+
+
+def _optimizer(learning_rate: float, b1: float, b2: float, freeze_encoder_bn: bool):
+    adam = optax.adam(learning_rate, b1=b1, b2=b2)
+    if not freeze_encoder_bn:
+        return adam
+    return optax.multi_transform({"trained": adam, "frozen": optax.set_to_zero()}, _param_labels)
+
+
+def create_model(config: ml_collections.ConfigDict) -> PConvUNet:
+    """The config's network, initialised from `config.seed`."""
+    return PConvUNet.from_config(config.model, rngs=nnx.Rngs(config.seed))
+
+
+def create_train_state(config: ml_collections.ConfigDict, tx: optax.GradientTransformation,
+                       mesh: jax.sharding.Mesh) -> tuple[nnx.GraphDef, TrainState]:
+    """(graphdef, fresh TrainState replicated on the mesh)."""
+    model = create_model(config)
+    model.freeze_encoder_bn = bool(config.train.freeze_encoder_bn)
+    graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                       opt_state=tx.init(params))
+    return graphdef, parallel.replicate(state, mesh)
+
+
+# ----------------------------------------------------------------------------- steps
+
+def _forward(graphdef: nnx.GraphDef, *, train: bool, freeze_encoder_bn: bool) -> Callable:
+    """(params, batch_stats, image, mask) -> (output, new batch_stats).
+
+    Under the explicit mesh the output keeps the batch's sharding and the BatchNorm statistics
+    (means over the batch axis) come back replicated.
+    """
+    def forward(params, batch_stats, image, mask):
+        model = nnx.merge(graphdef, params, batch_stats, copy=True)
+        model.train() if train else model.eval()
+        model.freeze_encoder_bn = freeze_encoder_bn
+        output = model(image * mask, mask)
+        return output, nnx.state(model, nnx.BatchStat)
+    return forward
+
+
+def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
+                    loss_weights: dict[str, float], freeze_encoder_bn: bool) -> Callable:
+    """A jitted `(state, batch, vgg) -> (state, metrics)`; the state is donated."""
+    weights = {k: float(v) for k, v in loss_weights.items()}
+    forward = _forward(graphdef, train=True, freeze_encoder_bn=freeze_encoder_bn)
+
+    def loss_fn(params, batch_stats, batch, vgg):
+        output, new_batch_stats = forward(params, batch_stats, batch["image"], batch["mask"])
+        total, terms = losses.inpainting_loss(output, batch["image"], batch["mask"], vgg, weights)
+        return total, (terms, new_batch_stats)
+
+    def train_step(state: TrainState, batch: dict[str, jax.Array], vgg):
+        (loss, (terms, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params, state.batch_stats, batch, vgg)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
+                   **{f"loss_{k}": v for k, v in terms.items()}}
+        return state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                             opt_state=opt_state), metrics
+
+    return jax.jit(train_step, donate_argnums=0)
+
+
+def steps_for(graphdef: nnx.GraphDef, config: ml_collections.ConfigDict) -> tuple[Callable, Callable]:
+    """(train_step, eval_step) for the config; a later run in this process with the same network
+    and step settings reuses them and their compilations."""
+    train = config.train
+    return _cached_steps(graphdef, tuple(sorted((k, float(v)) for k, v in config.loss.weights.items())),
+                         float(train.learning_rate), float(train.adam_b1), float(train.adam_b2),
+                         bool(train.freeze_encoder_bn))
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_steps(graphdef, weights, learning_rate, b1, b2, freeze_encoder_bn):
+    tx = _optimizer(learning_rate, b1, b2, freeze_encoder_bn)
+    return make_train_step(graphdef, tx, dict(weights), freeze_encoder_bn), make_eval_step(graphdef)
+
+
+def make_eval_step(graphdef: nnx.GraphDef) -> Callable:
+    """A jitted `(state, batch) -> (metrics, output, composite)` in inference mode."""
+    # The held-out batch is replicated (every process holds all of it).
+    forward = _forward(graphdef, train=False, freeze_encoder_bn=False)
+
+    def eval_step(state: TrainState, batch):
+        output, _ = forward(state.params, state.batch_stats, batch["image"], batch["mask"])
+        comp = jnp.clip(composite(output, batch["image"], batch["mask"]), 0.0, 1.0)
+        error = comp - batch["image"]
+        mse = jnp.maximum(jnp.mean(jnp.square(error), axis=(1, 2, 3)), 1e-10)
+        metrics = {"l1_percent": 100.0 * jnp.mean(jnp.abs(error)),
+                   "psnr": jnp.mean(-10.0 * jnp.log10(mse))}
+        return metrics, output, comp
+
+    return jax.jit(eval_step)

@@ -1,0 +1,1 @@
+"""Reading weight files safely: PyTorch pickles without torch, VGG16 formats."""
