@@ -22,7 +22,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from pconv_jax.network.vgg16 import VGG16_CONVS, VGGParams, make_params
-from pconv_jax.weights import torch_pickle
+from pconv_jax.weights import checks, torch_pickle
 
 WEIGHTS_HELP = (
     "VGG16 weights are read from the file named by `config.loss.vgg_weights`. Get "
@@ -43,7 +43,7 @@ def _detect_format(path: str) -> str:
     if head.startswith(b"\x89HDF\r\n\x1a\n"):
         return "keras_h5"
     if head.startswith(b"PK"):
-        with zipfile.ZipFile(path) as zf:
+        with checks.open_zip(path) as zf:
             names = zf.namelist()
         if names and all(n.endswith(".npy") for n in names):
             return "npz"
@@ -60,29 +60,107 @@ def _detect_format(path: str) -> str:
     )
 
 
-def _check_shape(key: str, array: np.ndarray, expected: tuple[int, ...], path: str) -> None:
-    if tuple(array.shape) != expected:
-        raise ValueError(f"VGG16 weights {path}: '{key}' has shape {tuple(array.shape)}, expected {expected}.")
+def _check_shape(key: str, shape: Sequence[int], expected: tuple[int, ...], path: str) -> None:
+    if tuple(shape) != expected:
+        raise ValueError(
+            f"VGG16 weights {path}: '{key}' has shape {tuple(shape)}, expected {expected}.")
 
 
-def _get(store: Mapping[str, np.ndarray], key: str, path: str) -> np.ndarray:
-    if key not in store:
-        raise KeyError(f"VGG16 weights {path}: missing key '{key}' (is this a VGG16 checkpoint?).")
-    return np.asarray(store[key])
+def _missing(key: str, path: str) -> KeyError:
+    return KeyError(f"VGG16 weights {path}: missing key '{key}' (is this a VGG16 checkpoint?).")
 
 
-def _from_torch_state(state: Mapping[str, np.ndarray], path: str) -> VGGParams:
+def _torch_shapes() -> dict[str, tuple[int, ...]]:
     """torchvision/timm layout: features.N.weight (OIHW), features.N.bias."""
-    if "state_dict" in state and isinstance(state["state_dict"], Mapping):
-        state = state["state_dict"]
+    shapes = {}
+    for _, index, _, c_in, c_out in VGG16_CONVS:
+        shapes[f"features.{index}.weight"] = (c_out, c_in, 3, 3)
+        shapes[f"features.{index}.bias"] = (c_out,)
+    return shapes
+
+
+def _from_torch_layout(arrays: Mapping[str, np.ndarray], path: str) -> VGGParams:
     convs = {}
-    for name, index, _, c_in, c_out in VGG16_CONVS:
+    for name, index, _, _, _ in VGG16_CONVS:
         w_key, b_key = f"features.{index}.weight", f"features.{index}.bias"
-        w, b = _get(state, w_key, path), _get(state, b_key, path)
-        _check_shape(w_key, w, (c_out, c_in, 3, 3), path)
-        _check_shape(b_key, b, (c_out,), path)
+        w, b = arrays[w_key], arrays[b_key]
+        checks.check_weights(w_key, w, path)
+        checks.check_weights(b_key, b, path)
         convs[name] = {"kernel": np.transpose(w, (2, 3, 1, 0)), "bias": b}
     return make_params(convs, "torch")
+
+
+def _read_torch(path: str, fmt: str) -> VGGParams:
+    """Checks keys and shapes on the tensor records, then reads only the 14 tensors needed."""
+    if fmt == "torch_zip":
+        state = torch_pickle.load_zip_records(path)
+    else:
+        state = torch_pickle.load_legacy_records(path)
+    if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
+        state = state["state_dict"]
+    if not isinstance(state, Mapping):
+        raise ValueError(
+            f"{path}: expected a state_dict (a mapping of tensors), got {type(state).__name__}.")
+    records = {}
+    for key, shape in _torch_shapes().items():
+        if key not in state:
+            raise _missing(key, path)
+        if not isinstance(state[key], torch_pickle.TensorRecord):
+            raise checks.WeightsFileError(f"VGG16 weights {path}: '{key}' is not a tensor.")
+        _check_shape(key, state[key].shape, shape, path)
+        records[key] = state[key]
+    return _from_torch_layout(torch_pickle.materialize(records), path)
+
+
+def _read_safetensors(path: str) -> VGGParams:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(path, "np") as f:
+            keys = set(f.keys())
+            shapes = _torch_shapes()
+            for key, shape in shapes.items():
+                if key not in keys:
+                    raise _missing(key, path)
+                _check_shape(key, f.get_slice(key).get_shape(), shape, path)
+            arrays = {key: f.get_tensor(key) for key in shapes}
+    except SafetensorError as err:
+        raise checks.WeightsFileError(f"{path}: not a valid safetensors file ({err}).") from None
+    return _from_torch_layout(arrays, path)
+
+
+def _h5_member(group, name: str, path: str):
+    """`group[name]`, following hard links only: soft and external links (which can lead to
+    other files) are refused, as is a dataset whose data lives outside the file."""
+    import h5py
+
+    obj = group
+    for part in name.split("/"):
+        link = obj.get(part, getlink=True) if part else None
+        if link is None:
+            raise KeyError(f"VGG16 weights {path}: missing '{name}' in '{group.name}'.")
+        if not isinstance(link, h5py.HardLink):
+            raise checks.WeightsFileError(
+                f"{path}: '{name}' is reached through a {type(link).__name__}; weight files "
+                "hold their data themselves, links are refused.")
+        obj = obj[part]
+    if isinstance(obj, h5py.Dataset) and (obj.external or obj.is_virtual):
+        raise checks.WeightsFileError(
+            f"{path}: dataset '{obj.name}' keeps its data outside the file (external storage "
+            "or a virtual dataset); refusing to read it.")
+    return obj
+
+
+def _h5_array(group, name: str, shape: tuple[int, ...], path: str) -> np.ndarray:
+    import h5py
+
+    dataset = _h5_member(group, name, path)
+    if not isinstance(dataset, h5py.Dataset):
+        raise checks.WeightsFileError(f"{path}: '{dataset.name}' is not a dataset.")
+    _check_shape(dataset.name.lstrip("/"), dataset.shape, shape, path)
+    array = np.asarray(dataset[()])
+    checks.check_weights(dataset.name.lstrip("/"), array, path)
+    return array
 
 
 def _read_keras_h5(path: str) -> VGGParams:
@@ -92,40 +170,65 @@ def _read_keras_h5(path: str) -> VGGParams:
 
     convs = {}
     with h5py.File(path, "r") as f:
-        root = f["model_weights"] if "model_weights" in f else f
+        root = _h5_member(f, "model_weights", path) if "model_weights" in f else f
         for name, _, layer, c_in, c_out in VGG16_CONVS:
             if layer not in root:
                 raise KeyError(f"VGG16 weights {path}: missing layer group '{layer}'.")
-            group = root[layer]
+            group = _h5_member(root, layer, path)
             names = [n.decode() if isinstance(n, bytes) else str(n) for n in group.attrs.get("weight_names", [])]
             if len(names) != 2:
                 raise KeyError(f"VGG16 weights {path}: layer '{layer}' should list 2 weight_names, got {names}.")
-            kernel, bias = (np.asarray(group[n]) for n in names)
-            _check_shape(f"{layer}/{names[0]}", kernel, (3, 3, c_in, c_out), path)
-            _check_shape(f"{layer}/{names[1]}", bias, (c_out,), path)
+            kernel = _h5_array(group, names[0], (3, 3, c_in, c_out), path)
+            bias = _h5_array(group, names[1], (c_out,), path)
             convs[name] = {"kernel": kernel, "bias": bias}
     return make_params(convs, "caffe")
 
 
+def _npz_array(zf: zipfile.ZipFile, key: str, shape: tuple[int, ...], kind: str,
+               path: str) -> np.ndarray:
+    """One array of an .npz, its header (shape, dtype) checked before its data is read."""
+    member = f"{key}.npy"
+    if member not in zf.namelist():
+        raise _missing(key, path)
+    with zf.open(member) as fp:
+        version = np.lib.format.read_magic(fp)
+        if version == (1, 0):
+            found, _, dtype = np.lib.format.read_array_header_1_0(fp)
+        elif version == (2, 0):
+            found, _, dtype = np.lib.format.read_array_header_2_0(fp)
+        else:
+            raise checks.WeightsFileError(
+                f"{path}: '{key}' has unsupported .npy version {version}.")
+    _check_shape(key, found, shape, path)
+    if dtype.kind != kind:
+        raise checks.WeightsFileError(f"{path}: '{key}' has dtype {dtype}, expected kind '{kind}'.")
+    with zf.open(member) as fp:
+        return np.lib.format.read_array(fp, allow_pickle=False)
+
+
 def _read_npz(path: str) -> VGGParams:
-    with np.load(path, allow_pickle=False) as data:
-        mode = str(_get(data, "preprocessing", path))
+    with checks.open_zip(path) as zf:
+        mode = str(_npz_array(zf, "preprocessing", (), "U", path))
         convs = {}
         for name, _, _, c_in, c_out in VGG16_CONVS:
-            kernel, bias = _get(data, f"{name}/kernel", path), _get(data, f"{name}/bias", path)
-            _check_shape(f"{name}/kernel", kernel, (3, 3, c_in, c_out), path)
-            _check_shape(f"{name}/bias", bias, (c_out,), path)
-            convs[name] = {"kernel": kernel, "bias": bias}
+            convs[name] = {
+                "kernel": _npz_array(zf, f"{name}/kernel", (3, 3, c_in, c_out), "f", path),
+                "bias": _npz_array(zf, f"{name}/bias", (c_out,), "f", path),
+            }
+    for name, conv in convs.items():
+        for part, array in conv.items():
+            checks.check_weights(f"{name}/{part}", array, path)
     return make_params(convs, mode)
-
 
 
 def load_vgg16(path: str | os.PathLike) -> VGGParams:
     """Loads VGG16 conv1_1..conv3_3 weights; the file format is detected from its content.
 
     Raises FileNotFoundError (saying where to get the weights) for a missing file,
-    KeyError naming the key for a missing weight, ValueError for a wrong shape or an
-    unknown format, pickle.UnpicklingError for a .pth that holds anything but tensors.
+    KeyError naming the key for a missing weight, ValueError for a wrong shape, an
+    unknown format, non-finite weights or a corrupt or unsafe file (`WeightsFileError`),
+    pickle.UnpicklingError for a .pth that holds anything but tensors. Shapes are checked
+    before any weights are read, and only the weights needed are read.
     """
     path = os.fspath(path)
     if not path or not os.path.isfile(path):
@@ -136,14 +239,8 @@ def load_vgg16(path: str | os.PathLike) -> VGGParams:
     if fmt == "npz":
         return _read_npz(path)
     if fmt == "safetensors":
-        from safetensors.numpy import load_file
-
-        return _from_torch_state(load_file(path), path)
-    read = torch_pickle.read_torch_zip if fmt == "torch_zip" else torch_pickle.read_torch_legacy
-    state = read(path)
-    if not isinstance(state, Mapping):
-        raise ValueError(f"{path}: expected a state_dict (a mapping of tensors), got {type(state).__name__}.")
-    return _from_torch_state(state, path)
+        return _read_safetensors(path)
+    return _read_torch(path, fmt)
 
 
 def save_npz(params: VGGParams, path: str | os.PathLike) -> None:
