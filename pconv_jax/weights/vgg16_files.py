@@ -170,9 +170,11 @@ def _read_keras_h5(path: str) -> VGGParams:
 
     convs = {}
     with h5py.File(path, "r") as f:
-        root = _h5_member(f, "model_weights", path) if "model_weights" in f else f
+        # `name in group` would resolve an external link (open the other file): look at links.
+        has_root = f.get("model_weights", getlink=True) is not None
+        root = _h5_member(f, "model_weights", path) if has_root else f
         for name, _, layer, c_in, c_out in VGG16_CONVS:
-            if layer not in root:
+            if root.get(layer, getlink=True) is None:
                 raise KeyError(f"VGG16 weights {path}: missing layer group '{layer}'.")
             group = _h5_member(root, layer, path)
             names = [n.decode() if isinstance(n, bytes) else str(n) for n in group.attrs.get("weight_names", [])]
