@@ -208,6 +208,19 @@ def test_tensor_past_its_storage_is_refused(tmp_path, layout):
         vgg16_files.load_vgg16(path)
 
 
+@pytest.mark.parametrize("size, stride, message", [
+    ((2, 4), (4,), r"size \(2, 4\) but stride \(4,\)"),
+    (("8",), (1,), "size is '8', not an integer"),
+    ((0, 1 << 70), (1, 1), "out of range"),
+])
+def test_malformed_tensor_records_are_refused(tmp_path, size, stride, message):
+    path = tmp_path / "w.pth"
+    write_checkpoint(path, "zip", {"w": Tensor(Storage("0", 8), 0, size, stride)},
+                     {"0": floats(8)})
+    with pytest.raises(WeightsFileError, match=message):
+        torch_pickle.read_torch_zip(path)
+
+
 def test_storage_smaller_than_declared_is_refused(tmp_path):
     path = tmp_path / "w.pth"
     storage = Storage("0", 1 << 30)  # declares 4 GiB, holds 32 bytes

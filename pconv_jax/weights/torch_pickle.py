@@ -15,8 +15,9 @@ Both of torch's layouts: the zip archive of `torch.save` (>= 1.6) and the legacy
 - the tensors produced may take at most `MAX_BROADCAST` times the file's storage bytes plus
   1 MiB: a stride-0 record can describe a tensor of any size from one element.
 
-`load_zip_records`/`load_legacy_records` give the checkpoint with `TensorRecord` leaves (shape
-and dtype known, nothing copied) so that a caller can check keys and shapes first;
+`load_zip_records`/`load_legacy_records` give the checkpoint as plain dicts, lists and tuples
+with `TensorRecord` leaves (shape and dtype known, nothing copied) so that a caller can check
+keys and shapes first;
 `materialize` then reads the data. `read_torch_zip`/`read_torch_legacy` do both at once.
 Refusals raise `WeightsFileError` (a ValueError) naming the file.
 """
@@ -31,7 +32,7 @@ import os
 import pickle
 import pickletools
 import struct
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -136,7 +137,10 @@ def _int_tuple(value: Any, what: str) -> tuple[int, ...]:
     if not isinstance(value, (tuple, list)) or len(value) > MAX_DIMS:
         raise WeightsFileError(f"a tensor record's {what} is not a tuple of at most {MAX_DIMS} "
                                "integers")
-    return tuple(_int(v, what) for v in value)
+    values = tuple(_int(v, what) for v in value)
+    if any(abs(v) >= 1 << 62 for v in values):
+        raise WeightsFileError(f"a tensor record's {what} {values} is out of range")
+    return values
 
 
 class _TensorRebuilder:
@@ -292,8 +296,8 @@ def _storage_record(pid: tuple) -> tuple[np.dtype, str, int]:
 
 
 def _walk(obj: Any, leaf: Callable[[Any], Any]) -> Any:
-    """Copies the nested dicts/lists/tuples of `obj` with `leaf` applied to everything else;
-    a value met twice (pickles share by reference) is converted once."""
+    """Copies the nested dicts/lists/tuples of `obj` (into plain ones) with `leaf` applied to
+    everything else; a value met twice (pickles share by reference) is converted once."""
     done: dict[int, Any] = {}
 
     def go(x: Any, depth: int) -> Any:
@@ -301,8 +305,8 @@ def _walk(obj: Any, leaf: Callable[[Any], Any]) -> Any:
             return done[id(x)]
         if depth > MAX_NESTING:
             raise WeightsFileError(f"values nest deeper than {MAX_NESTING} levels")
-        if isinstance(x, Mapping):
-            out = {k: go(v, depth + 1) for k, v in x.items()}
+        if isinstance(x, dict):  # dict.items: a pickled BUILD can shadow an instance's items
+            out = {k: go(v, depth + 1) for k, v in dict.items(x)}
         elif isinstance(x, (list, tuple)):
             out = type(x)(go(v, depth + 1) for v in x)
         else:
@@ -378,7 +382,8 @@ def load_zip_records(path: str | os.PathLike) -> Any:
             return storages[key]
 
         info = zf.getinfo(pkl[0])
-        return _unpickle(io.BytesIO(zf.read(info)), info.file_size, path, load_storage)
+        obj = _unpickle(io.BytesIO(zf.read(info)), info.file_size, path, load_storage)
+    return _walk(obj, lambda x: x)
 
 
 def load_legacy_records(path: str | os.PathLike) -> Any:
@@ -423,7 +428,7 @@ def load_legacy_records(path: str | os.PathLike) -> Any:
     missing = [k for k, s in storages.items() if s.location is None]
     if missing:
         raise WeightsFileError(f"{path}: corrupt checkpoint, no data for storages {missing[:3]}.")
-    return obj
+    return _walk(obj, lambda x: x)
 
 
 def read_torch_zip(path: str | os.PathLike) -> Any:

@@ -157,9 +157,12 @@ def _h5_array(group, name: str, shape: tuple[int, ...], path: str) -> np.ndarray
     dataset = _h5_member(group, name, path)
     if not isinstance(dataset, h5py.Dataset):
         raise checks.WeightsFileError(f"{path}: '{dataset.name}' is not a dataset.")
-    _check_shape(dataset.name.lstrip("/"), dataset.shape, shape, path)
+    key = dataset.name.lstrip("/")
+    _check_shape(key, dataset.shape, shape, path)
+    if dataset.dtype.kind != "f":
+        raise checks.WeightsFileError(f"{path}: '{key}' has dtype {dataset.dtype}, expected float.")
     array = np.asarray(dataset[()])
-    checks.check_weights(dataset.name.lstrip("/"), array, path)
+    checks.check_weights(key, array, path)
     return array
 
 
