@@ -136,7 +136,7 @@ def _h5_member(group, name: str, path: str):
 
     obj = group
     for part in name.split("/"):
-        link = obj.get(part, getlink=True) if part else None
+        link = obj.get(part, getlink=True) if part and isinstance(obj, h5py.Group) else None
         if link is None:
             raise KeyError(f"VGG16 weights {path}: missing '{name}' in '{group.name}'.")
         if not isinstance(link, h5py.HardLink):
