@@ -12,14 +12,14 @@ Both of torch's layouts: the zip archive of `torch.save` (>= 1.6) and the legacy
 - each storage must hold the bytes it declares, and each tensor record must stay inside its
   storage (non-negative offset, sizes and strides, last element in range) before any data is
   read;
-- the tensors produced may take at most `MAX_BROADCAST` times the file's storage bytes plus
-  1 MiB: a stride-0 record can describe a tensor of any size from one element.
+- the tensors produced may take at most `MAX_BROADCAST` times the bytes of the storages they
+  come from, plus 1 MiB: a stride-0 record can describe a tensor of any size from one element.
 
 `load_zip_records`/`load_legacy_records` give the checkpoint as plain dicts, lists and tuples
 with `TensorRecord` leaves (shape and dtype known, nothing copied) so that a caller can check
-keys and shapes first;
-`materialize` then reads the data. `read_torch_zip`/`read_torch_legacy` do both at once.
-Refusals raise `WeightsFileError` (a ValueError) naming the file.
+keys and shapes first; `materialize` then reads the data of the records it is given.
+`read_torch_zip`/`read_torch_legacy` do both at once. Refusals raise `WeightsFileError` (a
+ValueError) naming the file.
 """
 
 from __future__ import annotations
