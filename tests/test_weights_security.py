@@ -341,6 +341,20 @@ def test_zip_bomb_is_refused_before_decompressing(tmp_path):
         torch_pickle.read_torch_zip(path)
 
 
+@pytest.mark.parametrize("fmt", ["pth", "npz"])
+def test_damaged_zip_member_is_a_clear_error(tmp_path, fmt):
+    state = random_torch_state()
+    path = tmp_path / f"w.{fmt}"
+    write_format(path, state, fmt)
+    raw = path.read_bytes()
+    bias = state["features.0.bias"].astype("<f4").tobytes()
+    assert raw.count(bias) == 1
+    at = raw.index(bias) + 10
+    path.write_bytes(raw[:at] + bytes([raw[at] ^ 0xFF]) + raw[at + 1:])
+    with pytest.raises(WeightsFileError, match="damaged zip archive.*CRC"):
+        vgg16_files.load_vgg16(path)
+
+
 class RunsShell:
     def __init__(self, marker):
         self.marker = marker

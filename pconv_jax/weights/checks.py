@@ -7,8 +7,11 @@ after their member list is checked, and loaded weights must be finite floating-p
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import zipfile
+import zlib
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -34,6 +37,15 @@ def open_zip(path: str) -> zipfile.ZipFile:
         zf.close()
         raise
     return zf
+
+
+@contextlib.contextmanager
+def zip_read_errors(path: str) -> Iterator[None]:
+    """Reports a damaged member (bad CRC, truncated or undecodable data) as a WeightsFileError."""
+    try:
+        yield
+    except (zipfile.BadZipFile, EOFError, zlib.error) as err:
+        raise WeightsFileError(f"{path}: damaged zip archive ({err}).") from None
 
 
 def check_zip_members(zf: zipfile.ZipFile, path: str) -> None:

@@ -37,7 +37,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from pconv_jax.weights.checks import WeightsFileError, open_zip
+from pconv_jax.weights.checks import WeightsFileError, open_zip, zip_read_errors
 
 MAX_NESTING = 100  # a state dict nests about 5 levels deep
 MAX_DIMS = 64  # NumPy's limit
@@ -116,7 +116,7 @@ def _read_storage(storage: _Storage, start: int, count: int, opened: Any) -> byt
         with (open_zip(storage.path) if zipped else open(storage.path, "rb")) as opened:
             return _read_storage(storage, start, count, opened)
     if isinstance(storage.location, str):
-        with opened.open(storage.location) as member:
+        with zip_read_errors(storage.path), opened.open(storage.location) as member:
             member.seek(start)
             raw = member.read(count)
     else:
@@ -350,7 +350,7 @@ def load_zip_records(path: str | os.PathLike) -> Any:
     """torch.save's zip format (PREFIX/data.pkl, PREFIX/data/<key>, PREFIX/byteorder, ...)
     with TensorRecord leaves."""
     path = os.fspath(path)
-    with open_zip(path) as zf:
+    with open_zip(path) as zf, zip_read_errors(path):
         names = zf.namelist()
         pkl = [n for n in names if n.endswith("data.pkl") and n.count("/") == 1]
         if len(pkl) != 1:

@@ -212,7 +212,7 @@ def _npz_array(zf: zipfile.ZipFile, key: str, shape: tuple[int, ...], kind: str,
 
 
 def _read_npz(path: str) -> VGGParams:
-    with checks.open_zip(path) as zf:
+    with checks.open_zip(path) as zf, checks.zip_read_errors(path):
         mode = str(_npz_array(zf, "preprocessing", (), "U", path))
         convs = {}
         for name, _, _, c_in, c_out in VGG16_CONVS:
