@@ -152,7 +152,8 @@ def nonfinite_arrays(tree: Any) -> list[str]:
         return []
     flags = _finite_flags([x for _, x in leaves])
     flags = np.asarray(flags.addressable_data(0) if isinstance(flags, jax.Array) else flags)
-    return ["/".join(_key_name(k) for k in path) for (path, _), ok in zip(leaves, flags) if not ok]
+    names = ["/".join(_key_name(k) for k in path).removesuffix("/value") for path, _ in leaves]
+    return [name for name, ok in zip(names, flags) if not ok]
 
 
 def _first_line(err: BaseException, limit: int = 160) -> str:
