@@ -169,10 +169,7 @@ class MetricsWindow:
 
 
 def _last_checkpoint_text(checkpointer: checkpointing.Checkpointer) -> str:
-    last = checkpointer.latest_step()
-    if last is None:
-        return "No checkpoint was saved yet"
-    return f"The last good checkpoint is step {last} in {checkpointer.directory}"
+    return checkpointer.last_good_text()
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:

@@ -67,9 +67,10 @@ class WorkdirLock:
                 f"the workdir {os.path.dirname(self.path)!r} is in use by another run "
                 f"({_describe(holder)}; lock file {self.path}): wait for it to end or stop it, "
                 f"or pass another --workdir") from None
-        except BaseException:
+        except OSError as e:
             os.close(fd)
-            raise
+            raise OSError(f"cannot lock {self.path} ({e.strerror}): the workdir's filesystem may "
+                          f"not support file locks; use a workdir on a local disk") from e
         stale = _read_holder(fd)
         if stale:  # its holder died without releasing: the kernel dropped its flock
             logging.warning("taking over the lock of %s in %s: that run ended without "
