@@ -1,8 +1,14 @@
-"""Checkpoints: exact resume after kill -9, restore onto another device count, clear errors."""
+"""Checkpoints: exact resume after kill -9, restore onto another device count, the network's
+settings checked on every restore, fallback past unreadable steps, no non-finite state saved,
+preemption's exit status, clear errors."""
 
 from __future__ import annotations
 
+import glob
+import json
+import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -10,13 +16,14 @@ import textwrap
 import time
 
 import jax
+import numpy as np
 import optax
 import pytest
 from flax import nnx
 
 from pconv_jax.training import checkpoints as checkpointing
 from pconv_jax.training import mesh as parallel
-from pconv_jax.training.loop import train_and_evaluate
+from pconv_jax.training.loop import EXIT_PREEMPTED, Preempted, train_and_evaluate
 from pconv_jax.training.step import create_train_state
 from test_train_helpers import REPO, demo_config
 
@@ -83,15 +90,19 @@ def test_resume_after_kill_9_equals_uninterrupted_run(tmp_path):
     assert checkpointing.tree_equal(nnx.state(model, nnx.Param), uninterrupted.params)
 
 
-def _saved_state(tmp_path, devices):
+def _saved_state(tmp_path, devices, *, steps=(3,), network=True):
+    """Saves the demo network's fresh state at `steps`; `network=False` writes checkpoints as
+    before the network's settings were recorded."""
     config = demo_config()
     mesh = parallel.make_data_mesh(devices)
     tx = optax.adam(1e-3)
     _, state = create_train_state(config, tx, mesh)
-    checkpointer = checkpointing.Checkpointer(str(tmp_path / "checkpoints"), save_every_steps=1,
-                                              keep=2, asynchronous=False)
-    checkpointer.save(3, model=state.model_item(), train=state.train_item(),
-                      data_state={"position": 24})
+    checkpointer = checkpointing.Checkpointer(
+        str(tmp_path / "checkpoints"), save_every_steps=1, keep=len(steps) + 1,
+        asynchronous=False, network=checkpointing.network_config(config.model) if network else None)
+    for step in steps:
+        checkpointer.save(step, model=state.model_item(), train=state.train_item(),
+                          data_state={"position": 24})
     checkpointer.close()
     return config, state, tx
 
@@ -127,7 +138,8 @@ def test_restore_model_for_inference(tmp_path):
 
 
 def test_incompatible_config_names_the_shapes(tmp_path):
-    config, _, _ = _saved_state(tmp_path, jax.devices())
+    # Checkpoints without recorded network settings are still checked array by array.
+    config, _, _ = _saved_state(tmp_path, jax.devices(), network=False)
     wider = demo_config()
     wider.model.base_width = 8
     with pytest.raises(checkpointing.IncompatibleCheckpointError,
@@ -137,6 +149,7 @@ def test_incompatible_config_names_the_shapes(tmp_path):
     deeper.model.depth = 4
     with pytest.raises(checkpointing.IncompatibleCheckpointError, match="encoder/3/conv/kernel: missing"):
         train_and_evaluate(deeper, str(tmp_path))
+    assert not (tmp_path / "config.json").exists()  # a refused resume writes no config.json
 
 
 def test_sigterm_requests_a_final_save(tmp_path):
@@ -175,10 +188,229 @@ def test_sigterm_during_training_saves_and_stops(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "create_train_pipeline",
                         lambda *a, **k: TerminatedAtThirdBatch(create(*a, **k)))
     previous = signal.getsignal(signal.SIGTERM)
-    state = train_and_evaluate(_config(), str(tmp_path))
-    assert int(state.step) == 3
+    with pytest.raises(Preempted) as stopped:
+        train_and_evaluate(_config(), str(tmp_path))
+    assert stopped.value.code == EXIT_PREEMPTED == 143  # a SystemExit: the process's status
+    assert stopped.value.step == 3 and int(stopped.value.state.step) == 3
     assert signal.getsignal(signal.SIGTERM) == previous
     saved = checkpointing.Checkpointer(str(tmp_path / "checkpoints"), save_every_steps=EVERY,
                                        keep=3, read_only=True)
     assert saved.all_steps() == [3]
     saved.close()
+
+
+# Runs train.py on a tiny demo network for many steps; the parent sends SIGTERM mid-run.
+TRAIN_PY_TINY = ["--config", "configs/demo.py", "--config.data.image_size=32",
+                 "--config.model.depth=3", "--config.model.base_width=4",
+                 "--config.model.max_width=8", "--config.data.eval_images=2",
+                 "--config.train.eval_batch_size=2", "--config.train.num_steps=100000",
+                 "--config.train.eval_every_steps=100000", "--config.train.log_every_steps=2",
+                 "--config.train.checkpoint_every_steps=2",
+                 "--config.train.async_checkpoints=False"]
+
+
+@pytest.mark.slow
+def test_sigterm_to_train_py_saves_and_exits_143(tmp_path):
+    work = tmp_path / "work"
+    process = subprocess.Popen([sys.executable, "train.py", *TRAIN_PY_TINY, f"--workdir={work}"],
+                               cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    first = work / "checkpoints" / "2"
+    deadline = time.time() + 300
+    while not first.is_dir() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    try:
+        log = process.communicate(timeout=120)[0].decode(errors="replace")
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert first.is_dir(), log[-3000:]
+    assert process.returncode == EXIT_PREEMPTED, log[-3000:]
+    saved = checkpointing.Checkpointer(str(work / "checkpoints"), save_every_steps=2, keep=3,
+                                       read_only=True)
+    final = saved.latest_step()
+    saved.close()
+    assert final >= 2 and f"preemption: saved step {final}" in log
+
+
+# ----------------------------------------------------------------------------- network settings
+
+def test_network_settings_are_stored_and_refused_on_restore(tmp_path):
+    _saved_state(tmp_path, jax.devices())
+    saved = json.loads((tmp_path / "checkpoints" / "3" / "network" / "metadata").read_text())
+    assert saved == checkpointing.network_config(demo_config().model)
+    assert saved["partial"] is True and saved["depth"] == 3
+    assert not {"dtype", "remat", "bn_momentum"} & saved.keys()
+
+    conv = demo_config("conv")  # same shapes, ordinary convolutions: the arrays alone match
+    with pytest.raises(checkpointing.IncompatibleCheckpointError,
+                       match=r"model\.partial: checkpoint True vs config False"):
+        checkpointing.restore_model(conv, str(tmp_path))
+    filled = demo_config()
+    filled.model.hole_fill = 0.25
+    with pytest.raises(checkpointing.IncompatibleCheckpointError,
+                       match=r"model\.hole_fill: checkpoint 0\.5 vs config 0\.25"):
+        checkpointing.restore_model(filled, str(tmp_path))
+    # Settings that leave the parameters' meaning unchanged do not matter.
+    other = demo_config()
+    other.model.remat, other.model.dtype, other.model.bn_momentum = True, "bfloat16", 0.99
+    _, step = checkpointing.restore_model(other, str(tmp_path))
+    assert step == 3
+
+
+def test_checkpoint_without_network_settings_restores_with_a_warning(tmp_path, caplog):
+    config, state, _ = _saved_state(tmp_path, jax.devices(), network=False)
+    assert not (tmp_path / "checkpoints" / "3" / "network").exists()
+    with caplog.at_level(logging.WARNING):
+        model, step = checkpointing.restore_model(config, str(tmp_path))
+    assert step == 3 and "does not record its network settings" in caplog.text
+    assert checkpointing.tree_equal(nnx.state(model, nnx.Param), state.params)
+
+
+def test_conv_resume_of_a_pconv_workdir_is_refused_before_anything_changes(tmp_path):
+    config = demo_config(steps=2)
+    train_and_evaluate(config, str(tmp_path))
+    config_json = (tmp_path / "config.json").read_bytes()
+    listing = sorted(os.listdir(tmp_path / "checkpoints"))
+    conv = demo_config("conv", steps=6)
+    conv.train.checkpoint_every_steps = 1
+    with pytest.raises(checkpointing.IncompatibleCheckpointError, match=r"model\.partial"):
+        train_and_evaluate(conv, str(tmp_path))
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == listing == ["2"]
+    assert (tmp_path / "config.json").read_bytes() == config_json
+    deeper = demo_config(steps=6)
+    deeper.model.depth = 4
+    with pytest.raises(checkpointing.IncompatibleCheckpointError,
+                       match=r"model\.depth: checkpoint 3 vs config 4"):
+        train_and_evaluate(deeper, str(tmp_path))
+    assert (tmp_path / "config.json").read_bytes() == config_json
+
+
+def test_init_from_checks_the_network_settings(tmp_path):
+    _saved_state(tmp_path / "train", jax.devices())
+    fine = demo_config("finetune,conv")
+    fine.train.init_from = str(tmp_path / "train")
+    with pytest.raises(checkpointing.IncompatibleCheckpointError, match=r"model\.partial"):
+        train_and_evaluate(fine, str(tmp_path / "finetune"))
+
+
+# ----------------------------------------------------------------------------- unreadable steps
+
+def _largest_array_file(step_dir) -> str:
+    return max(glob.glob(os.path.join(step_dir, "model", "ocdbt.process_0", "d", "*")),
+               key=os.path.getsize)
+
+
+def _truncate(path: str) -> None:
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+
+
+def _truncate_array_files(step_dir) -> dict[str, int]:
+    """Truncates every array data file of the step's model item; returns {path: new size}."""
+    files = glob.glob(os.path.join(step_dir, "model", "**", "d", "*"), recursive=True)
+    for path in files:
+        _truncate(path)
+    return {os.path.relpath(path, step_dir): os.path.getsize(path) for path in files}
+
+
+DAMAGES = {
+    "missing _METADATA": lambda step_dir: os.remove(os.path.join(step_dir, "model", "_METADATA")),
+    "truncated array files": lambda step_dir: _truncate_array_files(step_dir),
+    "missing array file": lambda step_dir: os.remove(_largest_array_file(step_dir)),
+    "missing data item": lambda step_dir: shutil.rmtree(os.path.join(step_dir, "data")),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGES))
+def test_unreadable_latest_step_falls_back_to_the_previous_one(tmp_path, caplog, damage):
+    config, state, tx = _saved_state(tmp_path, jax.devices(), steps=(3, 5))
+    bad = tmp_path / "checkpoints" / "5"
+    DAMAGES[damage](str(bad))
+    mesh = parallel.make_data_mesh()
+    _, target = create_train_state(config, tx, mesh)
+    replicated = parallel.replicated(mesh)
+    reader = checkpointing.Checkpointer(str(tmp_path / "checkpoints"), save_every_steps=1,
+                                        keep=3, read_only=True,
+                                        network=checkpointing.network_config(config.model))
+    with caplog.at_level(logging.WARNING):
+        model, train, _, step = reader.restore(
+            checkpointing.abstract_like(target.model_item(), replicated),
+            checkpointing.abstract_like(target.train_item(), replicated))
+    reader.close()
+    assert step == 3 and checkpointing.tree_equal(model["params"], state.params)
+    assert f"{tmp_path / 'checkpoints'}/5 is unreadable" in caplog.text
+    assert "different network" not in caplog.text
+    assert bad.is_dir()  # read-only: left where it is
+    if damage != "missing data item":  # inference needs the model item only
+        _, step = checkpointing.restore_model(config, str(tmp_path))
+        assert step == 3
+
+
+def test_no_readable_step_is_one_clear_error(tmp_path):
+    config, _, _ = _saved_state(tmp_path, jax.devices(), steps=(3, 5))
+    for step in (3, 5):
+        os.remove(os.path.join(tmp_path, "checkpoints", str(step), "model", "_METADATA"))
+    with pytest.raises(checkpointing.UnreadableCheckpointError,
+                       match=r"no readable checkpoint in .*checkpoints:\n  step 5: .*\n  step 3: "):
+        checkpointing.restore_model(config, str(tmp_path))
+    with pytest.raises(checkpointing.UnreadableCheckpointError,
+                       match=r"checkpoints/5 is unreadable .*available: \[3, 5\]"):
+        checkpointing.restore_model(config, str(tmp_path), step=5)
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["3", "5"]
+
+
+def test_resume_past_an_unreadable_step_keeps_it_aside_and_saves_that_step_anew(tmp_path, caplog):
+    config = demo_config(steps=4)  # saves steps 2 and 4
+    train_and_evaluate(config, str(tmp_path))
+    damaged = _truncate_array_files(tmp_path / "checkpoints" / "4")
+    with caplog.at_level(logging.WARNING):
+        state = train_and_evaluate(demo_config(steps=6), str(tmp_path))
+    assert int(state.step) == 6
+    assert "checkpoints/4 is unreadable" in caplog.text and "resumed from" not in caplog.text
+    aside = tmp_path / "unreadable_checkpoints" / "4"
+    assert {name: os.path.getsize(aside / name) for name in damaged} == damaged  # kept as it was
+    saved = checkpointing.Checkpointer(str(tmp_path / "checkpoints"), save_every_steps=2, keep=3,
+                                       read_only=True)
+    assert saved.all_steps() == [2, 4, 6]  # step 4 saved anew by the resumed run
+    saved.close()
+    model, step = checkpointing.restore_model(config, str(tmp_path), step=4)
+    assert step == 4
+
+
+# ----------------------------------------------------------------------------- non-finite state
+
+def test_non_finite_state_is_never_saved(tmp_path):
+    config, state, _ = _saved_state(tmp_path, jax.devices(), steps=(3,))
+
+    def poison(path, x):  # one NaN in one kernel
+        name = "/".join(checkpointing._key_name(k) for k in path)
+        if not name.startswith("encoder/1/conv/kernel"):
+            return x
+        poisoned = np.array(x)
+        poisoned[0, 0, 0, 0] = np.nan
+        return jax.device_put(poisoned, x.sharding)
+
+    params = jax.tree_util.tree_map_with_path(poison, state.params)
+    checkpointer = checkpointing.Checkpointer(str(tmp_path / "checkpoints"), save_every_steps=1,
+                                              keep=3, asynchronous=False)
+    with pytest.raises(FloatingPointError,
+                       match=r"state at step 4 has non-finite values in 1 arrays "
+                             r"\(model/params/encoder/1/conv/kernel.*not saved.*"
+                             r"last good checkpoint is step 3"):
+        checkpointer.save(4, model={"params": params, "batch_stats": state.batch_stats},
+                          train=state.train_item(), data_state={})
+    checkpointer.close()
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["3"]
+
+
+def test_huge_learning_rate_stops_before_saving_a_non_finite_state(tmp_path):
+    config = demo_config(steps=3)
+    config.train.learning_rate = 1e39
+    config.train.checkpoint_every_steps = 1
+    # The loss of step 1 is computed before its update, so only the state check can catch it.
+    with pytest.raises(checkpointing.NonFiniteStateError,
+                       match=r"state at step 1 has non-finite values.*No checkpoint was saved"):
+        train_and_evaluate(config, str(tmp_path))
+    assert os.listdir(tmp_path / "checkpoints") == []

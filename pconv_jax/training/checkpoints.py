@@ -1,39 +1,66 @@
 """Training checkpoints: Orbax's CheckpointManager behind one small class.
 
-A checkpoint of step s is a directory `<workdir>/checkpoints/<s>/` with three items:
+A checkpoint of step s is a directory `<workdir>/checkpoints/<s>/` with four items:
 
 - 'model': {'params', 'batch_stats'}: everything inference needs (`restore_model`);
 - 'train': {'opt_state', 'step'}: the rest of the training state;
 - 'data':  {'processes': [pipeline state of process 0, 1, ...]} (JSON), so that a resumed run
-  sees exactly the batches of an uninterrupted one.
+  sees exactly the batches of an uninterrupted one;
+- 'network': the settings of `config.model` that give the parameters their meaning (JSON, see
+  `network_config`); every restore compares them with the config's and refuses a difference.
 
 Saves are asynchronous; Orbax writes into a temporary directory and renames it when complete,
 so a crash or `kill -9` at any moment leaves every earlier checkpoint intact (an unfinished one
 is ignored and cleaned up). Restores take the target shardings from an abstract state, so a
 checkpoint written on N devices restores onto M.
+
+A state with a non-finite value is never saved. A checkpoint that cannot be read (a truncated or
+missing file) is skipped with a warning for the newest readable one; a writing Checkpointer moves
+it out of Orbax's way into `<workdir>/unreadable_checkpoints/` (kept, never deleted), so that
+later saves of the same step do not collide with it.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import threading
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from pconv_jax.training import mesh
 from pconv_jax.network.unet import PConvUNet
 
 CHECKPOINT_SUBDIR = "checkpoints"
+NETWORK_ITEM = "network"
+# Settings of config.model that leave the parameters' meaning unchanged: how the network computes
+# (dtype, remat) and how training updates the BatchNorm statistics (bn_momentum).
+NOT_NETWORK_KEYS = ("dtype", "remat", "bn_momentum")
+
+T = TypeVar("T")
 
 
 class IncompatibleCheckpointError(ValueError):
-    """A checkpoint whose arrays do not have the shapes the config's network expects."""
+    """A checkpoint written by another network than the config describes (settings or shapes)."""
+
+
+class UnreadableCheckpointError(OSError):
+    """A checkpoint whose files are missing, truncated or otherwise unreadable."""
+
+
+class NonFiniteStateError(FloatingPointError):
+    """A training state with a NaN or infinity, which is never saved."""
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -76,6 +103,65 @@ def check_compatible(saved: Any, target: Any, where: str) -> None:
             "base_width, max_width), or a fresh workdir.")
 
 
+def network_config(model_config: ml_collections.ConfigDict | dict) -> dict[str, Any]:
+    """The settings of `config.model` stored with every checkpoint and checked on restore: all of
+    them but NOT_NETWORK_KEYS (as JSON values)."""
+    settings = model_config.to_dict() if hasattr(model_config, "to_dict") else dict(model_config)
+    return json.loads(json.dumps({k: v for k, v in sorted(settings.items())
+                                  if k not in NOT_NETWORK_KEYS}))
+
+
+def check_network(saved: dict | None, requested: dict | None, where: str) -> None:
+    """Raises IncompatibleCheckpointError naming every setting whose values differ.
+
+    `saved` None (a checkpoint from before networks were recorded) skips the check with a
+    warning. A setting recorded on one side only (added or removed since) is warned about, not
+    refused, so that a new setting does not invalidate existing checkpoints.
+    """
+    if requested is None:
+        return
+    if saved is None:
+        logging.warning("the checkpoint %s does not record its network settings (it predates "
+                        "them): they cannot be checked against config.model", where)
+        return
+    problems = [f"  model.{k}: checkpoint {saved[k]!r} vs config {requested[k]!r}"
+                for k in sorted(saved.keys() & requested.keys()) if saved[k] != requested[k]]
+    one_sided = sorted(saved.keys() ^ requested.keys())
+    if one_sided:
+        logging.warning("network settings recorded on one side only, not checked (checkpoint "
+                        "%s): %s", where, ", ".join(f"model.{k}" for k in one_sided))
+    if problems:
+        raise IncompatibleCheckpointError(
+            f"the checkpoint {where} was written by a different network than the config "
+            f"describes:\n" + "\n".join(problems) + "\nUse the config the checkpoint was "
+            "trained with (e.g. without or with `:conv`, the same model.depth), or another "
+            "workdir.")
+
+
+@jax.jit
+def _finite_flags(leaves: list[jax.Array]) -> jax.Array:
+    return jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])
+
+
+def nonfinite_arrays(tree: Any) -> list[str]:
+    """Names of the floating-point arrays of `tree` holding a NaN or infinity (one jitted
+    reduction, one transfer of a bool per array)."""
+    leaves = [(path, x) for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]
+              if jnp.issubdtype(getattr(x, "dtype", np.int32), jnp.inexact)]
+    if not leaves:
+        return []
+    flags = _finite_flags([x for _, x in leaves])
+    flags = np.asarray(flags.addressable_data(0) if isinstance(flags, jax.Array) else flags)
+    names = ["/".join(_key_name(k) for k in path).removesuffix("/value") for path, _ in leaves]
+    return [name for name, ok in zip(names, flags) if not ok]
+
+
+def _first_line(err: BaseException, limit: int = 160) -> str:
+    text = (str(err).strip().splitlines() or [""])[0]
+    text = text if len(text) <= limit else text[:limit] + " ..."
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
 def _tree_of(metadata: Any) -> Any:
     """The array tree of an Orbax item metadata (a TreeMetadata or already a tree)."""
     return getattr(metadata, "tree", metadata)
@@ -87,15 +173,20 @@ def abstract_like(tree: Any, sharding: jax.sharding.Sharding) -> Any:
 
 
 class Checkpointer:
-    """Saves and restores {'model', 'train', 'data'} every `save_every_steps`, keeping `keep`.
+    """Saves and restores {'model', 'train', 'data', 'network'} every `save_every_steps`, keeping
+    `keep`.
 
-    Also turns SIGTERM into a final save: `should_stop(step)` becomes True after the signal (or
-    when JAX's preemption service reports a preemption on a multi-host run).
+    `network` (see `network_config`) is saved with every checkpoint and compared with the saved
+    one on every restore. Also turns SIGTERM into a final save: `should_stop(step)` becomes True
+    after the signal (or when JAX's preemption service reports a preemption on a multi-host run).
     """
 
     def __init__(self, directory: str, *, save_every_steps: int, keep: int,
-                 asynchronous: bool = True, read_only: bool = False):
+                 asynchronous: bool = True, read_only: bool = False,
+                 network: dict[str, Any] | None = None):
         self.directory = directory
+        self.network = network
+        self.read_only = read_only
         self.save_every_steps = max(1, save_every_steps)
         options = ocp.CheckpointManagerOptions(
             save_interval_steps=max(1, save_every_steps), max_to_keep=keep,
@@ -103,10 +194,11 @@ class Checkpointer:
             create=not read_only, cleanup_tmp_directories=not read_only)
         self._manager = ocp.CheckpointManager(
             directory, options=options,
-            item_names=("model", "train", "data"),
+            item_names=("model", "train", "data", NETWORK_ITEM),
             item_handlers={"model": ocp.StandardCheckpointHandler(),
                            "train": ocp.StandardCheckpointHandler(),
-                           "data": ocp.JsonCheckpointHandler()})
+                           "data": ocp.JsonCheckpointHandler(),
+                           NETWORK_ITEM: ocp.JsonCheckpointHandler()})
         self._sigterm = threading.Event()
         self._previous_handler = None
 
@@ -114,20 +206,35 @@ class Checkpointer:
     def save(self, step: int, *, model: Any, train: Any, data_state: dict, force: bool = False) -> bool:
         """Saves asynchronously if `step` is a save step (or `force`); returns whether it did.
 
-        Collective on multi-host runs: every process must call it at the same steps.
+        Raises NonFiniteStateError (saving nothing) if `model` or `train` holds a NaN or
+        infinity. Collective on multi-host runs: every process must call it at the same steps.
         """
         if not force and not self.should_save(step):
             return False
+        bad = nonfinite_arrays({"model": model, "train": train})
+        if bad:
+            shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+            raise NonFiniteStateError(
+                f"the training state at step {step} has non-finite values in {len(bad)} arrays "
+                f"({shown}); it was not saved and training stopped. {self.last_good_text()}. "
+                f"Lower config.train.learning_rate or check the data.")
         processes = mesh.allgather_json(data_state)
-        return self._manager.save(
-            step, force=True,
-            args=ocp.args.Composite(model=ocp.args.StandardSave(model),
-                                    train=ocp.args.StandardSave(train),
-                                    data=ocp.args.JsonSave({"processes": processes})))
+        items = dict(model=ocp.args.StandardSave(model), train=ocp.args.StandardSave(train),
+                     data=ocp.args.JsonSave({"processes": processes}))
+        if self.network is not None:
+            items[NETWORK_ITEM] = ocp.args.JsonSave(self.network)
+        return self._manager.save(step, force=True, args=ocp.args.Composite(**items))
 
     def should_save(self, step: int) -> bool:
         """Whether `step` is a save step (a multiple of save_every_steps)."""
         return step % self.save_every_steps == 0
+
+    def last_good_text(self) -> str:
+        """'The last good checkpoint is step N in DIR' (or that there is none), for messages."""
+        last = self.latest_step()
+        if last is None:
+            return "No checkpoint was saved yet"
+        return f"The last good checkpoint is step {last} in {self.directory}"
 
     def wait(self) -> None:
         """Blocks until every pending asynchronous save is on disk."""
@@ -144,39 +251,122 @@ class Checkpointer:
     def all_steps(self) -> list[int]:
         return list(self._manager.all_steps())
 
-    def _check_step(self, step: int | None) -> int:
+    def _step_path(self, step: int) -> str:
+        return f"{self.directory}/{step}"
+
+    def _saved_network(self, step: int) -> dict | None:
+        """The step's 'network' item, or None for a checkpoint written before it existed."""
+        if not os.path.isdir(os.path.join(self.directory, str(step), NETWORK_ITEM)):
+            return None
+        restored = self._manager.restore(
+            step, args=ocp.args.Composite(**{NETWORK_ITEM: ocp.args.JsonRestore()}))
+        return restored[NETWORK_ITEM]
+
+    def _checked_metadata(self, step: int, abstract: dict[str, Any]) -> None:
+        """Checks the step's network settings, then its array shapes against `abstract`
+        ({'model': tree, 'train': tree}): IncompatibleCheckpointError on a difference."""
+        metadata = self._manager.item_metadata(step)
+        where = self._step_path(step)
+        check_network(self._saved_network(step), self.network, where)
+        for name, target in abstract.items():
+            saved = _tree_of(metadata[name]) if name in metadata else None
+            if saved is None or not _flat_shapes(saved):  # Orbax reads a lost _METADATA as empty
+                raise UnreadableCheckpointError(f"the array metadata of item {name!r} is "
+                                                f"missing or empty")
+            check_compatible(saved, target, where)
+
+    def _restore_newest_readable(self, step: int | None, restore: Callable[[int], T]) -> T:
+        """`restore(step)`, or with step None that of the newest readable step.
+
+        An unreadable step is skipped with a warning; once a readable one is restored, a writing
+        Checkpointer moves the newer unreadable ones aside. An incompatible checkpoint is an
+        error at once (an older step would be incompatible too).
+        """
+        if step is not None:
+            self._check_step(step)
+            try:
+                return restore(step)
+            except IncompatibleCheckpointError:
+                raise
+            except Exception as e:  # Orbax and TensorStore raise many types for damaged files
+                raise UnreadableCheckpointError(
+                    f"the checkpoint {self._step_path(step)} is unreadable ({_first_line(e)}); "
+                    f"choose another step (available: {sorted(self.all_steps())})") from e
+        steps = sorted(self.all_steps(), reverse=True)
+        if not steps:
+            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        unreadable = []
+        for candidate in steps:
+            try:
+                result = restore(candidate)
+            except IncompatibleCheckpointError:
+                raise
+            except Exception as e:  # as above
+                logging.warning("the checkpoint %s is unreadable (%s); trying an earlier step",
+                                self._step_path(candidate), _first_line(e))
+                unreadable.append(f"step {candidate}: {_first_line(e)}")
+                continue
+            if unreadable:
+                logging.warning("restored step %d of %s; newer unreadable step(s) %s", candidate,
+                                self.directory, ", ".join(str(s) for s in steps[:len(unreadable)]))
+                self._set_aside(steps[:len(unreadable)])
+            return result
+        raise UnreadableCheckpointError(
+            f"no readable checkpoint in {self.directory}:\n  " + "\n  ".join(unreadable) +
+            "\nRestore the files, or move the checkpoints away to start afresh.")
+
+    def _set_aside(self, steps: list[int]) -> None:
+        """Moves unreadable steps to <workdir>/unreadable_checkpoints/ (a writing Checkpointer
+        only): kept for inspection, out of the way of the steps this run will save."""
+        if self.read_only:
+            return
+        parent, name = os.path.split(os.path.abspath(self.directory))
+        aside = os.path.join(parent, f"unreadable_{name}")
+        if jax.process_index() == 0:
+            os.makedirs(aside, exist_ok=True)
+            for step in steps:
+                target, n = os.path.join(aside, str(step)), 1
+                while os.path.exists(target):
+                    target, n = os.path.join(aside, f"{step}.{n}"), n + 1
+                shutil.move(os.path.join(self.directory, str(step)), target)
+                logging.warning("moved the unreadable checkpoint %s to %s",
+                                self._step_path(step), target)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices("pconv_jax: unreadable checkpoints set aside")
+        self._manager.reload()
+
+    def _check_step(self, step: int) -> int:
         steps = self.all_steps()
-        if step is None:
-            if not steps:
-                raise FileNotFoundError(f"no checkpoint in {self.directory}")
-            return max(steps)
         if step not in steps:
             raise FileNotFoundError(f"no checkpoint of step {step} in {self.directory}; "
                                     f"available steps: {sorted(steps)}")
         return step
 
     def restore_model(self, abstract_model: Any, step: int | None = None) -> tuple[Any, int]:
-        """({'params', 'batch_stats'}, step) restored onto the shardings of `abstract_model`."""
-        step = self._check_step(step)
-        saved = _tree_of(self._manager.item_metadata(step)["model"])
-        check_compatible(saved, abstract_model, f"{self.directory}/{step}")
-        restored = self._manager.restore(
-            step, args=ocp.args.Composite(model=ocp.args.StandardRestore(abstract_model)))
-        return restored["model"], step
+        """({'params', 'batch_stats'}, step) restored onto the shardings of `abstract_model`.
+
+        Step None: the newest readable step."""
+        def restore(step: int) -> tuple[Any, int]:
+            self._checked_metadata(step, {"model": abstract_model})
+            restored = self._manager.restore(
+                step, args=ocp.args.Composite(model=ocp.args.StandardRestore(abstract_model)))
+            return restored["model"], step
+        return self._restore_newest_readable(step, restore)
 
     def restore(self, abstract_model: Any, abstract_train: Any, step: int | None = None
                 ) -> tuple[Any, Any, list[dict] | None, int]:
-        """(model, train, per-process data states or None, step) of a full training checkpoint."""
-        step = self._check_step(step)
-        metadata = self._manager.item_metadata(step)
-        check_compatible(_tree_of(metadata["model"]), abstract_model, f"{self.directory}/{step}")
-        check_compatible(_tree_of(metadata["train"]), abstract_train, f"{self.directory}/{step}")
-        restored = self._manager.restore(step, args=ocp.args.Composite(
-            model=ocp.args.StandardRestore(abstract_model),
-            train=ocp.args.StandardRestore(abstract_train),
-            data=ocp.args.JsonRestore()))
-        data = restored["data"]
-        return restored["model"], restored["train"], (data or {}).get("processes"), step
+        """(model, train, per-process data states or None, step) of a full training checkpoint.
+
+        Step None: the newest readable step."""
+        def restore(step: int) -> tuple[Any, Any, list[dict] | None, int]:
+            self._checked_metadata(step, {"model": abstract_model, "train": abstract_train})
+            restored = self._manager.restore(step, args=ocp.args.Composite(
+                model=ocp.args.StandardRestore(abstract_model),
+                train=ocp.args.StandardRestore(abstract_train),
+                data=ocp.args.JsonRestore()))
+            data = restored["data"]
+            return restored["model"], restored["train"], (data or {}).get("processes"), step
+        return self._restore_newest_readable(step, restore)
 
     # ---------------------------------------------------------------- preemption
     def install_signal_handler(self) -> None:
@@ -222,15 +412,18 @@ def restore_model(config: ml_collections.ConfigDict, workdir: str, step: int | N
       step: which checkpoint; None = the latest.
 
     Returns:
-      (model in eval mode, step). Raises FileNotFoundError when there is no such checkpoint and
-      IncompatibleCheckpointError (naming the shapes) when the config's network differs.
+      (model in eval mode, step). Step None takes the newest readable checkpoint (an unreadable
+      newer one is skipped with a warning). Raises FileNotFoundError when there is no such
+      checkpoint, UnreadableCheckpointError when none can be read, and
+      IncompatibleCheckpointError (naming the settings or shapes) when the config's network
+      differs from the checkpoint's.
     """
     directory = checkpoint_dir(workdir)
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"no checkpoints in workdir {workdir!r} (expected {directory}/)")
     graphdef, abstract = abstract_model_state(config)
     checkpointer = Checkpointer(directory, save_every_steps=1, keep=1, asynchronous=False,
-                                read_only=True)
+                                read_only=True, network=network_config(config.model))
     try:
         state, step = checkpointer.restore_model(abstract, step)
     finally:

@@ -7,6 +7,9 @@ loss check runs there, and before every checkpoint so that no NaN state is ever 
 
 Resume order: the workdir's own latest checkpoint -> `config.train.init_from` (network only,
 e.g. fine-tuning from the train stage) -> a fresh initialisation.
+
+One run per workdir (a lock, see `workdir.py`); `config.json` is written only once the restore
+and its checks have passed. A preempted run (SIGTERM) saves, then ends with status 143.
 """
 
 from __future__ import annotations
@@ -21,10 +24,25 @@ from absl import logging
 from pconv_jax.training import checkpoints as checkpointing
 from pconv_jax.training import mesh as parallel
 from pconv_jax.training import logs
+from pconv_jax.training import workdir as workdir_lib
 from pconv_jax.training.step import TrainState, create_train_state, make_optimizer, steps_for
 from pconv_jax.data.masks import generate_mask
 
 VGG_TERMS = ("perceptual", "style_out", "style_comp")
+# The exit status of a preempted run after its final save: 128 + SIGTERM, what a process killed by
+# SIGTERM reports, so that schedulers requeue it instead of counting it as finished.
+EXIT_PREEMPTED = 143
+
+
+class Preempted(SystemExit):
+    """Raised by `train_and_evaluate` once a preempted run's final save is on disk.
+
+    A SystemExit: uncaught, it ends the process with status EXIT_PREEMPTED (143).
+    """
+
+    def __init__(self, step: int, state: TrainState):
+        super().__init__(EXIT_PREEMPTED)
+        self.step, self.state = step, state
 
 
 def load_vgg(config: ml_collections.ConfigDict):
@@ -105,7 +123,8 @@ def _restore_or_init(config, checkpointer, tx, mesh, pipeline):
                 f"config.train.init_from = {config.train.init_from!r} holds no checkpoints "
                 f"({init_dir}): run the train stage first, or point init_from at its workdir")
         source = checkpointing.Checkpointer(init_dir, save_every_steps=1, keep=1,
-                                            asynchronous=False, read_only=True)
+                                            asynchronous=False, read_only=True,
+                                            network=checkpointing.network_config(config.model))
         try:
             model, step = source.restore_model(abstract_model)
         finally:
@@ -118,8 +137,8 @@ def _restore_or_init(config, checkpointer, tx, mesh, pipeline):
 
 def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
+        workdir_lib.write_text_atomically(os.path.join(workdir, "config.json"),
+                                          config.to_json_best_effort(indent=2))
 
 
 class MetricsWindow:
@@ -150,26 +169,29 @@ class MetricsWindow:
 
 
 def _last_checkpoint_text(checkpointer: checkpointing.Checkpointer) -> str:
-    last = checkpointer.latest_step()
-    if last is None:
-        return "No checkpoint was saved yet"
-    return f"The last good checkpoint is step {last} in {checkpointer.directory}"
+    return checkpointer.last_good_text()
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     """Trains (or fine-tunes) per `config`, checkpointing and logging into `workdir`.
 
-    Returns the final TrainState. Raises FloatingPointError when the loss is not finite (the
-    last checkpoint stays the last good one).
+    Returns the final TrainState. Raises FloatingPointError when the loss or the state to be
+    saved is not finite (the last checkpoint stays the last good one), WorkdirBusyError when
+    another run holds the workdir, and Preempted (a SystemExit with status 143) after the final
+    save of a run stopped by SIGTERM.
     """
+    workdir = prepare_workdir(workdir)
+    with workdir_lib.WorkdirLock(workdir, jax.process_index()):
+        return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     from pconv_jax.data import pipeline as data  # TensorFlow: imported when training, not with the module
 
-    # --- Setup: workdir, mesh, writers, optimizer, frozen VGG, data, checkpoints.
-    workdir = prepare_workdir(workdir)
+    # --- Setup: mesh, writers, optimizer, frozen VGG, data, checkpoints.
     check_dataset(config)
     mesh = parallel.make_data_mesh()
     parallel.check_batch_size(config.data.batch_size, mesh)
-    _write_config(config, workdir)
     writer = logs.create_writer(workdir)
     tx = make_optimizer(config)
     vgg = load_vgg(config)
@@ -177,11 +199,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     pipeline = data.create_train_pipeline(config, seed=config.seed)
     checkpointer = checkpointing.Checkpointer(
         checkpointing.checkpoint_dir(workdir), save_every_steps=config.train.checkpoint_every_steps,
-        keep=config.train.keep_checkpoints, asynchronous=config.train.async_checkpoints)
+        keep=config.train.keep_checkpoints, asynchronous=config.train.async_checkpoints,
+        network=checkpointing.network_config(config.model))
     checkpointer.install_signal_handler()
     try:
         # --- State: own checkpoint -> config.train.init_from -> fresh initialisation.
         graphdef, state = _restore_or_init(config, checkpointer, tx, mesh, pipeline)
+        _write_config(config, workdir)  # only now: a refused resume leaves the old one
         train_step, eval_step = steps_for(graphdef, config)
         held_out = eval_batch(config)
         held_out_global = {k: jax.make_array_from_process_local_data(parallel.replicated(mesh), v)
@@ -218,8 +242,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                     checkpointer.save(step, model=state.model_item(), train=state.train_item(),
                                       data_state=pipeline.get_state(), force=last or stop)
                 if stop:
-                    logging.warning("preemption: saved step %d, stopping", step)
-                    break
+                    logging.warning("preemption: saved step %d, stopping with status %d",
+                                    step, EXIT_PREEMPTED)
+                    writer.flush()
+                    raise Preempted(step, state)  # after `finally` has waited for the save
         writer.flush()
         return state
     finally:
