@@ -110,9 +110,10 @@ def test_run_with_a_baseline_writes_its_own_results_files(tmp_path, capsys):
 def test_an_untrained_network_fills_every_cell(test_set):
     from flax import nnx
 
+    from pconv_jax.inference.inpaint import ModelInpainter
     from pconv_jax.network.unet import PConvUNet
     model = PConvUNet(depth=3, widths=(4, 8, 8), rngs=nnx.Rngs(0))
-    per_mask = evaluation.evaluate(evaluation.model_inpainter(model), _images(), test_set,
+    per_mask = evaluation.evaluate(ModelInpainter(model), _images(), test_set,
                                    batch_size=8, progress=False)
     table = evaluation.summarize(per_mask, test_set)
     assert [table[c]["count"] for c in table] == [2] * 12 + [24]
