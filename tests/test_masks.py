@@ -82,3 +82,44 @@ def test_default_mask_config():
     config = masks.default_mask_config()
     assert config.source == "generated"
     assert (config.nvidia_dilation_min, config.nvidia_dilation_max) == (5, 47)
+
+
+def test_border_margin_is_nvidia_50_px_at_512_scaled():
+    assert masks.border_margin(512) == 50
+    assert masks.border_margin(256) == 25
+    assert masks.border_margin(128) == 13  # 12.5 rounds up
+    assert masks.border_margin(1024) == 100
+    assert masks.border_margin(8) == 1  # never 0
+
+
+def test_near_border_and_distance():
+    hole = np.zeros((512, 512), bool)
+    assert masks.border_distance(hole) is None and masks.border_label(hole) == "N"
+    hole[50:100, 200:300] = True  # 50 px from the top: N, exactly as NVIDIA's frame
+    assert masks.border_distance(hole) == 50 and masks.border_label(hole) == "N"
+    hole[49, 250] = True  # 49 px: B, though it does not touch the border
+    assert masks.border_distance(hole) == 49 and masks.border_label(hole) == "B"
+    valid = (~hole).astype(np.float32)[..., None]  # an in-memory mask works too
+    assert masks.near_border(valid)
+
+
+@pytest.mark.parametrize("bin_index", range(masks.NUM_BINS))
+def test_n_masks_keep_the_margin_and_b_masks_include_close_ones_at_512(bin_index):
+    lo, hi = masks.HOLE_RATIO_BINS[bin_index]
+    for i in range(3):
+        hole = masks.generate_mask((2, bin_index, i), 512, hole_ratio_range=(lo, hi),
+                                   border="avoid")[..., 0] == 0
+        rows, cols = np.nonzero(hole)
+        nearest = min(rows.min(), 511 - rows.max(), cols.min(), 511 - cols.max())
+        assert nearest >= 50 and lo < hole.mean() <= hi
+
+
+def test_touch_masks_touch_or_only_come_close():
+    distances = []
+    for i in range(40):
+        hole = masks.generate_mask((4, i), 512, hole_ratio_range=(0.01, 0.3),
+                                   border="touch")[..., 0] == 0
+        rows, cols = np.nonzero(hole)
+        distances.append(min(rows.min(), 511 - rows.max(), cols.min(), 511 - cols.max()))
+    assert max(distances) < 50
+    assert 0 in distances and any(d > 0 for d in distances)

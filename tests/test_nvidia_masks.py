@@ -105,3 +105,23 @@ def test_dilation_grows_holes():
 def test_missing_training_folder_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="nvidia_train_dir"):
         nvidia_masks.list_train_masks(str(tmp_path / "nope"))
+
+
+def test_b_masks_that_only_come_close_to_the_border_are_accepted(tmp_path):
+    _write_set(tmp_path)
+    margin = masks.border_margin(SIZE)  # 4 px at 40 px (50 px at 512)
+    close = np.zeros((SIZE, SIZE), np.uint8)
+    close[margin - 1:margin + 5, 10:30] = 255  # 120 / 1600: bin 0, 3 px from the border
+    cv2.imwrite(str(tmp_path / "00002.png"), close)  # index 2: bin 0, B
+    inside = np.zeros((SIZE, SIZE), np.uint8)
+    inside[margin:margin + 6, 10:30] = 255  # exactly at the margin: N
+    cv2.imwrite(str(tmp_path / "00000.png"), inside)  # index 0: bin 0, N
+    result = nvidia_masks.scan_test_masks(str(tmp_path))
+    assert not result.left_out and len(result.records) == 24
+    assert result.records[2].border_distance == margin - 1 and result.records[2].near_border
+    # the same file as an N mask is left out, with the distance in the reason
+    cv2.imwrite(str(tmp_path / "00001.png"), close)  # index 1: bin 0, N
+    with pytest.warns(UserWarning, match="1 of 24"):
+        result = nvidia_masks.scan_test_masks(str(tmp_path))
+    assert [os.path.basename(f.path) for f in result.left_out] == ["00001.png"]
+    assert "labelled N but its nearest hole pixel is 3 px" in result.left_out[0].reason
