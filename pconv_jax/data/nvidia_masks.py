@@ -25,8 +25,14 @@ import numpy as np
 
 from pconv_jax.data import images
 from pconv_jax.data.images import Holes
-from pconv_jax.data.masks import (HOLE_RATIO_BINS, NUM_BINS, bin_and_border, border_distance,
-                                  border_margin, near_border)
+from pconv_jax.data.masks import (
+    HOLE_RATIO_BINS,
+    NUM_BINS,
+    bin_and_border,
+    border_distance,
+    border_margin,
+    near_border,
+)
 
 _TEST_NAME = re.compile(r"^(\d{5})\.png$")
 
@@ -133,7 +139,7 @@ def scan_test_masks(directory: str, *, holes: Holes = "white", tolerance: float 
         raise ValueError(f"the files in {directory!r} are not numbered 00000.png ... "
                          f"{count - 1:05d}.png without gaps.")
     per_cell = count // (2 * NUM_BINS)
-    with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:  # Pillow decodes without the GIL
+    with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:  # decoding drops the GIL
         results = list(pool.map(
             lambda item: _check_file(os.path.join(directory, item[1]), item[0], per_cell,
                                      holes, tolerance, check_border), indexed))

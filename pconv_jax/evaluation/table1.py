@@ -4,7 +4,8 @@ Protocol (deterministic, so two methods are compared on identical pairs):
 
 - Test masks: a directory in the NVIDIA test-set layout (00000.png, 00001.png, ..., white = hole,
   blocks of 2K files per hole-ratio bin, the first K of a block with no hole pixel within
-  `masks.border_margin` of the border (50 px at 512 px): N, the next K: B), or, when `config.eval.test_masks` is '', our own set of 6 x 2 x K masks
+  `masks.border_margin` of the border (50 px at 512 px): N, the next K: B), or, when
+  `config.eval.test_masks` is '', our own set of 6 x 2 x K masks
   written by `pconv_jax.data.masks.write_test_set` into `<workdir>/test_masks_<size>_k<K>` at the
   evaluation resolution. A mask's bin and N/B label come from its position in that layout;
   files whose pixels contradict it, or that cannot be read, are left out and listed with the
