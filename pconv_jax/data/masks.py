@@ -225,7 +225,10 @@ def generate_mask(seed: int | Sequence[int] | np.random.Generator,
             frame = (int(rng.integers(1, my)), int(rng.integers(1, mx)))
         if frame is not None:
             fy, fx = frame
-            inner = _draw_holes(rng, h - 2 * fy, w - 2 * fx, lo, hi, "any", h * w)
+            # Aim below what the inner area holds (a nearly full frame is hard to draw).
+            room = (h - 2 * fy) * (w - 2 * fx) / (h * w)
+            reach = min(hi, lo + 0.9 * (room - lo))
+            inner = _draw_holes(rng, h - 2 * fy, w - 2 * fx, lo, reach, "any", h * w)
             if inner is None:
                 continue
             hole = np.zeros((h, w), np.uint8)
