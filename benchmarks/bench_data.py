@@ -20,6 +20,7 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
 
+from pconv_jax.data import images  # noqa: E402
 from pconv_jax.data import pipeline as data  # noqa: E402
 from pconv_jax.data.masks import default_mask_config, generate_mask  # noqa: E402
 
@@ -46,7 +47,7 @@ def _write_folder(folder: str, count: int, size: int) -> None:
     for i in range(count):
         small = rng.integers(0, 255, (12, 16, 3), np.uint8)  # smooth photo-like content
         image = cv2.resize(small, (size * 3 // 2, size * 5 // 4), interpolation=cv2.INTER_CUBIC)
-        cv2.imwrite(os.path.join(folder, f"{i:04d}.jpg"), image)
+        images.write_image(os.path.join(folder, f"{i:04d}.jpg"), image)
 
 
 def _mask_rate(size: int, count: int) -> float:

@@ -118,6 +118,10 @@ def test_folder_with_odd_files(tmp_path, caplog):
     cv2.imwrite(str(tmp_path / "rgba.png"), rng.integers(0, 255, (36, 36, 4), np.uint8))
     cv2.imwrite(str(tmp_path / "tiny.webp"), rng.integers(0, 255, (5, 7, 3), np.uint8))
     (tmp_path / "corrupt.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    cv2.imwrite(str(tmp_path / "whole.jpg"), rng.integers(0, 255, (80, 90, 3), np.uint8))
+    whole = (tmp_path / "whole.jpg").read_bytes()
+    (tmp_path / "truncated.jpg").write_bytes(whole[: len(whole) // 2])  # OpenCV reads it grey
+    (tmp_path / "whole.jpg").unlink()
     (tmp_path / "notes.txt").write_text("not an image")
     config = _config("folder", size=24, batch=5, folder=str(tmp_path), heldout_count=0)
     pipeline = data.create_train_pipeline(config, seed=0, process_index=0, process_count=1)
@@ -125,8 +129,8 @@ def test_folder_with_odd_files(tmp_path, caplog):
         batches = [next(pipeline) for _ in range(3)]
     for batch in batches:
         _check_batch(batch, 5, 24)
-    assert pipeline.skipped_files == 1
-    assert "corrupt.jpg" in caplog.text
+    assert pipeline.skipped_files == 2
+    assert "corrupt.jpg" in caplog.text and "truncated.jpg" in caplog.text
 
 
 def test_nvidia_training_masks_in_pipeline(tmp_path):

@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
+from pconv_jax.data import images, masks
 from pconv_jax.evaluation import table1 as evaluation
-from pconv_jax.data import masks
 
 
 @pytest.fixture(scope="module")
@@ -110,9 +110,10 @@ def test_run_with_a_baseline_writes_its_own_results_files(tmp_path, capsys):
 def test_an_untrained_network_fills_every_cell(test_set):
     from flax import nnx
 
+    from pconv_jax.inference.inpaint import ModelInpainter
     from pconv_jax.network.unet import PConvUNet
     model = PConvUNet(depth=3, widths=(4, 8, 8), rngs=nnx.Rngs(0))
-    per_mask = evaluation.evaluate(evaluation.model_inpainter(model), _images(), test_set,
+    per_mask = evaluation.evaluate(ModelInpainter(model), _images(), test_set,
                                    batch_size=8, progress=False)
     table = evaluation.summarize(per_mask, test_set)
     assert [table[c]["count"] for c in table] == [2] * 12 + [24]
@@ -162,3 +163,32 @@ def test_end_to_end_tiny_checkpoint_eval_and_inpaint_command(tmp_path):
     out = cv2.imread(str(tmp_path / "out.png"))
     assert out.shape == (21, 30, 3)
     np.testing.assert_array_equal(out[holes == 0], rgb[holes == 0])
+
+
+def test_run_accepts_a_correctly_labelled_nvidia_layout_and_lists_left_out_files(tmp_path):
+    """A set laid out like NVIDIA's whose B masks only come close to the border (2 px at 64 px,
+    where N masks keep 6 px free): every file is used. An unreadable file is listed in
+    results.json with its path and the reason."""
+    directory = tmp_path / "testing_mask_dataset"
+    k, size = 2, 64
+    for index in range(12 * k):
+        bin_index, label = masks.bin_and_border(index, k)
+        hole = masks.generate_mask((9, index), size, hole_ratio_range=masks.HOLE_RATIO_BINS[
+            bin_index], border="avoid")[..., 0] == 0
+        if label == "B":  # move the hole up until it is 2 px from the top border
+            hole = np.roll(hole, 2 - int(np.flatnonzero(hole.any(axis=1))[0]), axis=0)
+            assert masks.border_distance(hole) == 2
+        images.write_mask(str(directory / f"{index:05d}.png"), (~hole)[..., None], "white")
+    config = _demo_config(tmp_path, test_masks=str(directory))
+    results = evaluation.run(config, str(tmp_path), method="telea", progress=False)
+    assert results["num_masks"] == 12 * k and results["left_out"] == []
+    assert [results["table"][c]["count"] for c in results["table"]] == [k] * 12 + [12 * k]
+
+    (directory / "00005.png").write_bytes(b"not a png")
+    with pytest.warns(UserWarning, match="1 of 24 test masks"):
+        evaluation.run(config, str(tmp_path), method="telea", progress=False)
+    loaded = json.loads((tmp_path / "results_telea.json").read_text())
+    assert loaded["num_masks"] == 12 * k - 1
+    [left_out] = loaded["left_out"]
+    assert left_out["path"] == str(directory / "00005.png")
+    assert "unreadable" in left_out["reason"]

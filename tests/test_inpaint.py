@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from pconv_jax.evaluation import table1 as evaluation
+from pconv_jax.data import images
 from pconv_jax.inference import inpaint
 from pconv_jax.network.unet import PConvUNet
 
@@ -28,9 +28,8 @@ def photo(tmp_path):
 def test_odd_sized_image_through_the_network_keeps_size_and_known_pixels(photo):
     tmp_path, rgb, holes = photo
     model = PConvUNet(depth=3, widths=(4, 8, 8), rngs=nnx.Rngs(0))
-    image = inpaint.read_image(str(tmp_path / "photo.png"))
-    mask = inpaint.read_mask(str(tmp_path / "mask.png"), image.shape[:2])
-    out = inpaint.inpaint_image(evaluation.model_inpainter(model), image, mask, multiple=8)
+    image, mask = inpaint.read_pair(str(tmp_path / "photo.png"), str(tmp_path / "mask.png"))
+    out = inpaint.inpaint_image(inpaint.ModelInpainter(model), image, mask, multiple=8)
     assert out.shape == (37, 53, 3)
     np.testing.assert_array_equal(out[mask[..., 0] > 0], image[mask[..., 0] > 0])
     assert np.isfinite(out).all() and 0 <= out.min() and out.max() <= 1
@@ -72,7 +71,7 @@ def test_mask_of_another_size_is_resized_nearest_with_a_warning(photo):
     small = cv2.resize(holes, (20, 14), interpolation=cv2.INTER_NEAREST)
     cv2.imwrite(str(tmp_path / "small.png"), small)
     with pytest.warns(UserWarning, match="resizing the mask nearest-neighbour"):
-        mask = inpaint.read_mask(str(tmp_path / "small.png"), (37, 53))
+        _, mask = inpaint.read_pair(str(tmp_path / "photo.png"), str(tmp_path / "small.png"))
     assert mask.shape == (37, 53, 1)
     assert set(np.unique(mask)) == {0.0, 1.0}  # still binary: no interpolation
 
@@ -99,6 +98,119 @@ def test_missing_and_unreadable_files_are_clear_errors(photo):
                       "--out", str(tmp_path / "o.png"), "--method", "telea"])
     (tmp_path / "junk.png").write_text("not an image")
     with pytest.raises(ValueError, match="cannot decode image"):
-        inpaint.read_image(str(tmp_path / "junk.png"))
+        images.read_image(str(tmp_path / "junk.png"))
     with pytest.raises(FileNotFoundError, match="no config.json"):
         inpaint.workdir_config(str(tmp_path))
+
+
+def _telea(image, mask, out, *extra):
+    inpaint.main(["--image", str(image), "--mask", str(mask), "--out", str(out),
+                  "--method", "telea", *extra])
+
+
+def test_outputs_that_would_overwrite_an_input_are_refused(photo):
+    tmp_path, _, _ = photo
+    before = (tmp_path / "photo.png").read_bytes(), (tmp_path / "mask.png").read_bytes()
+    photo_png, mask_png = tmp_path / "photo.png", tmp_path / "mask.png"
+    with pytest.raises(ValueError, match="--out .* is the input --image"):
+        _telea(photo_png, mask_png, tmp_path / "." / "photo.png")
+    with pytest.raises(ValueError, match="--out .* is the input --mask"):
+        _telea(photo_png, mask_png, mask_png)
+    (tmp_path / "link.png").symlink_to(photo_png)
+    with pytest.raises(ValueError, match="--out .* is the input --image"):
+        _telea(photo_png, mask_png, tmp_path / "link.png")
+    with pytest.raises(ValueError, match="--panel .* is the input --image"):
+        _telea(photo_png, mask_png, tmp_path / "out.png", "--panel", str(photo_png))
+    assert ((tmp_path / "photo.png").read_bytes(), (tmp_path / "mask.png").read_bytes()) == before
+    assert not (tmp_path / "out.png").exists()
+
+    (tmp_path / "imgs").mkdir(), (tmp_path / "masks").mkdir()
+    (tmp_path / "imgs" / "a.png").write_bytes(before[0])
+    (tmp_path / "masks" / "a.png").write_bytes(before[1])
+    for out in (tmp_path / "imgs", tmp_path / "masks", tmp_path / "imgs" / "results"):
+        with pytest.raises(ValueError, match="lies in the input folder"):
+            _telea(tmp_path / "imgs", tmp_path / "masks", out)
+    assert (tmp_path / "imgs" / "a.png").read_bytes() == before[0]
+    assert (tmp_path / "masks" / "a.png").read_bytes() == before[1]
+    _telea(tmp_path / "imgs", tmp_path / "masks", tmp_path / "results")  # outside: fine
+    assert (tmp_path / "results" / "a.png").exists()
+
+
+def test_folder_mode_refuses_two_files_with_one_stem(tmp_path, photo):
+    src, rgb, holes = photo
+    (tmp_path / "imgs").mkdir(), (tmp_path / "masks").mkdir()
+    _write_rgb(tmp_path / "imgs" / "a.jpg", rgb)
+    _write_rgb(tmp_path / "imgs" / "a.png", rgb[::-1])
+    cv2.imwrite(str(tmp_path / "masks" / "a.png"), holes)
+    with pytest.raises(ValueError, match=r"same name stem \(a\.jpg and a\.png\)"):
+        _telea(tmp_path / "imgs", tmp_path / "masks", tmp_path / "out")
+    (tmp_path / "imgs" / "a.png").unlink()
+    cv2.imwrite(str(tmp_path / "masks" / "a.bmp"), holes)
+    with pytest.raises(ValueError, match=r"masks' holds files with the same name stem"):
+        _telea(tmp_path / "imgs", tmp_path / "masks", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_truncated_jpeg_is_refused_with_its_name(tmp_path, photo):
+    _, rgb, _ = photo
+    big = cv2.resize(rgb, (400, 300), interpolation=cv2.INTER_CUBIC)
+    _write_rgb(tmp_path / "whole.jpg", big)
+    data = (tmp_path / "whole.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
+    mask = np.zeros((300, 400), np.uint8)
+    mask[100:150, 100:200] = 255
+    cv2.imwrite(str(tmp_path / "m.png"), mask)
+    assert cv2.imread(str(tmp_path / "cut.jpg")) is not None  # OpenCV alone would accept it
+    with pytest.raises(ValueError, match=r"cut\.jpg.*truncated"):
+        _telea(tmp_path / "cut.jpg", tmp_path / "m.png", tmp_path / "out.png")
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_an_all_hole_mask_is_refused(photo):
+    tmp_path, _, holes = photo
+    cv2.imwrite(str(tmp_path / "all.png"), np.full_like(holes, 255))
+    with pytest.raises(ValueError, match="all.png' marks every pixel as a hole"):
+        _telea(tmp_path / "photo.png", tmp_path / "all.png", tmp_path / "out.png")
+    model = PConvUNet(depth=2, widths=(4, 8), rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="every pixel as a hole"):
+        inpaint.ModelInpainter(model)(np.zeros((1, 8, 8, 3)), np.zeros((1, 8, 8, 1)))
+
+
+def test_holes_beyond_the_receptive_field_are_filled_with_a_warning():
+    # A depth-2 network reaches about 10 px; a 40x40 hole in a 64x96 image leaves its centre
+    # unreached, where the network outputs exactly 0 (black).
+    model = PConvUNet(depth=2, widths=(4, 8), rngs=nnx.Rngs(0))
+    last = model.decoder[-1].conv  # wherever it is reached, the output is about 0.5: not black
+    last.kernel[...] = last.kernel[...] * 0.01
+    last.bias[...] = last.bias[...] + 0.5
+    y, x = np.mgrid[0:64, 0:96]
+    image = np.stack([x / 95, y / 63, 0.2 + 0.6 * (x + y) / 158], -1).astype(np.float32)
+    mask = np.ones((64, 96, 1), np.float32)
+    mask[12:52, 20:60] = 0
+    output, final = model(image[None], mask[None], return_mask=True)
+    unreached = np.asarray(final)[0, ..., 0] == 0
+    assert unreached.any() and (np.asarray(output)[0][unreached] == 0).all()  # the defect
+
+    fill = inpaint.ModelInpainter(model)
+    with pytest.warns(UserWarning, match=r"% of the hole pixels \(\d+ px\) lie beyond"):
+        out = inpaint.inpaint_image(fill, image, mask, multiple=4)
+    hole = mask[..., 0] == 0
+    np.testing.assert_array_equal(out[~hole], image[~hole])  # known pixels identical
+    assert not (out[hole] == 0).all(axis=-1).any()  # no black pixel left in the hole
+    assert fill.unreached_pixels == unreached.sum() < hole.sum()
+    assert fill.hole_pixels == hole.sum()
+
+
+def test_no_warning_and_identical_result_when_every_hole_is_reached(photo):
+    import warnings
+    model = PConvUNet(depth=3, widths=(4, 8, 8), rngs=nnx.Rngs(0))
+    image = np.random.default_rng(0).random((32, 32, 3), np.float32)
+    mask = np.ones((32, 32, 1), np.float32)
+    mask[10:14, 10:14] = 0
+    fill = inpaint.ModelInpainter(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = inpaint.inpaint_image(fill, image, mask, multiple=8)
+    raw = np.clip(np.asarray(model(image[None], mask[None]))[0], 0, 1)
+    np.testing.assert_allclose(out, np.where(mask > 0, image, raw), atol=1e-6)
+    assert fill.unreached_pixels == 0

@@ -16,8 +16,10 @@ def test_hole_ratio_in_bin_and_border_respected(bin_index, border):
         mask = masks.generate_mask((7, bin_index, i), 64, hole_ratio_range=(lo, hi), border=border)
         hole_fraction = np.mean(mask == 0)
         assert lo < hole_fraction <= hi
-        on_border = np.concatenate([mask[0, :, 0], mask[-1, :, 0], mask[:, 0, 0], mask[:, -1, 0]])
-        assert (on_border == 0).any() == (border == "touch")
+        # Independent of the code under test: NVIDIA's rule, 50 px at 512 -> 6 px at 64.
+        frame = np.ones((64, 64), bool)
+        frame[6:-6, 6:-6] = False
+        assert (mask[..., 0][frame] == 0).any() == (border == "touch")
 
 
 def test_binary_shape_dtype():
@@ -69,8 +71,10 @@ def test_write_test_set_command(tmp_path):
         bin_index, border = masks.bin_and_border(i, 2)
         lo, hi = masks.HOLE_RATIO_BINS[bin_index]
         assert lo < hole.mean() <= hi
-        touches = hole[0].any() or hole[-1].any() or hole[:, 0].any() or hole[:, -1].any()
-        assert touches == (border == "B")
+        margin = 5  # 50 px at 512 px, scaled to 48 px: 4.69 -> 5
+        near = (hole[:margin].any() or hole[-margin:].any()
+                or hole[:, :margin].any() or hole[:, -margin:].any())
+        assert near == (border == "B")
         np.testing.assert_array_equal(hole, masks.generated_test_mask(i, 2, 48, 1)[..., 0] == 0)
 
 
@@ -78,3 +82,44 @@ def test_default_mask_config():
     config = masks.default_mask_config()
     assert config.source == "generated"
     assert (config.nvidia_dilation_min, config.nvidia_dilation_max) == (5, 47)
+
+
+def test_border_margin_is_nvidia_50_px_at_512_scaled():
+    assert masks.border_margin(512) == 50
+    assert masks.border_margin(256) == 25
+    assert masks.border_margin(128) == 13  # 12.5 rounds up
+    assert masks.border_margin(1024) == 100
+    assert masks.border_margin(8) == 1  # never 0
+
+
+def test_near_border_and_distance():
+    hole = np.zeros((512, 512), bool)
+    assert masks.border_distance(hole) is None and masks.border_label(hole) == "N"
+    hole[50:100, 200:300] = True  # 50 px from the top: N, exactly as NVIDIA's frame
+    assert masks.border_distance(hole) == 50 and masks.border_label(hole) == "N"
+    hole[49, 250] = True  # 49 px: B, though it does not touch the border
+    assert masks.border_distance(hole) == 49 and masks.border_label(hole) == "B"
+    valid = (~hole).astype(np.float32)[..., None]  # an in-memory mask works too
+    assert masks.near_border(valid)
+
+
+@pytest.mark.parametrize("bin_index", range(masks.NUM_BINS))
+def test_n_masks_keep_the_margin_and_b_masks_include_close_ones_at_512(bin_index):
+    lo, hi = masks.HOLE_RATIO_BINS[bin_index]
+    for i in range(3):
+        hole = masks.generate_mask((2, bin_index, i), 512, hole_ratio_range=(lo, hi),
+                                   border="avoid")[..., 0] == 0
+        rows, cols = np.nonzero(hole)
+        nearest = min(rows.min(), 511 - rows.max(), cols.min(), 511 - cols.max())
+        assert nearest >= 50 and lo < hole.mean() <= hi
+
+
+def test_touch_masks_touch_or_only_come_close():
+    distances = []
+    for i in range(40):
+        hole = masks.generate_mask((4, i), 512, hole_ratio_range=(0.01, 0.3),
+                                   border="touch")[..., 0] == 0
+        rows, cols = np.nonzero(hole)
+        distances.append(min(rows.min(), 511 - rows.max(), cols.min(), 511 - cols.max()))
+    assert max(distances) < 50
+    assert 0 in distances and any(d > 0 for d in distances)

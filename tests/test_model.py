@@ -208,3 +208,19 @@ def test_remat_gives_the_same_output_gradients_and_statistics():
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
                  remat[1], plain[1])
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), remat[2], plain[2])
+
+
+def test_final_mask_on_request_marks_what_the_network_reaches():
+    model = PConvUNet(depth=2, widths=(4, 8), rngs=nnx.Rngs(0))
+    image = jnp.full((1, 64, 64, 3), 0.5)
+    mask = jnp.ones((1, 64, 64, 1)).at[:, 8:56, 8:56].set(0.0)  # a hole too large to reach
+    plain = model(image, mask)
+    output, final = model(image, mask, return_mask=True)
+    np.testing.assert_array_equal(output, plain)  # the default return is unchanged
+    assert final.shape == (1, 64, 64, 1) and set(np.unique(final)) == {0.0, 1.0}
+    assert (final[mask > 0] == 1).all()  # known pixels are always reached
+    assert final[0, 32, 32, 0] == 0 and final[0, 10, 10, 0] == 1
+    np.testing.assert_array_equal(output[0][final[0, ..., 0] == 0], 0.0)
+    baseline = PConvUNet(depth=2, widths=(4, 8), partial=False, rngs=nnx.Rngs(0))
+    _, final = baseline(image, mask, return_mask=True)
+    np.testing.assert_array_equal(final, 1.0)

@@ -5,6 +5,10 @@ pixel and 0 = hole. Holes are drawn with OpenCV as thick random-walk strokes, ci
 ellipses until the hole ratio lands in the requested interval (lo, hi]. Every mask is a pure
 function of its seed.
 
+The border rule is NVIDIA's (measured on their test set): an N mask has no hole pixel within
+`border_margin(side)` pixels of the border (50 px at 512 px, scaled with the side), a B mask is
+any other mask: its holes touch the border or only come close to it.
+
 Writing a test set with the NVIDIA test-set layout (PNG, white 255 = hole)::
 
     python -m pconv_jax.data.masks write-test-set OUT_DIR --per-cell 1000 --size 512 --seed 0
@@ -21,7 +25,10 @@ import cv2
 import ml_collections
 import numpy as np
 
-# The paper's six hole-ratio bins (lo, hi]; each is split into N (no border touch) and B masks.
+from pconv_jax.data import images
+
+# The paper's six hole-ratio bins (lo, hi]; each is split into N (holes away from the border)
+# and B masks.
 HOLE_RATIO_BINS: tuple[tuple[float, float], ...] = (
     (0.01, 0.1), (0.1, 0.2), (0.2, 0.3), (0.3, 0.4), (0.4, 0.5), (0.5, 0.6))
 NUM_BINS = len(HOLE_RATIO_BINS)
@@ -29,6 +36,9 @@ NUM_BINS = len(HOLE_RATIO_BINS)
 Border = Literal["any", "avoid", "touch"]
 _BORDERS = ("any", "avoid", "touch")
 _MAX_SHAPES = 2000  # attempts per mask before starting again from an empty canvas
+
+# NVIDIA's test set: every N mask keeps its holes at least 50 px from the border at 512x512.
+NVIDIA_MARGIN, NVIDIA_SIDE = 50, 512
 
 
 def default_mask_config() -> ml_collections.ConfigDict:
@@ -38,7 +48,8 @@ def default_mask_config() -> ml_collections.ConfigDict:
       source: 'generated' (drawn on the fly by `generate_mask`) or 'nvidia' (the NVIDIA
         irregular training masks, augmented by `nvidia_masks.augment_train_mask`).
       hole_ratio_min, hole_ratio_max: generated masks have a hole ratio in (min, max].
-      border: 'any', 'avoid' (holes never touch the image border) or 'touch' (they do).
+      border: 'any', 'avoid' (no hole within `border_margin` of the border: N masks) or
+        'touch' (some hole pixel within it: B masks).
       nvidia_train_dir: folder holding the NVIDIA training masks (`disocclusion_img_mask/*.png`
         or the PNGs themselves); black = hole.
       nvidia_dilation_min, nvidia_dilation_max: random dilation kernel size in pixels.
@@ -61,28 +72,60 @@ def default_mask_config() -> ml_collections.ConfigDict:
 
 def hole_ratio(mask: np.ndarray) -> float:
     """Fraction of hole pixels of a mask with 1 = valid, 0 = hole."""
-    return float(np.mean(np.asarray(mask) < 0.5))
+    return float(np.mean(images.hole_map(mask)))
 
 
-def touches_border(mask: np.ndarray) -> bool:
-    """Whether any hole pixel (value < 0.5, 1 = valid) lies on the outermost pixel frame."""
-    mask = np.asarray(mask)
-    return _hole_touches_border((mask[..., 0] if mask.ndim == 3 else mask) < 0.5)
+def border_margin(side: int) -> int:
+    """Width of the frame an N mask keeps free of holes: 50 px at 512 px, scaled, at least 1.
+
+    Rounded half up (128 px -> 13).
+    """
+    return max(1, int(NVIDIA_MARGIN * side / NVIDIA_SIDE + 0.5))
 
 
-def _hole_touches_border(hole: np.ndarray) -> bool:
-    return bool(hole[0].any() or hole[-1].any() or hole[:, 0].any() or hole[:, -1].any())
+def border_distance(hole: np.ndarray) -> int | None:
+    """Pixels between the image border and the nearest hole pixel (0: it touches the border).
+
+    `hole`: boolean (H, W), True = hole. None if there is no hole.
+    """
+    rows, cols = np.flatnonzero(hole.any(axis=1)), np.flatnonzero(hole.any(axis=0))
+    if rows.size == 0:
+        return None
+    h, w = hole.shape
+    return int(min(rows[0], h - 1 - rows[-1], cols[0], w - 1 - cols[-1]))
 
 
-def _point_on_border(rng: np.random.Generator, h: int, w: int) -> tuple[int, int]:
-    side = rng.integers(4)
+def near_border(hole: np.ndarray) -> bool:
+    """Whether a hole pixel lies within `border_margin` of the border: B if so, else N.
+
+    `hole`: boolean (H, W), True = hole, or an in-memory mask (H, W, 1) with 1 = valid. Each
+    axis uses the margin of its own side.
+    """
+    hole = np.asarray(hole)
+    if hole.dtype != bool:
+        hole = images.hole_map(hole)
+    h, w = hole.shape
+    my, mx = border_margin(h), border_margin(w)
+    return bool(hole[:my].any() or hole[h - my:].any()
+                or hole[:, :mx].any() or hole[:, w - mx:].any())
+
+
+def border_label(hole: np.ndarray) -> str:
+    """'B' if a hole pixel lies within `border_margin` of the border, else 'N'."""
+    return "B" if near_border(hole) else "N"
+
+
+def _point_near_border(rng: np.random.Generator, h: int, w: int) -> tuple[int, int]:
+    """A point (x, y) within the border margin; on the outermost frame only sometimes."""
+    side = int(rng.integers(4))
+    depth = int(rng.integers(border_margin(h if side < 2 else w)))
     if side == 0:
-        return int(rng.integers(w)), 0
+        return int(rng.integers(w)), depth
     if side == 1:
-        return int(rng.integers(w)), h - 1
+        return int(rng.integers(w)), h - 1 - depth
     if side == 2:
-        return 0, int(rng.integers(h))
-    return w - 1, int(rng.integers(h))
+        return depth, int(rng.integers(h))
+    return w - 1 - depth, int(rng.integers(h))
 
 
 def _draw_shape(canvas: np.ndarray, rng: np.random.Generator, scale: float,
@@ -129,7 +172,7 @@ def _draw_holes(rng: np.random.Generator, h: int, w: int, lo: float, hi: float,
     scale = 0.6 + 0.8 * target  # larger targets: larger shapes, fewer draws
     for _ in range(_MAX_SHAPES):
         np.copyto(backup, canvas)
-        start = _point_on_border(rng, h, w) if border == "touch" and holes == 0 else None
+        start = _point_near_border(rng, h, w) if border == "touch" and holes == 0 else None
         _draw_shape(canvas, rng, scale, start)
         new_holes = int(np.count_nonzero(canvas))
         if new_holes > hi * total:
@@ -152,8 +195,8 @@ def generate_mask(seed: int | Sequence[int] | np.random.Generator,
       seed: an int, a sequence of non-negative ints (e.g. (seed, step, i)) or a NumPy Generator.
       size: side length, or (height, width).
       hole_ratio_range: (lo, hi); the hole ratio of the result lies in (lo, hi].
-      border: 'any'; 'avoid' (no hole pixel on the outermost frame, the paper's N masks);
-        'touch' (at least one, the B masks).
+      border: 'any'; 'avoid' (no hole pixel within `border_margin` of the border, the N
+        masks); 'touch' (at least one, the B masks: some touch the border, some only come close).
 
     Returns:
       float32 array (H, W, 1), 1 = valid, 0 = hole.
@@ -167,22 +210,33 @@ def generate_mask(seed: int | Sequence[int] | np.random.Generator,
         raise ValueError(f"hole_ratio_range {hole_ratio_range} holds no pixel count at {h}x{w}.")
     if border not in _BORDERS:
         raise ValueError(f"border must be one of {_BORDERS}, got {border!r}.")
+    my, mx = border_margin(h), border_margin(w)
+    inner_area = max(0, h - 2 * my) * max(0, w - 2 * mx)
+    if border == "avoid" and inner_area <= lo * h * w:
+        raise ValueError(f"a {h}x{w} mask keeping holes {my} px from the border cannot have a "
+                         f"hole ratio above {lo}; use border='any' or a larger size.")
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     for _ in range(100):
-        if border == "avoid":
-            # Draw inside a frame of random width: shapes end short of the border.
-            margin = max(1, int(rng.uniform(0.01, 0.05) * min(h, w)))
-            if (h - 2 * margin) * (w - 2 * margin) < lo * h * w:
-                margin = 1
-            inner = _draw_holes(rng, h - 2 * margin, w - 2 * margin, lo, hi, "any", h * w)
+        # 'avoid': no hole pixel within the margin (NVIDIA's N masks). A quarter of the 'touch'
+        # masks are drawn inside a thinner frame: they only come close to the border, as some of
+        # NVIDIA's B masks do.
+        frame = (my, mx) if border == "avoid" else None
+        if border == "touch" and min(my, mx) > 1 and rng.random() < 0.25:
+            frame = (int(rng.integers(1, my)), int(rng.integers(1, mx)))
+        if frame is not None:
+            fy, fx = frame
+            # Aim below what the inner area holds (a nearly full frame is hard to draw).
+            room = (h - 2 * fy) * (w - 2 * fx) / (h * w)
+            reach = min(hi, lo + 0.9 * (room - lo))
+            inner = _draw_holes(rng, h - 2 * fy, w - 2 * fx, lo, reach, "any", h * w)
             if inner is None:
                 continue
             hole = np.zeros((h, w), np.uint8)
-            hole[margin:h - margin, margin:w - margin] = inner
+            hole[fy:h - fy, fx:w - fx] = inner
         else:
             hole = _draw_holes(rng, h, w, lo, hi, border, h * w)
-        if hole is not None and (border != "touch" or _hole_touches_border(hole)):
-            return (1 - hole).astype(np.float32)[..., None]
+        if hole is not None and (border != "touch" or near_border(hole > 0)):
+            return images.to_valid_mask(hole > 0)
     raise RuntimeError(f"could not draw a {h}x{w} mask with hole ratio in {hole_ratio_range} "
                        f"and border={border!r}; widen the range or use a larger size.")
 
@@ -190,8 +244,8 @@ def generate_mask(seed: int | Sequence[int] | np.random.Generator,
 def bin_and_border(index: int, per_cell: int) -> tuple[int, str]:
     """(bin index 0..5, 'N' or 'B') of file `index` in the NVIDIA test-set layout.
 
-    Files come in blocks of 2·per_cell per hole-ratio bin; the first per_cell of a block do not
-    touch the border (N), the next per_cell do (B).
+    Files come in blocks of 2·per_cell per hole-ratio bin; the first per_cell of a block keep
+    their holes away from the border (N, see `border_margin`), the next per_cell do not (B).
     """
     if not 0 <= index < 2 * NUM_BINS * per_cell:
         raise ValueError(f"index {index} is outside a test set of {2 * NUM_BINS * per_cell} masks.")
@@ -209,8 +263,7 @@ def generated_test_mask(index: int, per_cell: int, size: int, seed: int) -> np.n
 def _write_one(args: tuple[str, int, int, int, int]) -> None:
     out_dir, index, per_cell, size, seed = args
     mask = generated_test_mask(index, per_cell, size, seed)
-    png = np.where(mask[..., 0] < 0.5, 255, 0).astype(np.uint8)  # test convention: white = hole
-    cv2.imwrite(os.path.join(out_dir, f"{index:05d}.png"), png)
+    images.write_mask(os.path.join(out_dir, f"{index:05d}.png"), mask, holes="white")
 
 
 def write_test_set(out_dir: str, *, per_cell: int = 1000, size: int = 512, seed: int = 0,

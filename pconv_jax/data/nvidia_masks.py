@@ -4,8 +4,11 @@
   `augment_train_mask` (random dilation, rotation, crop, flips; nearest-neighbour only, binary).
 - Test set (`testing_mask_dataset/00000.png` ... , white = hole): `scan_test_masks` labels each
   file with its hole-ratio bin and N/B flag from its index (blocks of 2·K per bin, K = count / 12),
-  checks the label against the pixels and reports files that disagree or cannot be read.
+  checks the label against the pixels (N: no hole pixel within `masks.border_margin` of the
+  border, 50 px at 512 px; B: the rest) and reports files that disagree or cannot be read.
   `load_test_mask` returns the mask as float32 (H, W, 1), 1 = valid.
+
+Files are read by `pconv_jax.data.images`.
 """
 
 from __future__ import annotations
@@ -20,33 +23,18 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from pconv_jax.data.masks import HOLE_RATIO_BINS, NUM_BINS, bin_and_border
+from pconv_jax.data import images
+from pconv_jax.data.images import Holes
+from pconv_jax.data.masks import (
+    HOLE_RATIO_BINS,
+    NUM_BINS,
+    bin_and_border,
+    border_distance,
+    border_margin,
+    near_border,
+)
 
 _TEST_NAME = re.compile(r"^(\d{5})\.png$")
-
-
-def read_hole_png(path: str, *, hole_is_white: bool) -> np.ndarray:
-    """Reads a mask PNG as a boolean hole map (H, W), thresholded at 128.
-
-    Raises:
-      ValueError: the file cannot be read as an image.
-    """
-    data = np.fromfile(path, np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE) if data.size else None
-    if image is None:
-        raise ValueError(f"cannot read mask image {path!r}: missing, empty or not an image.")
-    return image >= 128 if hole_is_white else image < 128
-
-
-def _to_valid(hole: np.ndarray) -> np.ndarray:
-    return (~hole).astype(np.float32)[..., None]
-
-
-def _resize_nearest(hole: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
-    h, w = (size, size) if isinstance(size, int) else size
-    if hole.shape == (h, w):
-        return hole
-    return cv2.resize(hole.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0
 
 
 # ----------------------------------------------------------------------------- test set
@@ -61,9 +49,21 @@ class TestMaskRecord:
     index: int
     bin_index: int                 # 0..5
     bin_range: tuple[float, float]  # hole ratio (lo, hi]
-    border: str                    # 'N' (hole does not touch the border) or 'B'
+    border: str                    # 'N' (holes away from the border) or 'B', from the index
     hole_ratio: float              # measured from the pixels
-    touches_border: bool           # measured from the pixels
+    border_distance: int | None    # px between the border and the nearest hole (None: no hole)
+    near_border: bool              # a hole within `masks.border_margin` of the border (B)
+
+
+@dataclasses.dataclass(frozen=True)
+class LeftOutFile:
+    """A file of a test set that `scan_test_masks` left out, and why."""
+
+    path: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
 
 
 @dataclasses.dataclass
@@ -74,7 +74,7 @@ class TestMaskSet:
 
     records: list[TestMaskRecord]
     per_cell: int                                     # K: masks per bin and N/B cell
-    problems: list[str] = dataclasses.field(default_factory=list)
+    left_out: list[LeftOutFile] = dataclasses.field(default_factory=list)
 
     def select(self, bin_index: int | None = None, border: str | None = None
                ) -> list[TestMaskRecord]:
@@ -84,43 +84,48 @@ class TestMaskSet:
                 and (border is None or r.border == border)]
 
 
-def _check_file(path: str, index: int, per_cell: int, hole_is_white: bool,
-                tolerance: float, check_border: bool) -> tuple[TestMaskRecord | None, str | None]:
+def _check_file(path: str, index: int, per_cell: int, holes: Holes, tolerance: float,
+                check_border: bool) -> tuple[TestMaskRecord | None, LeftOutFile | None]:
     bin_index, border = bin_and_border(index, per_cell)
     lo, hi = HOLE_RATIO_BINS[bin_index]
     try:
-        hole = read_hole_png(path, hole_is_white=hole_is_white)
-    except ValueError as error:
-        return None, str(error)
+        hole = images.read_hole_map(path, holes)
+    except (OSError, ValueError) as error:
+        return None, LeftOutFile(path, f"unreadable: {error}")
     ratio = float(hole.mean())
-    touches = bool(hole[0].any() or hole[-1].any() or hole[:, 0].any() or hole[:, -1].any())
-    record = TestMaskRecord(path, index, bin_index, (lo, hi), border, ratio, touches)
+    near = near_border(hole)
+    record = TestMaskRecord(path, index, bin_index, (lo, hi), border, ratio,
+                            border_distance(hole), near)
     if not lo - tolerance < ratio <= hi + tolerance:
-        return record, (f"{path}: index {index} belongs to bin ({lo}, {hi}] but its hole ratio "
-                        f"is {ratio:.4f}")
-    if check_border and touches != (border == "B"):
-        return record, (f"{path}: index {index} is labelled {border} but the hole "
-                        f"{'touches' if touches else 'does not touch'} the border")
+        return record, LeftOutFile(path, f"index {index} belongs to bin ({lo}, {hi}] but its "
+                                         f"hole ratio is {ratio:.4f}")
+    if check_border and near != (border == "B"):
+        margin = border_margin(min(hole.shape))
+        return record, LeftOutFile(
+            path, f"index {index} is labelled {border} but its nearest hole pixel is "
+                  f"{record.border_distance} px from the border ({border} needs "
+                  f"{'less than' if border == 'B' else 'at least'} {margin} px)")
     return record, None
 
 
-def scan_test_masks(directory: str, *, hole_is_white: bool = True, tolerance: float = 0.005,
+def scan_test_masks(directory: str, *, holes: Holes = "white", tolerance: float = 0.005,
                     check_border: bool = True, workers: int = 8) -> TestMaskSet:
     """Labels every mask of a test set and cross-checks the labels against the pixels.
 
     The set holds 12·K files named 00000.png ...; file i belongs to bin i // (2K) and is N
-    (no hole pixel on the image border) if i % (2K) < K, else B. The NVIDIA set has K = 1000.
+    (no hole pixel within `masks.border_margin` of the border: 50 px at 512 px) if
+    i % (2K) < K, else B. The NVIDIA set has K = 1000.
 
     Args:
       directory: the folder of PNGs (e.g. `testing_mask_dataset/`).
-      hole_is_white: True for the test convention (white = hole), False for black = hole.
+      holes: 'white' for the test convention (white = hole), 'black' for black = hole.
       tolerance: slack on the bin limits when checking the measured hole ratio.
       check_border: also check the N/B label against the pixels.
       workers: threads reading files.
 
     Returns:
-      A `TestMaskSet`; mislabelled or unreadable files are left out of `records`, described in
-      `problems` and announced with a warning.
+      A `TestMaskSet`; mislabelled or unreadable files are left out of `records`, listed with
+      the reason in `left_out` and announced with a warning.
     """
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"test mask folder {directory!r} does not exist.")
@@ -134,31 +139,30 @@ def scan_test_masks(directory: str, *, hole_is_white: bool = True, tolerance: fl
         raise ValueError(f"the files in {directory!r} are not numbered 00000.png ... "
                          f"{count - 1:05d}.png without gaps.")
     per_cell = count // (2 * NUM_BINS)
-    with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:  # cv2 releases the GIL
+    with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:  # decoding drops the GIL
         results = list(pool.map(
             lambda item: _check_file(os.path.join(directory, item[1]), item[0], per_cell,
-                                     hole_is_white, tolerance, check_border), indexed))
+                                     holes, tolerance, check_border), indexed))
     records = [record for record, problem in results if problem is None]
-    problems = [problem for _, problem in results if problem is not None]
-    if problems:
-        warnings.warn(f"{len(problems)} of {count} test masks in {directory!r} were left out "
-                      f"(mislabelled or unreadable), e.g. {problems[0]}", stacklevel=2)
-    return TestMaskSet(records, per_cell, problems)
+    left_out = [problem for _, problem in results if problem is not None]
+    if left_out:
+        warnings.warn(f"{len(left_out)} of {count} test masks in {directory!r} were left out "
+                      f"(mislabelled or unreadable), e.g. {left_out[0]}", stacklevel=2)
+    return TestMaskSet(records, per_cell, left_out)
 
 
 def load_test_mask(path: str | TestMaskRecord, size: int | tuple[int, int] | None = None, *,
-                   hole_is_white: bool = True) -> np.ndarray:
+                   holes: Holes = "white") -> np.ndarray:
     """Loads a test mask as float32 (H, W, 1), 1 = valid; resized (nearest) to `size` if given."""
     if isinstance(path, TestMaskRecord):
         path = path.path
-    hole = read_hole_png(path, hole_is_white=hole_is_white)
-    return _to_valid(hole if size is None else _resize_nearest(hole, size))
+    return images.read_mask(path, holes, size)
 
 
 def load_test_masks(records: Sequence[TestMaskRecord], size: int | tuple[int, int] | None = None,
-                    *, hole_is_white: bool = True) -> np.ndarray:
+                    *, holes: Holes = "white") -> np.ndarray:
     """Stacks masks of several records: float32 (N, H, W, 1), 1 = valid."""
-    return np.stack([load_test_mask(r, size, hole_is_white=hole_is_white) for r in records])
+    return np.stack([load_test_mask(r, size, holes=holes) for r in records])
 
 
 # ----------------------------------------------------------------------------- training set
@@ -219,7 +223,7 @@ def augment_train_mask(hole: np.ndarray, rng: np.random.Generator, size: int | t
         canvas = canvas[:, ::-1]
     if rng.random() < 0.5:
         canvas = canvas[::-1]
-    return _to_valid(canvas > 0)
+    return images.to_valid_mask(canvas > 0)
 
 
 class NvidiaTrainMasks:
@@ -239,8 +243,8 @@ class NvidiaTrainMasks:
         for offset in range(len(self.paths)):  # an unreadable file: take the next one
             path = self.paths[(start + offset) % len(self.paths)]
             try:
-                hole = read_hole_png(path, hole_is_white=False)
-            except ValueError as error:
+                hole = images.read_hole_map(path, holes="black")
+            except (OSError, ValueError) as error:
                 warnings.warn(f"skipping training mask: {error}", stacklevel=2)
                 continue
             return augment_train_mask(hole, rng, self.size, dilation=self.dilation,

@@ -21,6 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from pconv_jax.data import sources as data_sources
+from pconv_jax.data.images import try_read_image
 from pconv_jax.data.masks import default_mask_config, generate_mask
 from pconv_jax.data.nvidia_masks import NvidiaTrainMasks
 
@@ -372,7 +373,7 @@ def load_eval_images(config: ml_collections.ConfigDict, count: int | None = None
         for path in source.names:
             if len(images) == count:
                 break
-            image = data_sources.read_image_file(path)
+            image = try_read_image(path)
             if image is not None:
                 images.append(image)
     elif data.name in data_sources.TFDS_NAMES:

@@ -13,12 +13,12 @@ import os
 import threading
 from collections.abc import Callable, Sequence
 
-import cv2
 import numpy as np
 
-_log = logging.getLogger(__name__)
+from pconv_jax.data import images
+from pconv_jax.data.images import IMAGE_EXTENSIONS, to_rgb_uint8
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
+_log = logging.getLogger(__name__)
 
 # Natural colour photographs shipped inside the scikit-image and scikit-learn wheels (no
 # download). The last two are held out for evaluation.
@@ -73,34 +73,6 @@ class ImageSource:
         return sub
 
 
-def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
-    """Converts grayscale, RGBA or 16-bit arrays to uint8 RGB (H, W, 3)."""
-    if image.dtype == np.uint16:
-        image = (image >> 8).astype(np.uint8)
-    elif image.dtype != np.uint8:
-        image = np.clip(image, 0, 255).astype(np.uint8)
-    if image.ndim == 2:
-        image = image[..., None]
-    if image.shape[-1] == 1:
-        image = np.repeat(image, 3, axis=-1)
-    return np.ascontiguousarray(image[..., :3])
-
-
-def read_image_file(path: str) -> np.ndarray | None:
-    """Decodes an image file to uint8 RGB (H, W, 3); None if it is unreadable."""
-    try:
-        data = np.fromfile(path, np.uint8)
-    except OSError:
-        return None
-    if data.size == 0:
-        return None
-    # IMREAD_COLOR turns grayscale into 3 channels, drops alpha, applies EXIF orientation.
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR)
-    if image is None or image.size == 0:
-        return None
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-
-
 # ----------------------------------------------------------------------------- demo
 
 def _load_demo_image(name: str) -> np.ndarray:
@@ -124,16 +96,19 @@ def demo_source(split: str) -> ImageSource:
 # ----------------------------------------------------------------------------- folder
 
 def list_image_files(folder: str) -> list[str]:
-    """Sorted relative paths of the jpg/jpeg/png/webp files under `folder` (recursive)."""
+    """Sorted relative paths of the image files (`IMAGE_EXTENSIONS`) under `folder` (recursive).
+
+    Files are not paired by name, so `a.jpg` beside `a.png` are simply two images.
+    """
     if not folder or not os.path.isdir(folder):
         raise FileNotFoundError(f"image folder {folder!r} does not exist; set config.data.folder "
-                                f"to a folder of .jpg/.jpeg/.png/.webp images.")
+                                f"to a folder of {'/'.join(IMAGE_EXTENSIONS)} images.")
     paths = []
     for root, _, files in os.walk(folder, followlinks=True):
         paths.extend(os.path.relpath(os.path.join(root, f), folder) for f in files
                      if f.lower().endswith(IMAGE_EXTENSIONS))
     if not paths:
-        raise FileNotFoundError(f"no .jpg/.jpeg/.png/.webp images under {folder!r}.")
+        raise FileNotFoundError(f"no {'/'.join(IMAGE_EXTENSIONS)} images under {folder!r}.")
     return sorted(paths)
 
 
@@ -161,7 +136,8 @@ def folder_source(folder: str, split: str, *, heldout_count: int = 0,
     train, heldout = split_folder(list_image_files(folder), heldout_count=heldout_count,
                                   heldout_fraction=heldout_fraction)
     names = {"train": train, "heldout": heldout}[split]
-    return ImageSource([os.path.join(folder, p) for p in names], read_image_file)
+    # Unreadable, truncated or corrupt files are skipped and counted by the source.
+    return ImageSource([os.path.join(folder, p) for p in names], images.try_read_image)
 
 
 # ----------------------------------------------------------------------------- TFDS

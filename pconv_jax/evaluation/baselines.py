@@ -11,6 +11,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from pconv_jax.network.unet import MASK_THRESHOLD
+
 METHODS = {"telea": cv2.INPAINT_TELEA, "ns": cv2.INPAINT_NS}
 
 
@@ -24,7 +26,7 @@ def inpaint_classical(images: np.ndarray, masks: np.ndarray, method: str = "tele
     if images.ndim != 4 or masks.ndim != 4 or masks.shape[:3] != images.shape[:3]:
         raise ValueError(f"expected images (N, H, W, C) and masks (N, H, W, 1) of the same size, "
                          f"got {images.shape} and {masks.shape}")
-    valid = masks[..., :1] > 0.5
+    valid = masks[..., :1] > MASK_THRESHOLD
     out = np.empty_like(images)
     for i, (image, keep) in enumerate(zip(images, valid)):
         pixels = np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)

@@ -3,14 +3,18 @@
 Protocol (deterministic, so two methods are compared on identical pairs):
 
 - Test masks: a directory in the NVIDIA test-set layout (00000.png, 00001.png, ..., white = hole,
-  blocks of 2K files per hole-ratio bin, the first K of a block not touching the border: N, the
-  next K touching it: B), or, when `config.eval.test_masks` is '', our own set of 6 x 2 x K masks
+  blocks of 2K files per hole-ratio bin, the first K of a block with no hole pixel within
+  `masks.border_margin` of the border (50 px at 512 px): N, the next K: B), or, when
+  `config.eval.test_masks` is '', our own set of 6 x 2 x K masks
   written by `pconv_jax.data.masks.write_test_set` into `<workdir>/test_masks_<size>_k<K>` at the
-  evaluation resolution. A mask's bin and N/B label come from its position in that layout.
+  evaluation resolution. A mask's bin and N/B label come from its position in that layout;
+  files whose pixels contradict it, or that cannot be read, are left out and listed with the
+  reason in results.json.
 - Masks of another size than the images are resized nearest-neighbour (never interpolated).
 - Images: the first `config.eval.num_images` held-out images of the config's data source.
   Mask file j (00000.png = 0) is paired with image j mod num_images.
-- Each method (the network, or OpenCV's Telea / Navier-Stokes) fills the holes; the metrics are
+- Each method (the network, or OpenCV's Telea / Navier-Stokes) fills the holes (the network's
+  unreached hole pixels as `pconv_jax.inference.inpaint.ModelInpainter` does); the metrics are
   computed on the composite (known pixels pasted back), clipped to [0, 1], against the image,
   over the whole image at the evaluation resolution. Cells report means over their masks.
 """
@@ -24,20 +28,17 @@ import math
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 
-import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from flax import nnx
 from tqdm import tqdm
 
 from pconv_jax.evaluation import baselines
 from pconv_jax.data import masks as masks_lib
 from pconv_jax.evaluation import metrics
 from pconv_jax.data import nvidia_masks
-from pconv_jax.network.unet import composite
 
 METRICS = ("l1", "psnr", "ssim")
 METRIC_TITLES = {"l1": "L1 (%)", "psnr": "PSNR (dB)", "ssim": "SSIM"}
@@ -78,6 +79,7 @@ def cell_name(bin_index: int, label: str) -> str:
 class EvalMaskSet:
     """A test mask set in NVIDIA test-set order, with each file's bin and N/B label."""
     records: tuple[nvidia_masks.TestMaskRecord, ...]
+    left_out: tuple[nvidia_masks.LeftOutFile, ...] = ()
 
     @classmethod
     def scan(cls, directory: str) -> "EvalMaskSet":
@@ -86,7 +88,8 @@ class EvalMaskSet:
         Files whose pixels contradict their label (hole ratio outside the bin, wrong N/B) or
         that cannot be read are left out with a warning (see `nvidia_masks.scan_test_masks`).
         """
-        return cls(tuple(nvidia_masks.scan_test_masks(directory).records))
+        scanned = nvidia_masks.scan_test_masks(directory)
+        return cls(tuple(scanned.records), tuple(scanned.left_out))
 
     def __len__(self) -> int:
         return len(self.records)
@@ -127,19 +130,6 @@ def prepare_test_masks(config: ml_collections.ConfigDict, workdir: str,
 
 
 # ---------------------------------------------------------------------------- inpainters
-
-def model_inpainter(model: nnx.Module) -> Inpainter:
-    """The network in inference mode, returning clipped composites (jit-compiled per shape)."""
-    model.eval()
-    graphdef, state = nnx.split(model)
-
-    @jax.jit
-    def fill(state, images, masks):
-        net = nnx.merge(graphdef, state)
-        return jnp.clip(composite(net(images, masks), images, masks), 0.0, 1.0)
-
-    return lambda images, masks: np.asarray(fill(state, images, masks))
-
 
 def classical_inpainter(method: str, radius: int = 3) -> Inpainter:
     """OpenCV's Telea ('telea') or Navier-Stokes ('ns') inpainting."""
@@ -228,9 +218,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, method: str | None =
         checkpoint_step = config.eval.checkpoint_step
     step = None
     if method == "model":
+        from pconv_jax.inference.inpaint import ModelInpainter
         from pconv_jax.training import checkpoints
         model, step = checkpoints.restore_model(config, workdir, step=checkpoint_step)
-        inpaint = model_inpainter(model)
+        inpaint = ModelInpainter(model, warn=False)  # one summary warning below
     else:
         inpaint = classical_inpainter(method, config.eval.inpaint_radius)
 
@@ -240,6 +231,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, method: str | None =
     per_mask = evaluate(inpaint, images, test_masks, batch_size=config.eval.batch_size,
                         psnr_cap=config.eval.psnr_cap, progress=progress)
     table = summarize(per_mask, test_masks)
+    unreached = getattr(inpaint, "unreached_share", 0.0)
+    if unreached:
+        warnings.warn(f"{unreached:.2%} of the hole pixels lay beyond the network's reach and "
+                      f"were filled from downscaled copies", stacklevel=2)
     name = method if method != "model" else config.get("experiment", "model")
     title = (f"{name}" + (f" (step {step})" if step is not None else "")
              + f": {len(test_masks)} masks on {len(images)} held-out images, "
@@ -249,6 +244,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, method: str | None =
         num_masks=len(test_masks), num_images=len(images),
         resolution=list(images.shape[1:3]),
         test_masks=os.path.dirname(test_masks.records[0].path),
+        left_out=[dataclasses.asdict(f) for f in test_masks.left_out],
+        unreached_hole_share=unreached,
         pairing="mask file j with held-out image j mod num_images",
         seconds=round(time.time() - start, 2),
         per_mask={name: per_mask[name].tolist() for name in per_mask},

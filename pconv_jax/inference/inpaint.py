@@ -10,13 +10,26 @@ A folder (each image is paired with the mask of the same file name stem, e.g. a.
 
 Masks: by default white = hole (the NVIDIA test-set convention); `--mask-holes black` for masks
 drawn the other way. Pixel values >= 128 count as white. A mask of another size than its image
-is resized nearest-neighbour (with a warning).
+is resized nearest-neighbour (with a warning). A mask without any known pixel is refused.
+
+Files are read by `pconv_jax.data.images`: photos are turned upright by their EXIF orientation, a
+truncated or corrupt file is refused with its name. In folder mode two files with the same stem
+(`a.jpg` and `a.png`) are refused, since either could be meant. An output that would overwrite
+an input (`--out` or `--panel` equal to `--image` or `--mask`, or inside an input folder) is
+refused before anything is loaded.
 
 Any image size: the network needs sides that are multiples of 2**depth, so the image *and its
 mask* are mirror-padded (symmetric) up to the next multiple and the result is cropped back. A padded
 pixel is thus valid exactly where the pixel it mirrors is valid, so the network sees plausible
 context at the border and never has to invent the padding. The output is the composite: the
 known pixels are the input's, the holes the network's.
+
+Holes beyond the network's reach: a hole pixel farther from every known pixel than the
+network's receptive field gets no value from the network (its final mask is 0, its output
+exactly 0: black). Such pixels are filled from the same network run on copies halved until
+every pixel is reached (a half-size pixel is known if any of its 2x2 pixels is, with their
+mean), upsampled nearest-neighbour; only the unreached pixels take these values, and a warning
+gives their share of the hole pixels.
 
 The model is rebuilt from `--config` (a config file, `path.py` or `path.py:arg`), or from the
 config saved in the workdir by training; the latest checkpoint is restored (or `--checkpoint`).
@@ -31,59 +44,41 @@ import sys
 import warnings
 from collections.abc import Sequence
 
-import cv2
+import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from flax import nnx
 from tqdm import tqdm
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+from pconv_jax.data import images
+from pconv_jax.data.images import IMAGE_EXTENSIONS
+from pconv_jax.network.unet import MASK_THRESHOLD, composite
 
 
-def read_image(path: str) -> np.ndarray:
-    """An RGB image (H, W, 3) float32 in [0, 1]; a clear error if it cannot be read."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"image file {path!r} does not exist")
-    pixels = cv2.imread(path, cv2.IMREAD_COLOR)
-    if pixels is None:
-        raise ValueError(f"cannot decode image {path!r}: not an image format OpenCV reads")
-    return cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB).astype(np.float32) / 255.0
+def read_pair(image_path: str, mask_path: str, holes: str = "white"
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """(image float32 (H, W, 3) in [0, 1], mask float32 (H, W, 1), 1 = valid) of one pair.
 
-
-def read_mask(path: str, size: tuple[int, int], holes: str = "white") -> np.ndarray:
-    """A mask (H, W, 1) float32 with 1 = valid, 0 = hole, at `size` (nearest-neighbour).
-
-    `holes`: 'white' (pixels >= 128 are holes, the NVIDIA test convention) or 'black'.
+    The mask is resized nearest-neighbour to the image (with a warning); a mask without any
+    known pixel is refused: there is nothing to inpaint from.
     """
-    if holes not in ("white", "black"):
-        raise ValueError(f"mask holes must be 'white' or 'black', got {holes!r}")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"mask file {path!r} does not exist")
-    pixels = cv2.imread(path, cv2.IMREAD_GRAYSCALE)
-    if pixels is None:
-        raise ValueError(f"cannot decode mask {path!r}: not an image format OpenCV reads")
-    if pixels.shape != tuple(size):
-        warnings.warn(f"mask {path!r} is {pixels.shape[1]}x{pixels.shape[0]} but the image is "
-                      f"{size[1]}x{size[0]}; resizing the mask nearest-neighbour", stacklevel=2)
-        pixels = cv2.resize(pixels, (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
-    white = pixels >= 128
-    valid = ~white if holes == "white" else white
-    return valid.astype(np.float32)[..., None]
-
-
-def write_image(path: str, image: np.ndarray) -> None:
-    """Writes an RGB float image in [0, 1] (format from the extension)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    pixels = np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)
-    if not cv2.imwrite(path, cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR)):
-        raise ValueError(f"cannot write {path!r}: use an image extension such as .png or .jpg")
+    image = images.to_float(images.read_image(image_path))
+    mask = images.read_mask(mask_path, holes, image.shape[:2], warn_if_resized=True)
+    if not (mask > MASK_THRESHOLD).any():
+        raise ValueError(f"mask {mask_path!r} marks every pixel as a hole: there are no known "
+                         f"pixels to inpaint from (check --mask-holes)")
+    return image, mask
 
 
 def pad_to_multiple(image: np.ndarray, mask: np.ndarray, multiple: int
                     ) -> tuple[np.ndarray, np.ndarray]:
-    """Mirror-pads image and mask (bottom and right) to sides that are multiples of `multiple`."""
-    h, w = image.shape[:2]
-    pad = ((0, -h % multiple), (0, -w % multiple), (0, 0))
+    """Mirror-pads image and mask (bottom and right) to sides that are multiples of `multiple`.
+
+    Single (H, W, C) arrays or batches (N, H, W, C).
+    """
+    h, w = image.shape[-3:-1]
+    pad = ((0, 0),) * (image.ndim - 3) + ((0, -h % multiple), (0, -w % multiple), (0, 0))
     # 'symmetric' repeats the edge pixel and, unlike 'reflect', works for 1-pixel-wide images.
     return np.pad(image, pad, mode="symmetric"), np.pad(mask, pad, mode="symmetric")
 
@@ -92,18 +87,18 @@ def inpaint_image(fill, image: np.ndarray, mask: np.ndarray, multiple: int = 1) 
     """Composite (H, W, 3) of one image: pads to `multiple`, fills with `fill`, crops back.
 
     `fill`: an inpainter taking (1, H', W', 3) images and (1, H', W', 1) masks (1 = valid)
-    and returning composites, e.g. `table1.model_inpainter(model)`.
+    and returning composites, e.g. `ModelInpainter(model)`.
     """
     h, w = image.shape[:2]
     padded_image, padded_mask = pad_to_multiple(image, mask, multiple)
     result = np.asarray(fill(padded_image[None], padded_mask[None]))[0, :h, :w]
-    return np.where(mask > 0.5, image, result)  # known pixels exactly as given
+    return np.where(mask > MASK_THRESHOLD, image, result)  # known pixels exactly as given
 
 
 def side_by_side(image: np.ndarray, mask: np.ndarray, result: np.ndarray,
                  gap: int = 4) -> np.ndarray:
     """A panel [input with holes in white | result | original] with white gaps between."""
-    holes_white = np.where(mask > 0.5, image, 1.0)
+    holes_white = np.where(mask > MASK_THRESHOLD, image, 1.0)
     spacer = np.ones((image.shape[0], gap, 3), np.float32)
     return np.concatenate([holes_white, spacer, result, spacer, image], axis=1)
 
@@ -133,13 +128,23 @@ def workdir_config(workdir: str) -> ml_collections.ConfigDict:
 
 
 def pair_folder(image_dir: str, mask_dir: str) -> list[tuple[str, str]]:
-    """(image path, mask path) pairs matched by file name stem; an error names unmatched images."""
+    """(image path, mask path) pairs matched by file name stem.
+
+    Errors name images without a mask and stems held by two files of one folder.
+    """
     def by_stem(directory):
         if not os.path.isdir(directory):
             raise FileNotFoundError(f"{directory!r} is not a directory")
-        return {os.path.splitext(name)[0]: os.path.join(directory, name)
-                for name in sorted(os.listdir(directory))
-                if name.lower().endswith(IMAGE_EXTENSIONS)}
+        found: dict[str, list[str]] = {}
+        for name in sorted(os.listdir(directory)):
+            if name.lower().endswith(IMAGE_EXTENSIONS):
+                found.setdefault(os.path.splitext(name)[0], []).append(name)
+        twice = {stem: names for stem, names in found.items() if len(names) > 1}
+        if twice:
+            listed = "; ".join(" and ".join(names) for names in list(twice.values())[:10])
+            raise ValueError(f"{directory!r} holds files with the same name stem ({listed}): "
+                             f"files are paired by stem, so rename or remove one of each")
+        return {stem: os.path.join(directory, names[0]) for stem, names in found.items()}
     images, masks = by_stem(image_dir), by_stem(mask_dir)
     if not images:
         raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {image_dir!r}")
@@ -148,6 +153,114 @@ def pair_folder(image_dir: str, mask_dir: str) -> list[tuple[str, str]]:
         raise FileNotFoundError(f"no mask in {mask_dir!r} for image(s) {missing[:10]}: a mask "
                                 f"must have the same file name stem as its image")
     return [(images[stem], masks[stem]) for stem in sorted(images)]
+
+
+def check_outputs(image: str, mask: str, out: str, panel: str | None = None) -> None:
+    """Refuses outputs that would overwrite an input: equal files, or inside an input folder."""
+    def same(a: str, b: str) -> bool:
+        if os.path.realpath(a) == os.path.realpath(b):
+            return True
+        return os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b)
+
+    def inside(path: str, folder: str) -> bool:
+        real, root = os.path.realpath(path), os.path.realpath(folder)
+        return os.path.commonpath([real, root]) == root
+
+    outputs = {"--out": out} | ({"--panel": panel} if panel else {})
+    inputs = {"--image": image, "--mask": mask}
+    for out_flag, path in outputs.items():
+        for in_flag, source in inputs.items():
+            if os.path.isdir(source) and inside(path, source):
+                raise ValueError(f"{out_flag} {path!r} lies in the input folder {in_flag} "
+                                 f"{source!r}: choose an output outside the inputs")
+            if same(path, source):
+                raise ValueError(f"{out_flag} {path!r} is the input {in_flag} {source!r} and "
+                                 f"would overwrite it: choose another output")
+    if panel and same(out, panel):
+        raise ValueError(f"--panel {panel!r} is the same file as --out")
+
+
+class ModelInpainter:
+    """The network as an inpainter: composites (N, H, W, 3) in [0, 1], any H and W.
+
+    Images (N, H, W, 3) in [0, 1] and masks (N, H, W, 1), 1 = valid, are mirror-padded to a
+    multiple of 2**depth. Hole pixels the network does not reach (final mask 0) are filled from
+    the network run on halved copies, recursively, upsampled nearest-neighbour. `hole_pixels`
+    and `unreached_pixels` count over all calls; with `warn`, each call that filled unreached
+    pixels says so with their share.
+    """
+
+    def __init__(self, model: nnx.Module, *, warn: bool = True):
+        model.eval()
+        graphdef, state = nnx.split(model)
+        self.multiple = 2**model.depth
+        self.warn = warn
+        self.hole_pixels = 0
+        self.unreached_pixels = 0
+
+        @jax.jit
+        def run(state, images, masks):
+            net = nnx.merge(graphdef, state)
+            output, final_mask = net(images, masks, return_mask=True)
+            return jnp.clip(composite(output, images, masks), 0.0, 1.0), final_mask
+
+        self._run = lambda images, masks: run(state, images, masks)
+
+    @property
+    def unreached_share(self) -> float:
+        """Unreached hole pixels / hole pixels, over all calls so far."""
+        return self.unreached_pixels / max(self.hole_pixels, 1)
+
+    def __call__(self, images: np.ndarray, masks: np.ndarray) -> np.ndarray:
+        images = np.asarray(images, np.float32)
+        valid = np.all(np.asarray(masks) > MASK_THRESHOLD, axis=-1, keepdims=True)
+        empty = np.flatnonzero(~valid.any(axis=(1, 2, 3)))
+        if empty.size:
+            raise ValueError(f"mask {int(empty[0])} of the batch marks every pixel as a hole: "
+                             f"there are no known pixels to inpaint from")
+        result, unreached = self._fill(images, valid)
+        holes = int((~valid).sum())
+        self.hole_pixels += holes
+        self.unreached_pixels += unreached
+        if unreached and self.warn:
+            warnings.warn(f"{unreached / holes:.1%} of the hole pixels ({unreached} px) lie "
+                          f"beyond the network's reach; filled from downscaled copies",
+                          stacklevel=2)
+        return result
+
+    def _fill(self, images: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, int]:
+        """(composites, count of unreached pixels) of images and boolean masks (True = valid)."""
+        h, w = images.shape[1:3]
+        padded_images, padded_valid = pad_to_multiple(images, valid.astype(np.float32),
+                                                      self.multiple)
+        result, final_mask = self._run(padded_images, padded_valid)
+        result = np.asarray(result)[:, :h, :w]
+        unreached = (np.asarray(final_mask)[:, :h, :w] <= MASK_THRESHOLD) & ~valid
+        count = int(unreached.sum())
+        if count == 0:
+            return result, 0
+        if h == 1 and w == 1:  # cannot happen with a known pixel; guards the recursion
+            raise RuntimeError("the network reaches no pixel even at 1x1")
+        small, _ = self._fill(*_halve(images, valid))
+        upsampled = np.repeat(np.repeat(small, 2, axis=1), 2, axis=2)[:, :h, :w]
+        return np.where(unreached, upsampled, result), count
+
+
+def _halve(images: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Half-size copies: a pixel is known if any of its 2x2 pixels is, with their mean.
+
+    Holes stay holes (a hole block stays a hole) and hole content is never read.
+    """
+    n, h, w, c = images.shape
+    pad = ((0, 0), (0, h % 2), (0, w % 2), (0, 0))
+    images, weights = np.pad(images, pad, mode="edge"), np.pad(valid, pad, mode="edge")
+    weights = weights.astype(np.float32)
+
+    def blocks(x):
+        return x.reshape(n, x.shape[1] // 2, 2, x.shape[2] // 2, 2, x.shape[3]).sum(axis=(2, 4))
+
+    count, total = blocks(weights), blocks(images * weights)
+    return np.where(count > 0, total / np.maximum(count, 1), 0.0).astype(np.float32), count > 0
 
 
 def build_inpainter(method: str, workdir: str | None, config_spec: str | None,
@@ -161,7 +274,7 @@ def build_inpainter(method: str, workdir: str | None, config_spec: str | None,
     from pconv_jax.training import checkpoints as checkpointing
     config = load_config(config_spec) if config_spec else workdir_config(workdir)
     model, _ = checkpointing.restore_model(config, workdir, step=checkpoint)
-    return table1.model_inpainter(model), 2**model.depth
+    return ModelInpainter(model), 2**model.depth
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -190,18 +303,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         for path in (image_path, mask_path):
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"{path!r} does not exist")
+    check_outputs(args.image, args.mask, args.out, args.panel)
 
     fill, multiple = build_inpainter(args.method, args.workdir, args.config, args.checkpoint)
     for image_path, mask_path in tqdm(pairs, unit="image", file=sys.stderr,
                                       disable=not folder_mode):
-        image = read_image(image_path)
-        mask = read_mask(mask_path, image.shape[:2], args.mask_holes)
+        image, mask = read_pair(image_path, mask_path, args.mask_holes)
         result = inpaint_image(fill, image, mask, multiple)
         out = (os.path.join(args.out, os.path.splitext(os.path.basename(image_path))[0] + ".png")
                if folder_mode else args.out)
-        write_image(out, result)
+        images.write_image(out, result)
         if args.panel and not folder_mode:
-            write_image(args.panel, side_by_side(image, mask, result))
+            images.write_image(args.panel, side_by_side(image, mask, result))
     if not folder_mode:
         print(f"wrote {args.out}")
     else:

@@ -209,7 +209,14 @@ class PConvUNet(nnx.Module):
             levels.append((x, mask))
         return levels
 
-    def __call__(self, image: jax.Array, mask: jax.Array) -> jax.Array:
+    def __call__(self, image: jax.Array, mask: jax.Array, *, return_mask: bool = False
+                 ) -> jax.Array | tuple[jax.Array, jax.Array]:
+        """The raw output; with `return_mask`, also the final mask (N, H, W, 1).
+
+        The final mask is 0 where no valid pixel lies within the network's receptive field:
+        the output there is exactly 0 (see `pconv_jax.inference.inpaint` for filling it). The
+        baseline (`partial=False`) reaches every pixel: its final mask is all ones.
+        """
         levels = self.encode(image, mask)
         x, mask = levels.pop()
         for block in self.decoder:
@@ -219,7 +226,11 @@ class PConvUNet(nnx.Module):
                 x, mask = self._apply(block, [x, skip_x], [_upsample2x(mask), skip_mask], False)
             else:
                 x, _ = self._apply(block, [x, skip_x], None, False)
-        return x.astype(jnp.float32)
+        if not return_mask:
+            return x.astype(jnp.float32)
+        if not self.partial:
+            mask = jnp.ones(x.shape[:3] + (1,), jnp.float32)
+        return x.astype(jnp.float32), mask
 
 def composite(output: jax.Array, image: jax.Array, mask: jax.Array) -> jax.Array:
     """I_comp = M * I_gt + (1 - M) * I_out: known pixels from the input, holes from the network."""

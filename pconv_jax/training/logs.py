@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 import jax
 import numpy as np
 
+from pconv_jax.network.unet import MASK_THRESHOLD
+
 if TYPE_CHECKING:  # clu's writers pull in TensorFlow: imported only where a run needs them
     from clu import metric_writers, periodic_actions
 
@@ -53,7 +55,7 @@ def image_grid(image: np.ndarray, mask: np.ndarray, output: np.ndarray,
     Inputs are (N, H, W, 3) in [0, 1] (mask (N, H, W, 1), 1 = valid); returns uint8
     (N*H, 4*W, 3) with a 2-pixel gap between panels.
     """
-    masked = np.where(mask > 0.5, image, 1.0)
+    masked = np.where(mask > MASK_THRESHOLD, image, 1.0)
     panels = [masked, output, composite, image]
     n, h, w, c = image.shape
     gap = 2
