@@ -190,8 +190,10 @@ def test_channel_order_override_changes_the_image_channels_only():
                                                      channel_order="rgb")
     np.testing.assert_array_equal(bgr.encoder[0].conv.kernel[...],
                                   rgb.encoder[0].conv.kernel[...][:, :, ::-1])
-    np.testing.assert_array_equal(bgr.encoder[1].conv.kernel[...], rgb.encoder[1].conv.kernel[...])
-    np.testing.assert_array_equal(bgr.decoder[-1].conv.bias[...], rgb.decoder[-1].conv.bias[...][::-1])
+    np.testing.assert_array_equal(bgr.encoder[1].conv.kernel[...],
+                                  rgb.encoder[1].conv.kernel[...])
+    np.testing.assert_array_equal(bgr.decoder[-1].conv.bias[...],
+                                  rgb.decoder[-1].conv.bias[...][::-1])
 
 
 # ----------------------------------------------------------------------------- the workdir

@@ -1,8 +1,8 @@
 """Turns a public PyTorch PConv checkpoint into a pconv_jax workdir.
 
     python -m pconv_jax.weights.convert naoto0804 1000000.pth workdirs/places2_naoto0804
-    python -m pconv_jax.weights.convert mmagic pconv_256x256_stage2_4x2_places_20200619-1ffed0e8.pth \
-        workdirs/places2_mmagic
+    python -m pconv_jax.weights.convert mmagic \
+        pconv_256x256_stage2_4x2_places_20200619-1ffed0e8.pth workdirs/places2_mmagic
 
 The workdir then holds `config.json` and a checkpoint (step 0) written by the same code that
 training uses, so `inpaint.py`, `eval.py` and fine-tuning (`--config.train.init_from=WORKDIR`)
