@@ -230,6 +230,12 @@ def test_refuses_to_overwrite_and_never_leaves_a_half_finished_workdir(tmp_path,
     with pytest.raises(FileExistsError, match="not a pconv_jax workdir"):
         convert_cmd.convert_to_workdir("mmagic", str(FIXTURES / "mmagic.pth"), str(other),
                                        force=True)
+    started = tmp_path / "started"  # a training run that never saved a checkpoint
+    started.mkdir()
+    (started / "config.json").write_text("{}")
+    with pytest.raises(FileExistsError, match="already exists as a workdir; pass --force"):
+        convert_cmd.convert_to_workdir("mmagic", str(FIXTURES / "mmagic.pth"), str(started))
+    assert (started / "config.json").read_text() == "{}"
 
 
 @pytest.mark.slow

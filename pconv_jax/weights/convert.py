@@ -41,19 +41,21 @@ def _sha256(path: str) -> str:
 
 
 def check_target(workdir: str, force: bool) -> None:
-    """Refuses to overwrite a checkpoint without `force`, and never replaces a directory that is
-    not a workdir (a non-empty folder without config.json or checkpoints/)."""
+    """A new or empty directory is fine; an existing workdir is replaced only with `force`; a
+    non-empty directory that is not a workdir (no config.json, no checkpoints/) never is."""
     if not os.path.exists(workdir):
         return
     if not os.path.isdir(workdir):
         raise FileExistsError(f"{workdir!r} exists and is not a directory")
     entries = set(os.listdir(workdir))
-    if entries and not entries & {"config.json", "checkpoints"}:
+    if not entries:
+        return
+    if not entries & {"config.json", "checkpoints"}:
         raise FileExistsError(f"{workdir!r} is a non-empty directory that is not a pconv_jax "
                               "workdir; name a new or empty directory")
-    if "checkpoints" in entries and not force:
-        raise FileExistsError(f"{workdir!r} already holds a checkpoint; pass --force to replace "
-                              "the workdir")
+    if not force:
+        what = "holds a checkpoint" if "checkpoints" in entries else "exists as a workdir"
+        raise FileExistsError(f"{workdir!r} already {what}; pass --force to replace the workdir")
 
 
 def full_config(model_config, experiment: str):
