@@ -13,6 +13,14 @@ from pconv_jax.ops.pconv import partial_conv, plain_conv
 
 MASK_THRESHOLD = 0.5  # mask values > this count as valid; the rest as holes.
 
+# `input_norm`: the pixel space the network computes in, as per-channel (mean, std) of
+# [0, 1] pixels. Images enter and outputs leave the network in [0, 1] whatever the setting.
+INPUT_NORMS: dict[str, tuple[tuple[float, ...], tuple[float, ...]] | None] = {
+    "none": None,                                                    # [0, 1] as given
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),      # torchvision's statistics
+    "symmetric": ((0.5,), (0.5,)),                                   # [-1, 1]: (x - 0.5) / 0.5
+}
+
 
 def paper_widths(depth: int, base_width: int = 64, max_width: int = 512) -> tuple[int, ...]:
     """Encoder widths of the paper's table: 64, 128, 256, 512, 512, ... (capped at max_width)."""
@@ -35,6 +43,8 @@ def default_config() -> ml_collections.ConfigDict:
         bn_momentum=0.9,   # Flax convention: 1 - PyTorch's 0.1
         dtype="float32",   # compute dtype; "bfloat16" for mixed precision (parameters stay float32)
         remat=False,       # recompute each block's activations in the backward pass (less memory)
+        input_norm="none",  # pixel space inside the network: 'none' ([0, 1]), 'imagenet'
+                            # (torchvision mean/std), 'symmetric' ([-1, 1]); see INPUT_NORMS
     ))
 
 
@@ -126,18 +136,34 @@ class PConvUNet(nnx.Module):
 
     `remat=True` recomputes each block's activations in the backward pass instead of storing
     them (`nnx.remat`): less memory for large images at the price of a second forward pass.
+
+    `input_norm` (see `INPUT_NORMS`) normalises the image on the way in and maps the output
+    back on the way out, so callers keep [0, 1] images whatever space the weights were trained
+    in (networks converted from PyTorch use 'imagenet' or 'symmetric'). Hole pixels need no
+    special value: the first partial convolution multiplies the input by the mask. The
+    baseline (`partial=False`) fills holes with `hole_fill`, a [0, 1] pixel value, before
+    normalising.
     """
 
     def __init__(self, *, depth: int = 7, widths: Sequence[int] | None = None,
                  kernel_sizes: Sequence[int] | None = None, in_channels: int = 3,
                  out_channels: int = 3, partial: bool = True, hole_fill: float = 0.5,
                  bn_momentum: float = 0.9, dtype=jnp.float32, remat: bool = False,
-                 rngs: nnx.Rngs):
+                 input_norm: str = "none", rngs: nnx.Rngs):
         widths = tuple(widths) if widths is not None else paper_widths(depth)
         kernel_sizes = tuple(kernel_sizes) if kernel_sizes is not None else paper_kernel_sizes(depth)
         if len(widths) != depth or len(kernel_sizes) != depth:
             raise ValueError(f"widths {widths} and kernel_sizes {kernel_sizes} must both have "
                              f"depth={depth} entries")
+        if input_norm not in INPUT_NORMS:
+            raise ValueError(f"input_norm must be one of {sorted(INPUT_NORMS)}, got {input_norm!r}")
+        stats = INPUT_NORMS[input_norm]
+        if stats is not None and (len(stats[0]) not in (1, in_channels)
+                                  or len(stats[0]) not in (1, out_channels)):
+            raise ValueError(f"input_norm {input_norm!r} has {len(stats[0])}-channel statistics; "
+                             f"the network has {in_channels} input and {out_channels} output "
+                             "channels")
+        self.input_norm = input_norm
         self.depth, self.in_channels, self.out_channels = depth, in_channels, out_channels
         self.partial, self.hole_fill, self.dtype = partial, hole_fill, jnp.dtype(dtype)
         self.freeze_encoder_bn = False
@@ -168,7 +194,7 @@ class PConvUNet(nnx.Module):
                    widths=paper_widths(config.depth, config.base_width, config.max_width),
                    partial=config.partial, hole_fill=config.hole_fill,
                    bn_momentum=config.bn_momentum, dtype=jnp.dtype(config.dtype),
-                   remat=config.remat, rngs=rngs)
+                   remat=config.remat, input_norm=config.get("input_norm", "none"), rngs=rngs)
 
     def check_inputs(self, image: jax.Array, mask: jax.Array) -> None:
         """Raises ValueError for sizes the network cannot take or a mask that does not fit."""
@@ -200,9 +226,10 @@ class PConvUNet(nnx.Module):
         the input."""
         self.check_inputs(image, mask)
         mask = (mask > MASK_THRESHOLD).astype(jnp.float32)
-        x = image.astype(self.dtype)
+        x = image.astype(jnp.float32)
         if not self.partial:  # the baseline sees holes filled with a constant
-            x = jnp.where(mask > 0, x, jnp.asarray(self.hole_fill, self.dtype))
+            x = jnp.where(mask > 0, x, jnp.float32(self.hole_fill))
+        x = self._normalize(x).astype(self.dtype)
         levels = [(x, mask)]
         for block in self.encoder:
             x, mask = self._apply(block, x, mask, self.freeze_encoder_bn)
@@ -226,11 +253,29 @@ class PConvUNet(nnx.Module):
                 x, mask = self._apply(block, [x, skip_x], [_upsample2x(mask), skip_mask], False)
             else:
                 x, _ = self._apply(block, [x, skip_x], None, False)
+        output = self._denormalize(x.astype(jnp.float32))
         if not return_mask:
-            return x.astype(jnp.float32)
+            return output
         if not self.partial:
             mask = jnp.ones(x.shape[:3] + (1,), jnp.float32)
-        return x.astype(jnp.float32), mask
+        return output, mask
+
+    def _stats(self) -> tuple[jax.Array, jax.Array] | None:
+        stats = INPUT_NORMS[self.input_norm]
+        if stats is None:
+            return None
+        return jnp.asarray(stats[0], jnp.float32), jnp.asarray(stats[1], jnp.float32)
+
+    def _normalize(self, pixels: jax.Array) -> jax.Array:
+        """[0, 1] pixels -> the network's input space."""
+        stats = self._stats()
+        return pixels if stats is None else (pixels - stats[0]) / stats[1]
+
+    def _denormalize(self, output: jax.Array) -> jax.Array:
+        """The network's output space -> [0, 1] pixels."""
+        stats = self._stats()
+        return output if stats is None else output * stats[1] + stats[0]
+
 
 def composite(output: jax.Array, image: jax.Array, mask: jax.Array) -> jax.Array:
     """I_comp = M * I_gt + (1 - M) * I_out: known pixels from the input, holes from the network."""
