@@ -99,21 +99,6 @@ def _check_shapes(output: jax.Array, target: jax.Array, mask: jax.Array) -> None
         )
 
 
-def vgg_pools_of_pair(vgg: VGGParams, out: jax.Array, comp: jax.Array) -> tuple[tuple, tuple]:
-    """VGG16 (pool1, pool2, pool3) of `out` and of `comp` (both (N, H, W, 3)) in one pass.
-
-    The pass runs over the 2N images (out_0, comp_0, out_1, comp_1, ...): image i's pair sits
-    next to it, so with the batch sharded over devices each device's share holds its own pairs
-    and no activation moves between devices. (Concatenating [out, comp] along the batch would
-    put out_i and comp_i on different devices and make XLA ship feature maps between them.)
-    """
-    n = out.shape[0]
-    pairs = jnp.stack([out, comp], axis=1)  # (N, 2, H, W, 3): the new axis is not sharded
-    pools = vgg16_features(vgg, pairs.reshape((2 * n,) + out.shape[1:]))
-    pools = [p.reshape((n, 2) + p.shape[1:]) for p in pools]
-    return tuple(p[:, 0] for p in pools), tuple(p[:, 1] for p in pools)
-
-
 def inpainting_loss(
     output: jax.Array,
     target: jax.Array,
@@ -158,9 +143,11 @@ def inpainting_loss(
     zero = jnp.zeros((), jnp.float32)
     if use_vgg:
         dtype = output.dtype  # VGG runs in the output's dtype (e.g. bfloat16)
-        # One pass over the (out, comp) pairs, one over gt without gradient: a single pass over
-        # all three would back-propagate through the gt third too (~17% more FLOPs).
-        pools_out, pools_comp = vgg_pools_of_pair(vgg, out.astype(dtype), composite.astype(dtype))
+        # One pass per image set, gt without gradient. Never concatenate them along the batch:
+        # with the batch sharded over devices, the joined batch is laid out differently from its
+        # parts and XLA ships VGG feature maps between devices, forward and backward.
+        pools_out = vgg16_features(vgg, out.astype(dtype))
+        pools_comp = vgg16_features(vgg, composite.astype(dtype))
         pools_gt = vgg16_features(vgg, jax.lax.stop_gradient(gt.astype(dtype)))
         pools = list(zip(pools_out, pools_comp, pools_gt))
         terms["perceptual"] = sum(_l1(p_out, p_gt) + _l1(p_comp, p_gt) for p_out, p_comp, p_gt in pools)
