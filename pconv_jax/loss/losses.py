@@ -142,12 +142,14 @@ def inpainting_loss(
     }
     zero = jnp.zeros((), jnp.float32)
     if use_vgg:
-        n, dtype = output.shape[0], output.dtype  # VGG runs in the output's dtype (e.g. bfloat16)
-        # One pass over [out, comp], one over gt without gradient: a single pass over
-        # [out, comp, gt] would back-propagate through the gt third too (~17% more FLOPs).
-        pools_oc = vgg16_features(vgg, jnp.concatenate([out, composite]).astype(dtype))
+        dtype = output.dtype  # VGG runs in the output's dtype (e.g. bfloat16)
+        # One pass per image set, gt without gradient. Never concatenate them along the batch:
+        # with the batch sharded over devices, the joined batch is laid out differently from its
+        # parts and XLA ships VGG feature maps between devices, forward and backward.
+        pools_out = vgg16_features(vgg, out.astype(dtype))
+        pools_comp = vgg16_features(vgg, composite.astype(dtype))
         pools_gt = vgg16_features(vgg, jax.lax.stop_gradient(gt.astype(dtype)))
-        pools = [(p[:n], p[n:], p_gt) for p, p_gt in zip(pools_oc, pools_gt)]
+        pools = list(zip(pools_out, pools_comp, pools_gt))
         terms["perceptual"] = sum(_l1(p_out, p_gt) + _l1(p_comp, p_gt) for p_out, p_comp, p_gt in pools)
         grams = [(gram_matrix(p_out), gram_matrix(p_comp), gram_matrix(p_gt)) for p_out, p_comp, p_gt in pools]
         terms["style_out"] = sum(_l1(g_out, g_gt) for g_out, _, g_gt in grams)
