@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping, Sequence
 import cv2
 import numpy as np
 
+from pconv_jax.cli import USER_ERRORS
 from pconv_jax.data import sources
 from pconv_jax.inference import inpaint
 
@@ -260,6 +261,18 @@ def inpaint_photo(method: Method, photo: np.ndarray, valid: np.ndarray,
     return np.where(valid > 0.5, photo, filled)
 
 
+def respond(method: Method, photo: np.ndarray, stem: str, editor_value: Mapping | None,
+            mask_path: str | None, *, max_side: int, output_dir: str) -> tuple[str, str]:
+    """What Inpaint does: (path of the result PNG, status line with the time taken)."""
+    start = time.perf_counter()
+    valid = valid_mask(editor_value, mask_path, photo.shape[:2])
+    path = write_png(output_dir, stem, inpaint_photo(method, photo, valid, max_side))
+    seconds = time.perf_counter() - start
+    h, w = photo.shape[:2]
+    return path, (f"Filled {1 - float(valid.mean()):.1%} of {w}x{h} with {method.label} in "
+                  f"{seconds:.2f} s. Download gives the full-resolution PNG.")
+
+
 def write_png(directory: str, stem: str, image: np.ndarray) -> str:
     """Writes uint8 RGB `image` as `<directory>/<n>/<stem>_inpainted.png` (a fresh folder each)."""
     folder = tempfile.mkdtemp(dir=directory)
@@ -295,54 +308,50 @@ def build_app(methods: Sequence[Method], *, max_side: int = 1024, max_upload_mb:
 
     by_label = {m.label: m for m in methods}
     output_dir = output_dir or tempfile.mkdtemp(prefix="pconv_app_")
+    os.makedirs(output_dir, exist_ok=True)
     max_bytes = int(max_upload_mb * 1024 * 1024)
 
-    def show_photo(photo: np.ndarray, name: str, note: str = ""):
+    # Photo events update: the stored photo, the editor, the result, the download button, the
+    # status line, and the upload box (emptied, so that the next photo can be dropped there).
+    unchanged = (gr.update(),) * 5 + (None,)
+
+    def show_photo(photo: np.ndarray, name: str):
         editor = {"background": display_copy(photo), "layers": [], "composite": None}
         h, w = photo.shape[:2]
-        status = f"{name}: {w}x{h}. Paint over what should go, then press Inpaint.{note}"
-        return (photo, name), editor, None, gr.update(value=None), status
+        status = f"{name}: {w}x{h}. Paint over what should go, then press Inpaint."
+        return (photo, name), editor, None, gr.update(value=None, interactive=False), status, None
 
     def failed(message: str):
-        return gr.update(), gr.update(), gr.update(), gr.update(), f"**Error:** {message}"
+        return unchanged[:4] + (f"**Error:** {message}", None)
 
     def on_upload(path):
         if not path:
-            return gr.update(), gr.update(), gr.update(), gr.update(), gr.update()
+            return unchanged
         try:
             if os.path.getsize(path) > max_bytes:
                 raise InputError(f"{os.path.basename(path)!r} is larger than the upload limit "
                                  f"of {max_upload_mb:g} MB")
             photo = decode_photo(path)
-        except InputError as err:
+        except USER_ERRORS as err:
             return failed(str(err))
         return show_photo(photo, os.path.splitext(os.path.basename(path))[0])
 
     def on_example(name):
         if not name:
-            return gr.update(), gr.update(), gr.update(), gr.update(), gr.update()
+            return unchanged
         return show_photo(example_photo(name), os.path.splitext(name)[0])
 
     def on_inpaint(original, editor_value, mask_path, label):
-        start = time.perf_counter()
         try:
             if original is None:
                 raise InputError("upload a photo or pick an example first")
-            photo, stem = original
             if mask_path and os.path.getsize(mask_path) > max_bytes:
                 raise InputError(f"the mask file is larger than the upload limit of "
                                  f"{max_upload_mb:g} MB")
-            valid = valid_mask(editor_value, mask_path, photo.shape[:2])
-            method = by_label[label]
-            result = inpaint_photo(method, photo, valid, max_side)
-            path = write_png(output_dir, stem, result)
-        except InputError as err:
+            path, status = respond(by_label[label], *original, editor_value, mask_path,
+                                   max_side=max_side, output_dir=output_dir)
+        except USER_ERRORS as err:  # bad input, a full disk: said in the page, the app goes on
             return gr.update(), gr.update(), f"**Error:** {err}"
-        seconds = time.perf_counter() - start
-        holes = 1 - float(valid.mean())
-        h, w = photo.shape[:2]
-        status = (f"Filled {holes:.1%} of {w}x{h} with {label} in {seconds:.2f} s. "
-                  f"Download gives the full-resolution PNG.")
         return path, gr.update(value=path, interactive=True), status
 
     with gr.Blocks(title="pconv_jax inpainting") as demo:
@@ -374,7 +383,7 @@ def build_app(methods: Sequence[Method], *, max_side: int = 1024, max_upload_mb:
             run = gr.Button("Inpaint", variant="primary", elem_id="inpaint")
         status = gr.Markdown("Upload a photo or pick an example.", elem_id="status")
 
-        photo_outputs = [original, editor, result, download, status]
+        photo_outputs = [original, editor, result, download, status, photo_file]
         photo_file.upload(on_upload, photo_file, photo_outputs)
         example.input(on_example, example, photo_outputs)
         run.click(on_inpaint, [original, editor, mask_file, method], [result, download, status])
