@@ -1,4 +1,4 @@
-"""The inpainting web app: see `python app.py --help` (same as `python -m pconv_jax.inference.app`)."""
+"""The inpainting web app: `python app.py --help` (= `python -m pconv_jax.inference.app`)."""
 
 from pconv_jax.inference.app import run
 

@@ -66,8 +66,9 @@ def main() -> None:
     method = network_method(args.workdir, None if args.workdir else args.config)
     out = tempfile.mkdtemp(prefix="bench_app_")
     for side in (int(s) for s in args.sizes.split(",")):
-        respond = lambda photo, value: app.respond(method, photo, "bench", value, None,
-                                                   max_side=max(side, 1024), output_dir=out)
+        def respond(photo, value, side=side):
+            return app.respond(method, photo, "bench", value, None, max_side=max(side, 1024),
+                               output_dir=out)
         first = timed(lambda: respond(*photo_and_strokes(side, side, 0)))
         repeated = []
         for i in range(args.repeats):  # other photos of the same bucket: e.g. 500x490 for 512

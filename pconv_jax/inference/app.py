@@ -22,6 +22,7 @@ The server binds 127.0.0.1 unless `--host` says otherwise and never makes a publ
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 import tempfile
 import time
@@ -402,25 +403,23 @@ def launch(demo, *, host: str = "127.0.0.1", port: int = 7860, max_upload_mb: fl
 # ----------------------------------------------------------------------------- command
 
 def main(argv: Sequence[str]) -> None:
-    from absl import app
+    from absl import app, flags
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    flags_ = _FLAGS
-    if flags_.max_side < 64:
-        raise ValueError(f"--max_side must be at least 64, got {flags_.max_side}")
-    try:
-        import gradio  # noqa: F401
-    except ImportError as err:
-        raise ImportError("the app needs gradio: pip install -e '.[app]'") from err
+    options = flags.FLAGS
+    if options.max_side < 64:
+        raise ValueError(f"--max_side must be at least 64, got {options.max_side}")
+    if importlib.util.find_spec("gradio") is None:
+        raise app.UsageError("the app needs gradio: pip install -e '.[app]'")
     from pconv_jax.training.logs import quiet_library_logs
     quiet_library_logs()
-    methods = load_methods(flags_.workdir or [])
-    demo = build_app(methods, max_side=flags_.max_side, max_upload_mb=flags_.max_upload_mb)
-    print(f"serving on http://{flags_.host}:{flags_.port}", flush=True)
-    launch(demo, host=flags_.host, port=flags_.port, max_upload_mb=flags_.max_upload_mb)
+    methods = load_methods(options.workdir)  # before serving: a bad workdir stops the start
+    demo = build_app(methods, max_side=options.max_side, max_upload_mb=options.max_upload_mb)
+    launch(demo, host=options.host, port=options.port, max_upload_mb=options.max_upload_mb)
 
 
-def define_flags():
+def define_flags() -> None:
+    """The command's flags (defined only when it runs: other commands share names)."""
     from absl import flags
     flags.DEFINE_multi_string("workdir", [], "a training workdir (config.json, checkpoints); "
                               "repeat for a model selector")
@@ -429,17 +428,12 @@ def define_flags():
     flags.DEFINE_integer("max_side", 1024, "photos with a longer side are filled crop by crop "
                          "around the holes")
     flags.DEFINE_float("max_upload_mb", 50, "largest photo or mask file accepted, in MB")
-    return flags.FLAGS
-
-
-_FLAGS = None
 
 
 def run() -> None:
     """The command: absl flags, then `cli.run(main)`."""
-    global _FLAGS
     from pconv_jax import cli
-    _FLAGS = define_flags()
+    define_flags()
     cli.run(main)
 
 
