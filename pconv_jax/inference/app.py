@@ -362,7 +362,8 @@ def build_app(methods: Sequence[Method], *, max_side: int = 1024, max_upload_mb:
         with gr.Row():
             with gr.Column():
                 with gr.Row():
-                    photo_file = gr.File(label="Photo", type="filepath", elem_id="photo")
+                    photo_file = gr.File(label="Photo", type="filepath", elem_id="photo",
+                                         height=140)
                     example = gr.Dropdown(list(EXAMPLES), value=None, label="Or an example",
                                           elem_id="example")
                 editor = gr.ImageEditor(
@@ -372,17 +373,18 @@ def build_app(methods: Sequence[Method], *, max_side: int = 1024, max_upload_mb:
                                    color_mode="fixed"),
                     eraser=gr.Eraser(default_size=brush_size))
                 mask_file = gr.File(label="Mask file (optional, white = hole)", type="filepath",
-                                    elem_id="mask_file")
+                                    elem_id="mask_file", height=130)
             with gr.Column():
+                with gr.Row():
+                    method = gr.Dropdown([m.label for m in methods], value=methods[0].label,
+                                         label="Method", elem_id="method", scale=2)
+                    run = gr.Button("Inpaint", variant="primary", elem_id="inpaint", scale=1)
                 result = gr.Image(label="Result", type="filepath", format="png",
-                                  interactive=False, elem_id="result", height=520)
+                                  interactive=False, elem_id="result", height=520,
+                                  buttons=["download", "fullscreen"])
                 download = gr.DownloadButton("Download PNG", interactive=False,
                                              elem_id="download")
-        with gr.Row():
-            method = gr.Dropdown([m.label for m in methods], value=methods[0].label,
-                                 label="Method", elem_id="method")
-            run = gr.Button("Inpaint", variant="primary", elem_id="inpaint")
-        status = gr.Markdown("Upload a photo or pick an example.", elem_id="status")
+                status = gr.Markdown("Upload a photo or pick an example.", elem_id="status")
 
         photo_outputs = [original, editor, result, download, status, photo_file]
         photo_file.upload(on_upload, photo_file, photo_outputs)
