@@ -1,7 +1,8 @@
 """Paint the holes in a browser: a local inpainting web app (gradio).
 
     python -m pconv_jax.inference.app --workdir workdirs/demo_train     # http://127.0.0.1:7860
-    python -m pconv_jax.inference.app --workdir a --workdir b:conv_run  # a model selector
+    python -m pconv_jax.inference.app --workdir workdirs/demo_train \
+        --workdir workdirs/demo_conv_train                               # a model selector
 
 Upload a photo (or pick a bundled example), paint over what should go, press Inpaint, download
 the PNG. The result has the photo's resolution and every pixel outside the holes is exactly the
@@ -24,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -399,7 +401,7 @@ def launch(demo, *, host: str = "127.0.0.1", port: int = 7860, max_upload_mb: fl
     demo.queue(default_concurrency_limit=1)  # one request at a time on the accelerator
     return demo.launch(server_name=host, server_port=port, share=False, inbrowser=False,
                        max_file_size=f"{int(max_upload_mb * 1024)}kb",
-                       prevent_thread_lock=not block, show_error=True)
+                       prevent_thread_lock=not block, show_error=True, quiet=True)
 
 
 # ----------------------------------------------------------------------------- command
@@ -413,10 +415,14 @@ def main(argv: Sequence[str]) -> None:
         raise ValueError(f"--max_side must be at least 64, got {options.max_side}")
     if importlib.util.find_spec("gradio") is None:
         raise app.UsageError("the app needs gradio: pip install -e '.[app]'")
+    import logging
+
     from pconv_jax.training.logs import quiet_library_logs
     quiet_library_logs()
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # gradio's own start-up requests
     methods = load_methods(options.workdir)  # before serving: a bad workdir stops the start
     demo = build_app(methods, max_side=options.max_side, max_upload_mb=options.max_upload_mb)
+    print(f"serving on http://{options.host}:{options.port} (Ctrl+C stops)", flush=True)
     launch(demo, host=options.host, port=options.port, max_upload_mb=options.max_upload_mb)
 
 
@@ -430,11 +436,14 @@ def define_flags() -> None:
     flags.DEFINE_integer("max_side", 1024, "photos with a longer side are filled crop by crop "
                          "around the holes")
     flags.DEFINE_float("max_upload_mb", 50, "largest photo or mask file accepted, in MB")
+    # `--help` lists the main script's flags: make these its own when started as `app.py`.
+    for name in ("workdir", "host", "port", "max_side", "max_upload_mb", "debug"):
+        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
 
 
 def run() -> None:
     """The command: absl flags, then `cli.run(main)`."""
-    from pconv_jax import cli
+    from pconv_jax import cli  # defines --debug
     define_flags()
     cli.run(main)
 
