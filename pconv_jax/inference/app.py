@@ -315,17 +315,19 @@ def build_app(methods: Sequence[Method], *, max_side: int = 1024, max_upload_mb:
     max_bytes = int(max_upload_mb * 1024 * 1024)
 
     # Photo events update: the stored photo, the editor, the result, the download button, the
-    # status line, and the upload box (emptied, so that the next photo can be dropped there).
-    unchanged = (gr.update(),) * 5 + (None,)
+    # status line, the upload box (emptied, so that the next photo can be dropped there) and
+    # the example choice (cleared when a photo is uploaded).
+    unchanged = (gr.update(),) * 5 + (None, gr.update())
 
-    def show_photo(photo: np.ndarray, name: str):
+    def show_photo(photo: np.ndarray, name: str, example_choice=None):
         editor = {"background": display_copy(photo), "layers": [], "composite": None}
         h, w = photo.shape[:2]
         status = f"{name}: {w}x{h}. Paint over what should go, then press Inpaint."
-        return (photo, name), editor, None, gr.update(value=None, interactive=False), status, None
+        return ((photo, name), editor, None, gr.update(value=None, interactive=False), status,
+                None, example_choice)
 
     def failed(message: str):
-        return unchanged[:4] + (f"**Error:** {message}", None)
+        return unchanged[:4] + (f"**Error:** {message}",) + unchanged[5:]
 
     def on_upload(path):
         if not path:
@@ -342,7 +344,7 @@ def build_app(methods: Sequence[Method], *, max_side: int = 1024, max_upload_mb:
     def on_example(name):
         if not name:
             return unchanged
-        return show_photo(example_photo(name), os.path.splitext(name)[0])
+        return show_photo(example_photo(name), os.path.splitext(name)[0], gr.update())
 
     def on_inpaint(original, editor_value, mask_path, label):
         try:
@@ -388,7 +390,7 @@ def build_app(methods: Sequence[Method], *, max_side: int = 1024, max_upload_mb:
                                              elem_id="download")
                 status = gr.Markdown("Upload a photo or pick an example.", elem_id="status")
 
-        photo_outputs = [original, editor, result, download, status, photo_file]
+        photo_outputs = [original, editor, result, download, status, photo_file, example]
         photo_file.upload(on_upload, photo_file, photo_outputs)
         example.input(on_example, example, photo_outputs)
         run.click(on_inpaint, [original, editor, mask_file, method], [result, download, status])
