@@ -1,0 +1,454 @@
+"""Paint the holes in a browser: a local inpainting web app (gradio).
+
+    python -m pconv_jax.inference.app --workdir workdirs/demo_train     # http://127.0.0.1:7860
+    python -m pconv_jax.inference.app --workdir workdirs/demo_train \
+        --workdir workdirs/demo_conv_train                               # a model selector
+
+Upload a photo (or pick a bundled example), paint over what should go, press Inpaint, download
+the PNG. The result has the photo's resolution and every pixel outside the holes is exactly the
+photo's. Each `--workdir` adds its trained network to the method selector; OpenCV's Telea and
+Navier-Stokes inpainting are always offered. A workdir without a checkpoint stops the start.
+
+The network runs on the same path as `inpaint.py` (`build_inpainter`, `inpaint_image`: mirror
+padding, composite). Two additions make it interactive:
+- sizes are bucketed: a photo is mirror-padded up to one of a few sides (`BUCKET_SIDES`), so a
+  second photo of a similar size reuses the compiled network instead of compiling anew;
+- photos larger than `--max_side` are filled crop by crop around the holes (with context
+  around them), or from a downscaled copy where a hole region is itself larger than
+  `--max_side`; only the hole pixels are pasted into the full-resolution photo.
+
+The server binds 127.0.0.1 unless `--host` says otherwise and never makes a public link.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+import cv2
+import numpy as np
+
+from pconv_jax.cli import USER_ERRORS
+from pconv_jax.data import sources
+from pconv_jax.inference import inpaint
+
+# Padded sides the network sees (each rounded up to the network's size multiple); a larger side
+# is rounded up to a multiple of 256. Few sides = few compilations.
+BUCKET_SIDES = (128, 256, 384, 512, 768, 1024)
+# Context kept around a hole region when a large photo is filled crop by crop: at least this
+# many pixels, and at least half the region's size.
+MIN_CONTEXT = 48
+# The editor gets a copy no larger than this (painting does not need more); the mask painted on
+# it is scaled back to the photo nearest-neighbour.
+DISPLAY_MAX_SIDE = 2048
+MAX_PIXELS = 100_000_000  # decoded photos above this are refused (a small file can hold a huge one)
+EXAMPLES = ("coffee", "chelsea", "astronaut", "rocket", "flower.jpg")
+
+Fill = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+class InputError(ValueError):
+    """Bad input from the page: its message is shown there."""
+
+
+# ----------------------------------------------------------------------------- methods
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def bucket_side(side: int, multiple: int) -> int:
+    """The padded side for an image side: the first bucket that holds it."""
+    for bucket in BUCKET_SIDES:
+        if side <= _round_up(bucket, multiple):
+            return _round_up(bucket, multiple)
+    return _round_up(side, max(256, multiple))
+
+
+def bucketed(fill: Fill, multiple: int) -> Fill:
+    """`fill` on inputs mirror-padded (bottom, right, as `inpaint.pad_to_multiple`) to buckets."""
+    def bucketed_fill(images: np.ndarray, masks: np.ndarray) -> np.ndarray:
+        h, w = images.shape[1:3]
+        pad = ((0, 0), (0, bucket_side(h, multiple) - h), (0, bucket_side(w, multiple) - w), (0, 0))
+        out = fill(np.pad(images, pad, mode="symmetric"), np.pad(masks, pad, mode="symmetric"))
+        return np.asarray(out)[:, :h, :w]
+    return bucketed_fill
+
+
+@dataclasses.dataclass
+class Method:
+    """One entry of the method selector."""
+    label: str
+    fill: Fill       # (N, H, W, 3) images, (N, H, W, 1) masks (1 = valid) -> composites
+    multiple: int    # sides the fill needs a multiple of
+    compiled: bool   # a jitted network: bucket the shapes
+
+    def __call__(self, image: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        """The composite (H, W, 3) of one float image and its (H, W, 1) mask."""
+        fill = bucketed(self.fill, self.multiple) if self.compiled else self.fill
+        return inpaint.inpaint_image(fill, image, valid, self.multiple)
+
+
+def classical_methods() -> list[Method]:
+    """OpenCV's two methods, always offered for comparison."""
+    methods = []
+    for name, label in (("telea", "OpenCV Telea"), ("ns", "OpenCV Navier-Stokes")):
+        fill, multiple = inpaint.build_inpainter(name, None, None, None)
+        methods.append(Method(label, fill, multiple, compiled=False))
+    return methods
+
+
+def workdir_label(workdir: str, partial: bool, unique_names: bool) -> str:
+    name = os.path.basename(os.path.normpath(workdir)) if unique_names else workdir
+    return f"{name} ({'partial' if partial else 'ordinary'} convolutions)"
+
+
+def load_methods(workdirs: Sequence[str]) -> list[Method]:
+    """The networks of `workdirs` (their latest checkpoints), then OpenCV's methods.
+
+    Raises FileNotFoundError naming a workdir without config.json or checkpoints.
+    """
+    names = [os.path.basename(os.path.normpath(w)) for w in workdirs]
+    unique = len(set(names)) == len(names)
+    methods = []
+    from pconv_jax.training import checkpoints
+    for workdir in workdirs:
+        if not os.path.isdir(workdir):
+            raise FileNotFoundError(f"workdir {workdir!r} does not exist")
+        if not os.path.isdir(checkpoints.checkpoint_dir(workdir)):
+            raise FileNotFoundError(f"workdir {workdir!r} has no checkpoints/ folder: train a "
+                                    f"model there first, or pass another --workdir")
+        config = inpaint.workdir_config(workdir)
+        fill, multiple = inpaint.build_inpainter("model", workdir, None, None)
+        label = workdir_label(workdir, bool(config.model.get("partial", True)), unique)
+        methods.append(Method(label, fill, multiple, compiled=True))
+    return methods + classical_methods()
+
+
+# ----------------------------------------------------------------------------- filling
+
+def hole_boxes(holes: np.ndarray) -> list[tuple[int, int, int, int]]:
+    """(y0, x0, y1, x1) boxes around the hole regions with context, merged where they overlap.
+
+    Every hole pixel lies in exactly one box, and a box holds whole hole regions only.
+    """
+    h, w = holes.shape
+    count, _, stats, _ = cv2.connectedComponentsWithStats(holes.astype(np.uint8), connectivity=8)
+    boxes = []
+    for x, y, bw, bh, _ in stats[1:count]:
+        margin = max(MIN_CONTEXT, max(bw, bh) // 2)
+        boxes.append((max(0, y - margin), max(0, x - margin),
+                      min(h, y + bh + margin), min(w, x + bw + margin)))
+    merged = True
+    while merged:  # union overlapping boxes until none overlap
+        merged = False
+        for i in range(len(boxes)):
+            for j in range(i + 1, len(boxes)):
+                a, b = boxes[i], boxes[j]
+                if a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]:
+                    boxes[i] = (min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3]))
+                    del boxes[j]
+                    merged = True
+                    break
+            if merged:
+                break
+    return boxes
+
+
+def fill_downscaled(method: Method, image: np.ndarray, valid: np.ndarray,
+                    max_side: int) -> np.ndarray:
+    """Fills a copy scaled to `max_side`, scales the fill back up; known pixels as given."""
+    h, w = image.shape[:2]
+    scale = max_side / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    small_image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    # A small pixel that covers any hole pixel is a hole: no hole colour leaks into the context.
+    hole_cover = cv2.resize((valid[..., 0] < 0.5).astype(np.float32), size,
+                            interpolation=cv2.INTER_AREA)
+    small_valid = (hole_cover <= 0).astype(np.float32)[..., None]
+    filled = cv2.resize(method(small_image, small_valid), (w, h), interpolation=cv2.INTER_CUBIC)
+    return np.where(valid > 0.5, image, np.clip(filled, 0, 1))
+
+
+def fill_photo(method: Method, image: np.ndarray, valid: np.ndarray,
+               max_side: int) -> np.ndarray:
+    """The composite of a photo of any size: whole when it fits `max_side`, else crop by crop."""
+    if max(image.shape[:2]) <= max_side:
+        return method(image, valid)
+    result = image.copy()
+    for y0, x0, y1, x1 in hole_boxes(valid[..., 0] < 0.5):
+        crop, crop_valid = image[y0:y1, x0:x1], valid[y0:y1, x0:x1]
+        if max(y1 - y0, x1 - x0) <= max_side:
+            filled = method(crop, crop_valid)
+        else:
+            filled = fill_downscaled(method, crop, crop_valid, max_side)
+        result[y0:y1, x0:x1] = np.where(crop_valid > 0.5, crop, filled)
+    return result
+
+
+# ----------------------------------------------------------------------------- page input
+
+def decode_photo(path: str | None, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """uint8 RGB (H, W, 3) of an uploaded file; InputError when it is not a usable image."""
+    if not path:
+        raise InputError("upload a photo or pick an example first")
+    name = os.path.basename(path)
+    if os.path.getsize(path) == 0:
+        raise InputError(f"{name!r} is empty: upload a PNG, JPEG, WebP, BMP or TIFF image")
+    image = sources.read_image_file(path)
+    if image is None:
+        raise InputError(f"{name!r} is not an image this app can read: upload a PNG, JPEG, "
+                         f"WebP, BMP or TIFF image")
+    if image.shape[0] * image.shape[1] > max_pixels:
+        raise InputError(f"{name!r} is {image.shape[1]}x{image.shape[0]} pixels, above the "
+                         f"limit of {max_pixels / 1e6:.0f} megapixels")
+    return image
+
+
+def painted_holes(editor_value: Mapping | None, size: tuple[int, int]) -> np.ndarray:
+    """Bool (H, W) of the pixels painted in the editor's layers, at `size` (nearest).
+
+    A layer pixel counts as painted where its alpha is non-zero (RGBA layers) or, for layers
+    without alpha, where it is not black. Erased pixels are transparent again.
+    """
+    painted = np.zeros(size, bool)
+    for layer in (editor_value or {}).get("layers") or []:
+        layer = np.asarray(layer)
+        if layer.ndim == 2:
+            ink = layer > 0
+        elif layer.shape[-1] in (2, 4):
+            ink = layer[..., -1] > 0
+        else:
+            ink = layer.max(axis=-1) > 0
+        if ink.shape != size:
+            ink = cv2.resize(ink.astype(np.uint8), (size[1], size[0]),
+                             interpolation=cv2.INTER_NEAREST) > 0
+        painted |= ink
+    return painted
+
+
+def mask_file_holes(path: str, size: tuple[int, int]) -> np.ndarray:
+    """Bool (H, W) holes of an uploaded mask file (white = hole); it must have the photo's size."""
+    name = os.path.basename(path)
+    pixels = sources.read_image_file(path)
+    if pixels is None:
+        raise InputError(f"mask {name!r} is not an image: upload a PNG with white holes")
+    if pixels.shape[:2] != tuple(size):
+        raise InputError(f"mask {name!r} is {pixels.shape[1]}x{pixels.shape[0]} but the photo is "
+                         f"{size[1]}x{size[0]}: the mask must have the photo's size")
+    return cv2.cvtColor(pixels, cv2.COLOR_RGB2GRAY) >= 128
+
+
+def valid_mask(editor_value: Mapping | None, mask_path: str | None,
+               size: tuple[int, int]) -> np.ndarray:
+    """(H, W, 1) float32, 1 = valid, 0 = hole: painted pixels and mask-file holes together."""
+    holes = painted_holes(editor_value, size)
+    if mask_path:
+        holes |= mask_file_holes(mask_path, size)
+    if not holes.any():
+        raise InputError("nothing to fill: paint over what should go (or upload a mask file, "
+                         "white = hole), then press Inpaint")
+    return (~holes).astype(np.float32)[..., None]
+
+
+def inpaint_photo(method: Method, photo: np.ndarray, valid: np.ndarray,
+                  max_side: int) -> np.ndarray:
+    """uint8 result at the photo's resolution; outside the holes exactly the photo's pixels."""
+    filled = fill_photo(method, photo.astype(np.float32) / 255.0, valid, max_side)
+    filled = np.round(np.clip(filled, 0, 1) * 255).astype(np.uint8)
+    return np.where(valid > 0.5, photo, filled)
+
+
+def respond(method: Method, photo: np.ndarray, stem: str, editor_value: Mapping | None,
+            mask_path: str | None, *, max_side: int, output_dir: str) -> tuple[str, str]:
+    """What Inpaint does: (path of the result PNG, status line with the time taken)."""
+    start = time.perf_counter()
+    valid = valid_mask(editor_value, mask_path, photo.shape[:2])
+    path = write_png(output_dir, stem, inpaint_photo(method, photo, valid, max_side))
+    seconds = time.perf_counter() - start
+    h, w = photo.shape[:2]
+    return path, (f"Filled {1 - float(valid.mean()):.1%} of {w}x{h} with {method.label} in "
+                  f"{seconds:.2f} s. Download gives the full-resolution PNG.")
+
+
+def write_png(directory: str, stem: str, image: np.ndarray) -> str:
+    """Writes uint8 RGB `image` as `<directory>/<n>/<stem>_inpainted.png` (a fresh folder each)."""
+    folder = tempfile.mkdtemp(dir=directory)
+    path = os.path.join(folder, f"{stem}_inpainted.png")
+    if not cv2.imwrite(path, cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
+        raise OSError(f"cannot write {path}")
+    return path
+
+
+def display_copy(photo: np.ndarray) -> np.ndarray:
+    """The photo for the editor: scaled down to DISPLAY_MAX_SIDE when larger."""
+    h, w = photo.shape[:2]
+    if max(h, w) <= DISPLAY_MAX_SIDE:
+        return photo
+    scale = DISPLAY_MAX_SIDE / max(h, w)
+    return cv2.resize(photo, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
+
+
+def example_photo(name: str) -> np.ndarray:
+    """A bundled demo photograph (uint8 RGB)."""
+    split = "heldout" if name in sources.DEMO_HELDOUT else "train"
+    source = sources.demo_source(split)
+    return source.load(source.names.index(name))
+
+
+# ----------------------------------------------------------------------------- the page
+
+def build_app(methods: Sequence[Method], *, max_side: int = 1024, max_upload_mb: float = 50,
+              output_dir: str | None = None, brush_size: int | str = "auto"):
+    """The gradio Blocks of the app (not launched); `brush_size`: the initial brush radius."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    import gradio as gr
+
+    by_label = {m.label: m for m in methods}
+    output_dir = output_dir or tempfile.mkdtemp(prefix="pconv_app_")
+    os.makedirs(output_dir, exist_ok=True)
+    max_bytes = int(max_upload_mb * 1024 * 1024)
+
+    # Photo events update: the stored photo, the editor, the result, the download button, the
+    # status line, the upload box (emptied, so that the next photo can be dropped there) and
+    # the example choice (cleared when a photo is uploaded).
+    unchanged = (gr.update(),) * 5 + (None, gr.update())
+
+    def show_photo(photo: np.ndarray, name: str, example_choice=None):
+        editor = {"background": display_copy(photo), "layers": [], "composite": None}
+        h, w = photo.shape[:2]
+        status = f"{name}: {w}x{h}. Paint over what should go, then press Inpaint."
+        return ((photo, name), editor, None, gr.update(value=None, interactive=False), status,
+                None, example_choice)
+
+    def failed(message: str):
+        return unchanged[:4] + (f"**Error:** {message}",) + unchanged[5:]
+
+    def on_upload(path):
+        if not path:
+            return unchanged
+        try:
+            if os.path.getsize(path) > max_bytes:
+                raise InputError(f"{os.path.basename(path)!r} is larger than the upload limit "
+                                 f"of {max_upload_mb:g} MB")
+            photo = decode_photo(path)
+        except USER_ERRORS as err:
+            return failed(str(err))
+        return show_photo(photo, os.path.splitext(os.path.basename(path))[0])
+
+    def on_example(name):
+        if not name:
+            return unchanged
+        return show_photo(example_photo(name), os.path.splitext(name)[0], gr.update())
+
+    def on_inpaint(original, editor_value, mask_path, label):
+        try:
+            if original is None:
+                raise InputError("upload a photo or pick an example first")
+            if mask_path and os.path.getsize(mask_path) > max_bytes:
+                raise InputError(f"the mask file is larger than the upload limit of "
+                                 f"{max_upload_mb:g} MB")
+            path, status = respond(by_label[label], *original, editor_value, mask_path,
+                                   max_side=max_side, output_dir=output_dir)
+        except USER_ERRORS as err:  # bad input, a full disk: said in the page, the app goes on
+            return gr.update(), gr.update(), f"**Error:** {err}"
+        return path, gr.update(value=path, interactive=True), status
+
+    with gr.Blocks(title="pconv_jax inpainting") as demo:
+        gr.Markdown("## Inpainting with partial convolutions\nUpload a photo or pick an example, "
+                    "paint over what should go, press **Inpaint**.")
+        original = gr.State(None)
+        with gr.Row():
+            with gr.Column():
+                with gr.Row():
+                    photo_file = gr.File(label="Photo", type="filepath", elem_id="photo",
+                                         height=140)
+                    example = gr.Dropdown(list(EXAMPLES), value=None, label="Or an example",
+                                          elem_id="example")
+                editor = gr.ImageEditor(
+                    label="Paint the holes", elem_id="editor", type="numpy", image_mode="RGBA",
+                    sources=(), transforms=(), layers=False, format="png", height=520,
+                    brush=gr.Brush(default_size=brush_size, colors=["#ff00ff"],
+                                   color_mode="fixed"),
+                    eraser=gr.Eraser(default_size=brush_size))
+                mask_file = gr.File(label="Mask file (optional, white = hole)", type="filepath",
+                                    elem_id="mask_file", height=130)
+            with gr.Column():
+                with gr.Row():
+                    method = gr.Dropdown([m.label for m in methods], value=methods[0].label,
+                                         label="Method", elem_id="method", scale=2)
+                    run = gr.Button("Inpaint", variant="primary", elem_id="inpaint", scale=1)
+                result = gr.Image(label="Result", type="filepath", format="png",
+                                  interactive=False, elem_id="result", height=520,
+                                  buttons=["download", "fullscreen"])
+                download = gr.DownloadButton("Download PNG", interactive=False,
+                                             elem_id="download")
+                status = gr.Markdown("Upload a photo or pick an example.", elem_id="status")
+
+        photo_outputs = [original, editor, result, download, status, photo_file, example]
+        photo_file.upload(on_upload, photo_file, photo_outputs)
+        example.input(on_example, example, photo_outputs)
+        run.click(on_inpaint, [original, editor, mask_file, method], [result, download, status])
+    return demo
+
+
+def launch(demo, *, host: str = "127.0.0.1", port: int = 7860, max_upload_mb: float = 50,
+           block: bool = True):
+    """Serves the app (never a public share link)."""
+    demo.queue(default_concurrency_limit=1)  # one request at a time on the accelerator
+    return demo.launch(server_name=host, server_port=port, share=False, inbrowser=False,
+                       max_file_size=f"{int(max_upload_mb * 1024)}kb",
+                       prevent_thread_lock=not block, show_error=True, quiet=True)
+
+
+# ----------------------------------------------------------------------------- command
+
+def main(argv: Sequence[str]) -> None:
+    from absl import app, flags
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    options = flags.FLAGS
+    if options.max_side < 64:
+        raise ValueError(f"--max_side must be at least 64, got {options.max_side}")
+    if importlib.util.find_spec("gradio") is None:
+        raise app.UsageError("the app needs gradio: pip install -e '.[app]'")
+    import logging
+
+    from pconv_jax.training.logs import quiet_library_logs
+    quiet_library_logs()
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # gradio's own start-up requests
+    methods = load_methods(options.workdir)  # before serving: a bad workdir stops the start
+    demo = build_app(methods, max_side=options.max_side, max_upload_mb=options.max_upload_mb)
+    print(f"serving on http://{options.host}:{options.port} (Ctrl+C stops)", flush=True)
+    launch(demo, host=options.host, port=options.port, max_upload_mb=options.max_upload_mb)
+
+
+def define_flags() -> None:
+    """The command's flags (defined only when it runs: other commands share names)."""
+    from absl import flags
+    flags.DEFINE_multi_string("workdir", [], "a training workdir (config.json, checkpoints); "
+                              "repeat for a model selector")
+    flags.DEFINE_string("host", "127.0.0.1", "address to bind (0.0.0.0 = every interface)")
+    flags.DEFINE_integer("port", 7860, "port to serve on")
+    flags.DEFINE_integer("max_side", 1024, "photos with a longer side are filled crop by crop "
+                         "around the holes")
+    flags.DEFINE_float("max_upload_mb", 50, "largest photo or mask file accepted, in MB")
+    # `--help` lists the main script's flags: make these its own when started as `app.py`.
+    for name in ("workdir", "host", "port", "max_side", "max_upload_mb", "debug"):
+        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
+
+
+def run() -> None:
+    """The command: absl flags, then `cli.run(main)`."""
+    from pconv_jax import cli  # defines --debug
+    define_flags()
+    cli.run(main)
+
+
+if __name__ == "__main__":
+    run()

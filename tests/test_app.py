@@ -1,0 +1,307 @@
+"""The inpainting web app: mask extraction, bucketing, the large-photo path, and the page itself
+driven in headless Chromium (upload, paint with the mouse, Inpaint, download)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import socket
+
+import cv2
+import numpy as np
+import pytest
+from test_train_helpers import demo_config
+
+from pconv_jax.inference import app
+
+CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium"
+                                        if os.path.exists("/usr/bin/chromium") else None)
+EXTRAS = all(importlib.util.find_spec(m) for m in ("gradio", "playwright"))
+BRUSH = 6  # brush radius in the tests' app, in photo pixels
+
+
+def _fake_method(seen: list[tuple[int, ...]], multiple: int = 8, compiled: bool = True):
+    """A method that records the shapes it is given and fills holes with a gradient."""
+    def fill(images, masks):
+        seen.append(images.shape)
+        ramp = np.linspace(0.2, 0.8, images.shape[2], dtype=np.float32)[None, None, :, None]
+        return np.where(masks > 0.5, images, ramp)
+    return app.Method("fake", fill, multiple, compiled)
+
+
+# ----------------------------------------------------------------------------- no browser
+
+def test_painted_layer_becomes_a_valid_mask():
+    layer = np.zeros((20, 30, 4), np.uint8)
+    layer[5:8, 10:20] = (255, 0, 255, 255)   # a stroke
+    layer[12, 3] = (255, 0, 255, 40)         # a faint anti-aliased edge still counts
+    erased = np.zeros((20, 30, 4), np.uint8)  # an erased layer is transparent: no hole
+    erased[..., :3] = 255
+    value = {"background": np.zeros((20, 30, 4), np.uint8), "layers": [layer, erased],
+             "composite": None}
+    valid = app.valid_mask(value, None, (20, 30))
+    assert valid.shape == (20, 30, 1) and valid.dtype == np.float32
+    expected = np.ones((20, 30), np.float32)
+    expected[5:8, 10:20] = 0
+    expected[12, 3] = 0
+    np.testing.assert_array_equal(valid[..., 0], expected)
+
+
+def test_mask_painted_on_a_smaller_display_is_scaled_nearest():
+    layer = np.zeros((10, 15, 4), np.uint8)
+    layer[2:4, 5:10, 3] = 255
+    holes = app.painted_holes({"layers": [layer]}, (20, 30))
+    expected = np.zeros((20, 30), bool)
+    expected[4:8, 10:20] = True
+    np.testing.assert_array_equal(holes, expected)
+
+
+def test_mask_file_adds_holes_and_bad_masks_are_page_errors(tmp_path):
+    holes = np.zeros((20, 30), np.uint8)
+    holes[1:3, 1:4] = 255  # white = hole
+    cv2.imwrite(str(tmp_path / "mask.png"), holes)
+    valid = app.valid_mask({"layers": []}, str(tmp_path / "mask.png"), (20, 30))
+    assert valid[..., 0].sum() == 20 * 30 - 6 and (valid[1:3, 1:4] == 0).all()
+    with pytest.raises(app.InputError, match=r"30x20 but the photo is 40x20"):
+        app.valid_mask({"layers": []}, str(tmp_path / "mask.png"), (20, 40))
+    with pytest.raises(app.InputError, match="nothing to fill"):
+        app.valid_mask({"layers": [np.zeros((20, 30, 4), np.uint8)]}, None, (20, 30))
+    (tmp_path / "notes.txt").write_text("not an image")
+    with pytest.raises(app.InputError, match="'notes.txt' is not an image"):
+        app.decode_photo(str(tmp_path / "notes.txt"))
+    with pytest.raises(app.InputError, match="above the limit"):
+        cv2.imwrite(str(tmp_path / "big.png"), np.zeros((50, 50, 3), np.uint8))
+        app.decode_photo(str(tmp_path / "big.png"), max_pixels=2000)
+
+
+def test_similar_sizes_share_a_padded_shape():
+    seen: list[tuple[int, ...]] = []
+    method = _fake_method(seen)
+    rng = np.random.default_rng(0)
+    for h, w in ((375, 500), (360, 480), (333, 401)):
+        image = rng.random((h, w, 3), np.float32)
+        valid = np.ones((h, w, 1), np.float32)
+        valid[100:120, 100:140] = 0
+        out = method(image, valid)
+        assert out.shape == (h, w, 3)
+        np.testing.assert_array_equal(out[valid[..., 0] > 0], image[valid[..., 0] > 0])
+    assert seen == [(1, 384, 512, 3)] * 3
+    assert app.bucket_side(1000, 256) == 1024 and app.bucket_side(1100, 8) == 1280
+
+
+def test_large_photo_is_filled_by_crops_and_keeps_every_known_pixel():
+    rng = np.random.default_rng(1)
+    photo = rng.integers(0, 256, (400, 600, 3), np.uint8)
+    valid = np.ones((400, 600, 1), np.float32)
+    valid[10:20, 10:25] = 0      # two small holes far apart: two crops
+    valid[370:382, 560:580] = 0
+    valid[150:230, 250:370] = 0  # a hole region (with context) above max_side: downscaled
+    seen: list[tuple[int, ...]] = []
+    result = app.inpaint_photo(_fake_method(seen), photo, valid, max_side=128)
+    assert result.shape == photo.shape and result.dtype == np.uint8
+    known, holes = valid[..., 0] > 0, valid[..., 0] == 0
+    np.testing.assert_array_equal(result[known], photo[known])  # bit-exact at full resolution
+    assert not np.array_equal(result[holes], photo[holes])
+    assert len(seen) == 3 and all(max(s[1:3]) <= 128 for s in seen), seen
+    # The ramp the fake fills with reaches the full-resolution photo (scaled up in the big hole).
+    big = result[150:230, 250:370].astype(np.float32) / 255
+    assert 0.15 < big.mean() < 0.85 and big.std() > 0.02
+
+
+def test_boxes_merge_where_their_context_overlaps():
+    holes = np.zeros((200, 200), bool)
+    holes[50:55, 50:55] = holes[60:65, 90:95] = True  # close: one box
+    holes[190:195, 190:195] = True                     # far: its own box
+    boxes = app.hole_boxes(holes)
+    assert len(boxes) == 2
+    covered = np.zeros_like(holes, int)
+    for y0, x0, y1, x1 in boxes:
+        covered[y0:y1, x0:x1] += 1
+    assert (covered[holes] == 1).all()  # every hole pixel in exactly one box
+
+
+def test_workdir_without_checkpoint_stops_the_start(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothing_here"):
+        app.load_methods([str(tmp_path / "nothing_here")])
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "config.json").write_text(demo_config().to_json_best_effort())
+    with pytest.raises(FileNotFoundError, match="'.*empty' has no checkpoints"):
+        app.load_methods([str(tmp_path / "empty")])
+    (tmp_path / "empty" / "checkpoints").mkdir()
+    with pytest.raises(FileNotFoundError, match="no checkpoint in .*empty"):
+        app.load_methods([str(tmp_path / "empty")])
+
+
+# ----------------------------------------------------------------------------- in a browser
+
+def _browser_available() -> None:
+    if CHROMIUM is None and not EXTRAS and not os.environ.get("CI"):
+        pytest.skip("neither Debian's chromium nor the app extra (gradio, playwright) is "
+                    "installed: apt-get install chromium; pip install -e '.[app,test]'")
+    assert CHROMIUM, "chromium is missing: apt-get install chromium"
+    assert EXTRAS, "gradio and playwright are missing: pip install -e '.[app,test]'"
+
+
+@pytest.fixture(scope="session")
+def served(tmp_path_factory):
+    """The app on a free loopback port with two tiny trained workdirs (a copy of one)."""
+    _browser_available()
+    from pconv_jax.training.loop import train_and_evaluate
+    root = tmp_path_factory.mktemp("app")
+    config = demo_config(steps=2)
+    config.train.eval_every_steps = 1000  # no evaluation: only the checkpoint matters
+    train_and_evaluate(config, str(root / "net_a"))
+    shutil.copytree(root / "net_a", root / "net_b")
+    methods = app.load_methods([str(root / "net_a"), str(root / "net_b")])
+    demo = app.build_app(methods, brush_size=BRUSH, output_dir=str(root / "out"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app.launch(demo, port=port, block=False)
+    yield f"http://127.0.0.1:{port}", [m.label for m in methods]
+    demo.close()
+
+
+@pytest.fixture(scope="session")
+def browser(served):
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, headless=True)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser, served):
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    page.set_default_timeout(120_000)
+    page.goto(served[0], wait_until="domcontentloaded")
+    page.wait_for_selector("#editor")
+    yield page
+    page.close()
+
+
+# The status line's text, or null while its event is still running.
+_STATUS_JS = """() => {
+    const tracker = document.querySelector('#status [data-testid=status-tracker]');
+    if (tracker && !tracker.classList.contains('hide')) return null;
+    return document.querySelector('#status [data-testid=markdown]').innerText;
+}"""
+
+
+def _status(page) -> str:
+    return page.evaluate(_STATUS_JS)
+
+
+def _status_contains(page, *texts: str) -> str:
+    """Waits until the status line, settled, contains one of `texts`; returns it."""
+    page.wait_for_function(f"texts => {{ const s = ({_STATUS_JS})(); "
+                           f"return s !== null && texts.some(t => s.includes(t)); }}", arg=texts)
+    return _status(page)
+
+
+def _photo(path) -> np.ndarray:
+    """A textured photo, darker than the editor's white surroundings (to find it on screen)."""
+    yy, xx = np.mgrid[0:120, 0:160].astype(np.float32)
+    rgb = np.stack([40 + xx, 40 + yy, 100 + 50 * np.sin(xx / 7) * np.cos(yy / 5)], -1)
+    photo = np.clip(rgb, 0, 200).astype(np.uint8)
+    cv2.imwrite(str(path), cv2.cvtColor(photo, cv2.COLOR_RGB2BGR))
+    return photo
+
+
+def _photo_rect(page) -> tuple[float, float, float, float]:
+    """(x, y, width, height) of the photo on the page, found in a screenshot of the canvas."""
+    canvas = page.locator("#editor canvas").first
+    box = canvas.bounding_box()
+    shot = cv2.imdecode(np.frombuffer(canvas.screenshot(), np.uint8), cv2.IMREAD_COLOR)
+    dark = shot.min(axis=-1) < 205  # the photo's pixels are all <= 200
+    # Rows and columns mostly covered by the photo (the toolbar's dark text covers few).
+    ys = np.nonzero(dark.sum(axis=1) > dark.sum(axis=1).max() / 2)[0]
+    xs = np.nonzero(dark.sum(axis=0) > dark.sum(axis=0).max() / 2)[0]
+    scale = box["width"] / shot.shape[1]
+    return (box["x"] + xs.min() * scale, box["y"] + ys.min() * scale,
+            (xs.max() - xs.min() + 1) * scale, (ys.max() - ys.min() + 1) * scale)
+
+
+def _upload(page, path) -> str:
+    """Uploads a file as the photo; the status line once it has changed."""
+    before = _status(page)
+    page.locator("#photo input[type=file]").set_input_files(str(path))
+    page.wait_for_function(f"before => {{ const s = ({_STATUS_JS})(); "
+                           f"return s !== null && s !== before; }}", arg=before)
+    return _status(page)
+
+
+STROKES = [((0.15, 0.3), (0.55, 0.35)), ((0.45, 0.65), (0.85, 0.8))]  # in photo fractions
+
+
+def _paint(page, rect) -> None:
+    x, y, w, h = rect
+    for (ax, ay), (bx, by) in STROKES:
+        page.mouse.move(x + ax * w, y + ay * h)
+        page.mouse.down()
+        for t in (0.33, 0.66, 1.0):
+            page.mouse.move(x + (ax + (bx - ax) * t) * w, y + (ay + (by - ay) * t) * h)
+        page.mouse.up()
+
+
+def _distance_to_strokes(shape) -> np.ndarray:
+    h, w = shape
+    lines = np.full((h, w), 255, np.uint8)
+    for (ax, ay), (bx, by) in STROKES:
+        cv2.line(lines, (round(ax * w), round(ay * h)), (round(bx * w), round(by * h)), 0, 1)
+    return cv2.distanceTransform(lines, cv2.DIST_L2, 5)
+
+
+def _inpaint_and_download(page, tmp_path, method: str) -> tuple[np.ndarray, str]:
+    page.locator("#inpaint").click()
+    status = _status_contains(page, "Filled", "Error")
+    assert "Filled" in status and method in status, status
+    with page.expect_download() as download:
+        page.locator("#download").click()
+    path = tmp_path / download.value.suggested_filename
+    download.value.save_as(path)
+    return cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB), status
+
+
+def test_paint_two_strokes_inpaint_and_download(page, served, tmp_path):
+    photo = _photo(tmp_path / "photo.png")
+    assert "160x120" in _upload(page, tmp_path / "photo.png")
+    _paint(page, _photo_rect(page))
+    result, status = _inpaint_and_download(page, tmp_path, served[1][0])
+    assert result.shape == photo.shape
+    changed = (result != photo).any(axis=-1)
+    distance = _distance_to_strokes(photo.shape[:2])
+    # Unpainted pixels are exactly the photo's: every change lies under the brush.
+    assert changed.any() and distance[changed].max() <= BRUSH + 3, distance[changed].max()
+    np.testing.assert_array_equal(result[distance > BRUSH + 3], photo[distance > BRUSH + 3])
+    # Painted pixels are filled by the network, and not with one colour.
+    centre = distance <= 1
+    assert changed[centre].mean() > 0.9
+    assert result[changed].astype(np.float32).std(axis=0).max() > 2
+
+
+def test_non_image_upload_is_a_message_and_the_app_keeps_running(page, tmp_path):
+    (tmp_path / "notes.txt").write_text("these are notes, not pixels")
+    status = _upload(page, tmp_path / "notes.txt")
+    assert "'notes.txt' is not an image" in status, status
+    page.locator("#inpaint").click()  # nothing loaded: a message, no crash
+    assert "upload a photo" in _status_contains(page, "upload a photo or pick")
+    _photo(tmp_path / "photo.png")
+    assert "160x120" in _upload(page, tmp_path / "photo.png")
+
+
+def test_model_selector_lists_both_workdirs_and_opencv(page, served, tmp_path):
+    labels = served[1]
+    assert len(labels) == 4 and "OpenCV Telea" in labels and "OpenCV Navier-Stokes" in labels
+    photo = _photo(tmp_path / "photo.png")
+    _upload(page, tmp_path / "photo.png")
+    _paint(page, _photo_rect(page))
+    page.locator("#method input").click()
+    options = page.locator("ul[role=listbox] li")
+    texts = options.all_inner_texts()  # the selected one carries a check mark
+    assert len(texts) == 4 and all(sum(label in t for t in texts) == 1 for label in labels), texts
+    options.filter(has_text=labels[1]).click()
+    result, status = _inpaint_and_download(page, tmp_path, labels[1])
+    assert result.shape == photo.shape and (result != photo).any()
