@@ -34,8 +34,9 @@ import cv2
 import numpy as np
 
 from pconv_jax.cli import USER_ERRORS
-from pconv_jax.data import sources
+from pconv_jax.data import images, sources
 from pconv_jax.inference import inpaint
+from pconv_jax.network.unet import MASK_THRESHOLD
 
 # Padded sides the network sees (each rounded up to the network's size multiple); a larger side
 # is rounded up to a multiple of 256. Few sides = few compilations.
@@ -168,11 +169,11 @@ def fill_downscaled(method: Method, image: np.ndarray, valid: np.ndarray,
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
     small_image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
     # A small pixel that covers any hole pixel is a hole: no hole colour leaks into the context.
-    hole_cover = cv2.resize((valid[..., 0] < 0.5).astype(np.float32), size,
+    hole_cover = cv2.resize((valid[..., 0] <= MASK_THRESHOLD).astype(np.float32), size,
                             interpolation=cv2.INTER_AREA)
     small_valid = (hole_cover <= 0).astype(np.float32)[..., None]
     filled = cv2.resize(method(small_image, small_valid), (w, h), interpolation=cv2.INTER_CUBIC)
-    return np.where(valid > 0.5, image, np.clip(filled, 0, 1))
+    return np.where(valid > MASK_THRESHOLD, image, np.clip(filled, 0, 1))
 
 
 def fill_photo(method: Method, image: np.ndarray, valid: np.ndarray,
@@ -181,13 +182,13 @@ def fill_photo(method: Method, image: np.ndarray, valid: np.ndarray,
     if max(image.shape[:2]) <= max_side:
         return method(image, valid)
     result = image.copy()
-    for y0, x0, y1, x1 in hole_boxes(valid[..., 0] < 0.5):
+    for y0, x0, y1, x1 in hole_boxes(valid[..., 0] <= MASK_THRESHOLD):
         crop, crop_valid = image[y0:y1, x0:x1], valid[y0:y1, x0:x1]
         if max(y1 - y0, x1 - x0) <= max_side:
             filled = method(crop, crop_valid)
         else:
             filled = fill_downscaled(method, crop, crop_valid, max_side)
-        result[y0:y1, x0:x1] = np.where(crop_valid > 0.5, crop, filled)
+        result[y0:y1, x0:x1] = np.where(crop_valid > MASK_THRESHOLD, crop, filled)
     return result
 
 
@@ -200,10 +201,11 @@ def decode_photo(path: str | None, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     name = os.path.basename(path)
     if os.path.getsize(path) == 0:
         raise InputError(f"{name!r} is empty: upload a PNG, JPEG, WebP, BMP or TIFF image")
-    image = sources.read_image_file(path)
-    if image is None:
-        raise InputError(f"{name!r} is not an image this app can read: upload a PNG, JPEG, "
-                         f"WebP, BMP or TIFF image")
+    try:
+        image = images.read_image(path)
+    except (OSError, ValueError) as error:
+        raise InputError(f"{name!r} is not an image this app can read ({error}): upload a "
+                         f"PNG, JPEG, WebP, BMP or TIFF image") from error
     if image.shape[0] * image.shape[1] > max_pixels:
         raise InputError(f"{name!r} is {image.shape[1]}x{image.shape[0]} pixels, above the "
                          f"limit of {max_pixels / 1e6:.0f} megapixels")
@@ -235,13 +237,15 @@ def painted_holes(editor_value: Mapping | None, size: tuple[int, int]) -> np.nda
 def mask_file_holes(path: str, size: tuple[int, int]) -> np.ndarray:
     """Bool (H, W) holes of an uploaded mask file (white = hole); it must have the photo's size."""
     name = os.path.basename(path)
-    pixels = sources.read_image_file(path)
-    if pixels is None:
-        raise InputError(f"mask {name!r} is not an image: upload a PNG with white holes")
-    if pixels.shape[:2] != tuple(size):
-        raise InputError(f"mask {name!r} is {pixels.shape[1]}x{pixels.shape[0]} but the photo is "
+    try:
+        holes = images.read_hole_map(path, "white")
+    except (OSError, ValueError) as error:
+        raise InputError(f"mask {name!r} is not an image ({error}): upload a PNG with white "
+                         f"holes") from error
+    if holes.shape != tuple(size):
+        raise InputError(f"mask {name!r} is {holes.shape[1]}x{holes.shape[0]} but the photo is "
                          f"{size[1]}x{size[0]}: the mask must have the photo's size")
-    return cv2.cvtColor(pixels, cv2.COLOR_RGB2GRAY) >= 128
+    return holes
 
 
 def valid_mask(editor_value: Mapping | None, mask_path: str | None,
@@ -261,7 +265,7 @@ def inpaint_photo(method: Method, photo: np.ndarray, valid: np.ndarray,
     """uint8 result at the photo's resolution; outside the holes exactly the photo's pixels."""
     filled = fill_photo(method, photo.astype(np.float32) / 255.0, valid, max_side)
     filled = np.round(np.clip(filled, 0, 1) * 255).astype(np.uint8)
-    return np.where(valid > 0.5, photo, filled)
+    return np.where(valid > MASK_THRESHOLD, photo, filled)
 
 
 def respond(method: Method, photo: np.ndarray, stem: str, editor_value: Mapping | None,
@@ -280,8 +284,7 @@ def write_png(directory: str, stem: str, image: np.ndarray) -> str:
     """Writes uint8 RGB `image` as `<directory>/<n>/<stem>_inpainted.png` (a fresh folder each)."""
     folder = tempfile.mkdtemp(dir=directory)
     path = os.path.join(folder, f"{stem}_inpainted.png")
-    if not cv2.imwrite(path, cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
-        raise OSError(f"cannot write {path}")
+    images.write_image(path, image)
     return path
 
 
