@@ -101,7 +101,7 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
         try:
             rest = flags.FLAGS(argv)
         except AttributeError as err:  # config_flags: an override of a key the config lacks
-            raise KeyError(str(err.args[0] if err.args else err)) from err
+            raise KeyError(err.args[0] if err.args else str(err)) from err
         _load_config_flags()
         return rest
     except (flags.Error, *USER_ERRORS) as err:

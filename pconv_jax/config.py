@@ -20,6 +20,7 @@ import dataclasses
 import importlib.util
 import json
 import os
+import re
 import types
 from collections.abc import Sequence
 
@@ -117,13 +118,15 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str])
 
 
 def unknown_key_message(err: BaseException, overrides: Sequence[str]) -> str:
-    """The message for an override naming a key the config does not have."""
-    key = str(err.args[0] if err.args else err)
-    while isinstance(key, str) and len(key) > 1 and key[0] == key[-1] and key[0] in "'\"":
-        key = key[1:-1]
+    """The message for an override naming a key the config lacks (`err`: ConfigDict's error)."""
+    text = str(err.args[0] if err.args else err)
+    key = re.search(r"[A-Za-z_][A-Za-z0-9_]*", text)
+    key = key.group(0) if key else text
     named = [o.partition("=")[0] for o in overrides if key in o.partition("=")[0].split(".")]
     where = f" in {', '.join(named)}" if named else ""
-    return (f"unknown config key {key!r}{where}; every key and its default is listed in "
+    suggestion = re.search(r'Did you mean "([^"\\]+)"', text)
+    hint = f" (did you mean {suggestion.group(1)!r}?)" if suggestion else ""
+    return (f"unknown config key {key!r}{where}{hint}; every key and its default is listed in "
             f"configs/default.py")
 
 

@@ -3,11 +3,20 @@
 import cv2
 import numpy as np
 import pytest
+from absl import flags
 from flax import nnx
 
-from pconv_jax.evaluation import table1 as evaluation
+from pconv_jax.evaluation import table1
 from pconv_jax.inference import inpaint
 from pconv_jax.network.unet import PConvUNet
+
+
+def run_inpaint(args: list[str]) -> None:
+    """Runs the inpaint command's `main` in this process, its flags parsed from `args`."""
+    if "image" not in flags.FLAGS:
+        inpaint.define_flags()
+    flags.FLAGS.unparse_flags()  # flags left out take their defaults again
+    inpaint.main(flags.FLAGS(["inpaint.py", *args]))
 
 
 def _write_rgb(path, rgb):
@@ -30,7 +39,7 @@ def test_odd_sized_image_through_the_network_keeps_size_and_known_pixels(photo):
     model = PConvUNet(depth=3, widths=(4, 8, 8), rngs=nnx.Rngs(0))
     image = inpaint.read_image(str(tmp_path / "photo.png"))
     mask = inpaint.read_mask(str(tmp_path / "mask.png"), image.shape[:2])
-    out = inpaint.inpaint_image(evaluation.model_inpainter(model), image, mask, multiple=8)
+    out = inpaint.inpaint_image(table1.model_inpainter(model), image, mask, multiple=8)
     assert out.shape == (37, 53, 3)
     np.testing.assert_array_equal(out[mask[..., 0] > 0], image[mask[..., 0] > 0])
     assert np.isfinite(out).all() and 0 <= out.min() and out.max() <= 1
@@ -52,12 +61,12 @@ def test_command_white_and_black_conventions_swap_the_holes(photo):
     tmp_path, rgb, holes = photo
     common = ["--image", str(tmp_path / "photo.png"), "--mask", str(tmp_path / "mask.png"),
               "--method", "telea"]
-    inpaint.main(common + ["--out", str(tmp_path / "white.png"),
-                           "--panel", str(tmp_path / "panel.png")])
+    run_inpaint(common + ["--out", str(tmp_path / "white.png"),
+                          "--panel", str(tmp_path / "panel.png")])
     panel = cv2.imread(str(tmp_path / "panel.png"))
     assert panel.shape == (37, 3 * 53 + 2 * 4, 3)
     assert (panel[:, :53][holes > 0] == 255).all()  # holes shown white in the input
-    inpaint.main(common + ["--out", str(tmp_path / "black.png"), "--mask-holes", "black"])
+    run_inpaint(common + ["--out", str(tmp_path / "black.png"), "--mask-holes", "black"])
     white = cv2.cvtColor(cv2.imread(str(tmp_path / "white.png")), cv2.COLOR_BGR2RGB)
     black = cv2.cvtColor(cv2.imread(str(tmp_path / "black.png")), cv2.COLOR_BGR2RGB)
     hole = holes > 0
@@ -83,20 +92,20 @@ def test_folder_mode_pairs_by_name(tmp_path, photo):
     for name in ("a", "b"):
         _write_rgb(tmp_path / "imgs" / f"{name}.jpg", rgb)
         cv2.imwrite(str(tmp_path / "masks" / f"{name}.png"), holes)
-    inpaint.main(["--image", str(tmp_path / "imgs"), "--mask", str(tmp_path / "masks"),
-                  "--out", str(tmp_path / "out"), "--method", "ns"])
+    run_inpaint(["--image", str(tmp_path / "imgs"), "--mask", str(tmp_path / "masks"),
+                 "--out", str(tmp_path / "out"), "--method", "ns"])
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png", "b.png"]
     cv2.imwrite(str(tmp_path / "imgs" / "c.png"), holes)
     with pytest.raises(FileNotFoundError, match=r"no mask .* for image\(s\) \['c'\]"):
-        inpaint.main(["--image", str(tmp_path / "imgs"), "--mask", str(tmp_path / "masks"),
-                      "--out", str(tmp_path / "out"), "--method", "ns"])
+        run_inpaint(["--image", str(tmp_path / "imgs"), "--mask", str(tmp_path / "masks"),
+                     "--out", str(tmp_path / "out"), "--method", "ns"])
 
 
 def test_missing_and_unreadable_files_are_clear_errors(photo):
     tmp_path, _, _ = photo
     with pytest.raises(FileNotFoundError, match="nope.png' does not exist"):
-        inpaint.main(["--image", str(tmp_path / "nope.png"), "--mask", str(tmp_path / "mask.png"),
-                      "--out", str(tmp_path / "o.png"), "--method", "telea"])
+        run_inpaint(["--image", str(tmp_path / "nope.png"), "--mask", str(tmp_path / "mask.png"),
+                     "--out", str(tmp_path / "o.png"), "--method", "telea"])
     (tmp_path / "junk.png").write_text("not an image")
     with pytest.raises(ValueError, match="cannot decode image"):
         inpaint.read_image(str(tmp_path / "junk.png"))

@@ -75,6 +75,7 @@ def test_write_test_set_command(tmp_path):
 
 
 def test_default_mask_config():
-    config = masks.default_mask_config()
+    from test_train_helpers import default_config
+    config = default_config().masks
     assert config.source == "generated"
     assert (config.nvidia_dilation_min, config.nvidia_dilation_max) == (5, 47)

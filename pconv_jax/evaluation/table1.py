@@ -70,8 +70,8 @@ class EvalMaskSet:
         """
         scanned = nvidia_masks.scan_test_masks(directory)
         if not scanned.records:
-            shown = "; ".join(scanned.problems[:3])
-            more = f"; and {len(scanned.problems) - 3} more" if len(scanned.problems) > 3 else ""
+            shown = "; ".join(scanned.problems[:2])
+            more = f"; and {len(scanned.problems) - 2} more" if len(scanned.problems) > 2 else ""
             raise ValueError(f"no usable masks in {directory} ({len(scanned.problems)} files left "
                              f"out: {shown}{more})")
         return cls(tuple(scanned.records))
