@@ -1,6 +1,7 @@
 """Evaluate a trained model (or OpenCV's Telea / Navier-Stokes) with the paper's Table 1 protocol.
 
-    python eval.py --config configs/demo.py [--workdir DIR] [--checkpoint STEP] [--method model|telea|ns]
+    python eval.py --config configs/demo.py [--workdir DIR] [--checkpoint STEP] \
+        [--method model|telea|ns]
 
 Prints the table (L1 % / PSNR / SSIM per hole-ratio bin x {N, B}) and writes results.json and
 results.md (results_telea.* / results_ns.* for the baselines) into the workdir. Config values can

@@ -1,4 +1,4 @@
-"""Inpaint your photos: see `python inpaint.py --help` (same as `python -m pconv_jax.inference.inpaint`)."""
+"""Inpaint your photos: `python inpaint.py --help` (= `python -m pconv_jax.inference.inpaint`)."""
 
 from pconv_jax import cli
 from pconv_jax.inference import inpaint

@@ -148,8 +148,9 @@ def validate(config: ml_collections.ConfigDict, device_count: int | None = None)
     """
     batch = _positive_int(config, "data.batch_size")
     if device_count and batch % device_count:
+        example = device_count * max(1, batch // device_count)
         raise ValueError(f"config.data.batch_size = {batch} (global) must be a multiple of the "
-                         f"device count {device_count}, e.g. {device_count * max(1, batch // device_count)}")
+                         f"device count {device_count}, e.g. {example}")
     for key in ("train.num_steps", "train.log_every_steps", "train.eval_every_steps",
                 "train.checkpoint_every_steps", "train.keep_checkpoints",
                 "train.eval_batch_size", "eval.num_images", "eval.batch_size"):
@@ -159,5 +160,6 @@ def validate(config: ml_collections.ConfigDict, device_count: int | None = None)
     for key in ("data.image_size", "eval.image_size"):
         size = _positive_int(config, key, 0 if key == "eval.image_size" else 1)
         if size % multiple:
+            example = max(multiple, size // multiple * multiple)
             raise ValueError(f"config.{key} = {size} must be a multiple of 2**model.depth = "
-                             f"{multiple} (depth {depth}); e.g. {max(multiple, size // multiple * multiple)}")
+                             f"{multiple} (depth {depth}); e.g. {example}")

@@ -9,10 +9,9 @@ import sys
 
 import cv2
 import numpy as np
-import pytest
+from test_train_helpers import REPO
 
 from pconv_jax import cli
-from test_train_helpers import REPO
 
 TINY = ["--config.model.depth=2", "--config.model.base_width=4", "--config.model.max_width=8",
         "--config.data.image_size=16", "--config.data.num_parallel_calls=1"]

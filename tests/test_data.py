@@ -2,7 +2,6 @@
 import logging
 
 import cv2
-import ml_collections
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds

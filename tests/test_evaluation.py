@@ -156,7 +156,6 @@ def test_end_to_end_tiny_checkpoint_eval_and_inpaint_command(tmp_path, compiled_
     import ml_collections
 
     from pconv_jax import config as config_lib
-    from pconv_jax.inference import inpaint
     from pconv_jax.training import loop
     from test_inpaint import run_inpaint
     repo = pathlib.Path(__file__).resolve().parents[1]

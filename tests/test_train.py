@@ -224,14 +224,15 @@ def test_bad_settings_are_refused_before_the_workdir_exists(tmp_path, key, value
     assert not workdir.exists()
 
 
-def test_keep_checkpoints_zero_keeps_existing_checkpoints(tmp_path, compiled_steps):
-    config = demo_config(steps=2)
-    train_and_evaluate(config, str(tmp_path), steps=compiled_steps(config))
+def test_keep_checkpoints_zero_leaves_existing_checkpoints_alone(tmp_path):
+    saved = tmp_path / "checkpoints" / "2"
+    saved.mkdir(parents=True)
+    (saved / "marker").write_text("")
+    config = demo_config()
     config.train.keep_checkpoints = 0
-    config.train.num_steps = 4
-    with pytest.raises(ValueError, match="keep_checkpoints"):
-        train_and_evaluate(config, str(tmp_path), steps=compiled_steps(config))
-    assert (tmp_path / "checkpoints" / "2").is_dir()
+    with pytest.raises(ValueError, match="keep_checkpoints must be an integer >= 1, got 0"):
+        train_and_evaluate(config, str(tmp_path))
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["2", "checkpoints", "marker"]
 
 
 def _parse_config_flags(argv: list[str], monkeypatch) -> ml_collections.ConfigDict:

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import logging
 from flax import nnx
 from tqdm import tqdm
 
@@ -108,7 +109,7 @@ def prepare_test_masks(config: ml_collections.ConfigDict, workdir: str,
         if len(glob.glob(os.path.join(directory, "*.png"))) != expected:
             if size[0] != size[1]:
                 raise ValueError(f"generating a test set needs square images, got {size}")
-            print(f"writing {expected} test masks to {directory}", file=sys.stderr)
+            logging.info("writing %d test masks to %s", expected, directory)
             masks_lib.write_test_set(directory, per_cell=k, size=size[0],
                                      seed=config.eval.mask_seed)
     return EvalMaskSet.scan(directory)

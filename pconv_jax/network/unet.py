@@ -215,5 +215,5 @@ def composite(output: jax.Array, image: jax.Array, mask: jax.Array) -> jax.Array
 
 def encoder_batchnorm_filter(path, _value) -> bool:
     """True for the encoder's BatchNorm scale and bias (an optax mask / nnx filter on paths)."""
-    names = [str(getattr(p, "key", p)) for p in path]
+    names = jax.tree_util.keystr(path, simple=True, separator="/").split("/")
     return "encoder" in names and "bn" in names

@@ -41,20 +41,12 @@ def checkpoint_dir(workdir: str) -> str:
     return os.path.join(os.path.abspath(workdir), CHECKPOINT_SUBDIR)
 
 
-def _key_name(key: Any) -> str:
-    for attr in ("key", "name", "idx"):
-        if hasattr(key, attr):
-            return str(getattr(key, attr))
-    return str(key)
-
-
 def _flat_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
     """{'encoder/1/bn/mean/value': shape, ...} of every array (or array metadata) in a tree."""
     leaves = jax.tree_util.tree_flatten_with_path(
         tree, is_leaf=lambda x: hasattr(x, "shape") and not isinstance(x, (dict, nnx.Variable)))[0]
-    names = lambda path: [_key_name(k) for k in path]
-    return {"/".join(n[:-1] if n and n[-1] == "value" else n): tuple(leaf.shape)
-            for path, leaf in leaves if hasattr(leaf, "shape") for n in [names(path)]}
+    name = lambda path: jax.tree_util.keystr(path, simple=True, separator="/").removesuffix("/value")
+    return {name(path): tuple(leaf.shape) for path, leaf in leaves if hasattr(leaf, "shape")}
 
 
 def check_compatible(saved: Any, target: Any, where: str) -> None:

@@ -85,10 +85,10 @@ def check_dataset(config: ml_collections.ConfigDict) -> None:
 def _restore_or_init(config, checkpointer, tx, mesh, pipeline):
     """(graphdef, state): own checkpoint -> config.train.init_from -> fresh init."""
     graphdef, state = create_train_state(config, tx, mesh)
-    replicated = replicated(mesh)
-    abstract_model = checkpoints.abstract_like(state.model_item(), replicated)
+    sharding = replicated(mesh)
+    abstract_model = checkpoints.abstract_like(state.model_item(), sharding)
     if checkpointer.latest_step() is not None:
-        abstract_train = checkpoints.abstract_like(state.train_item(), replicated)
+        abstract_train = checkpoints.abstract_like(state.train_item(), sharding)
         model, train, data_states, step = checkpointer.restore(abstract_model, abstract_train)
         state = TrainState(params=model["params"], batch_stats=model["batch_stats"], **train)
         index, count = jax.process_index(), jax.process_count()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import struct
-import sys
 import zipfile
 from typing import Mapping, Sequence
 
@@ -160,7 +159,7 @@ def main(argv: Sequence[str]) -> None:
     src, dst = argv[2], argv[3]
     params = load_vgg16(src)
     save_npz(params, dst)
-    print(f"Wrote {dst} (preprocessing: {params.preprocessing}).", file=sys.stderr)
+    print(f"wrote {dst} (preprocessing: {params.preprocessing})")
 
 
 if __name__ == "__main__":
