@@ -22,7 +22,6 @@ from typing import Any
 
 import jax
 import ml_collections
-import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
@@ -230,9 +229,3 @@ def restore_model(config: ml_collections.ConfigDict, workdir: str, step: int | N
     model = nnx.merge(graphdef, state["params"], state["batch_stats"])
     model.eval()
     return model, step
-
-
-def tree_equal(a: Any, b: Any) -> bool:
-    """Bitwise equality of two trees of arrays (for tests and resume checks)."""
-    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
-    return len(la) == len(lb) and all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(la, lb))
