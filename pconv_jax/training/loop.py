@@ -20,20 +20,11 @@ from absl import logging
 
 from pconv_jax import config as config_lib
 from pconv_jax.data.masks import generate_mask
+from pconv_jax.loss import losses
 from pconv_jax.training import checkpoints, logs
 from pconv_jax.training.mesh import global_batch, make_data_mesh, replicate, replicated
 from pconv_jax.training.step import (Steps, TrainState, create_train_state, make_steps,
                                      network_graphdef)
-
-VGG_TERMS = ("perceptual", "style_out", "style_comp")
-
-
-def load_vgg(config: ml_collections.ConfigDict):
-    """The frozen VGG16 weights when a perceptual or style weight is > 0, else None."""
-    if max(float(config.loss.weights[t]) for t in VGG_TERMS) <= 0:
-        return None
-    from pconv_jax.weights import vgg16_files  # the loader; imported here so that VGG-free runs skip it
-    return vgg16_files.load_vgg16(config.loss.vgg_weights)
 
 
 def eval_batch(config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
@@ -177,7 +168,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     writer = logs.create_writer(workdir)
     steps = steps or make_steps(config, network_graphdef(config))
     tx = steps.tx
-    vgg = load_vgg(config)
+    vgg = losses.vgg_for_config(config.loss)  # None when no VGG term is on
     vgg = None if vgg is None else replicate(vgg, mesh)
     pipeline = data_pipeline.create_train_pipeline(config, seed=config.seed)
     checkpointer = checkpoints.Checkpointer(
