@@ -63,7 +63,7 @@ class EvalMaskSet:
     records: tuple[nvidia_masks.TestMaskRecord, ...]
 
     @classmethod
-    def scan(cls, directory: str) -> "EvalMaskSet":
+    def scan(cls, directory: str) -> EvalMaskSet:
         """Reads a test mask directory (NVIDIA test set or `write_test_set` output).
 
         Files whose pixels contradict their label (hole ratio outside the bin, wrong N/B) or

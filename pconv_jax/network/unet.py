@@ -148,7 +148,7 @@ class PConvUNet(nnx.Module):
         self.decoder = nnx.List(decoder)
 
     @classmethod
-    def from_config(cls, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs) -> "PConvUNet":
+    def from_config(cls, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs) -> PConvUNet:
         """Builds the network from `config.model` (keys and defaults: `configs/default.py`)."""
         return cls(depth=config.depth,
                    widths=paper_widths(config.depth, config.base_width, config.max_width),
