@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import pickle
 import sys
+import traceback
 import zipfile
 from collections.abc import Callable, Sequence
 
@@ -115,8 +116,11 @@ def run(main: Callable[[Sequence[str]], None]) -> None:
     def guarded(argv: Sequence[str]) -> None:
         try:
             main(argv)
-        except USER_ERRORS as err:
-            if debug_enabled():
-                raise
-            fail(error_message(err).removeprefix("error: "))
+        except app.UsageError:
+            raise  # absl prints the usage
+        except Exception as err:
+            if isinstance(err, USER_ERRORS) and not debug_enabled():
+                fail(error_message(err).removeprefix("error: "))
+            traceback.print_exc()  # a bug (or --debug): the traceback, then a prompt exit too
+            exit_now(EXIT_ERROR)
     app.run(guarded, flags_parser=parse_flags)
