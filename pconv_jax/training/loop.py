@@ -97,7 +97,7 @@ def _restore_or_init(config, checkpointer, tx, mesh, pipeline):
                 f"config.train.init_from = {config.train.init_from!r} holds no checkpoints "
                 f"({init_dir}): run the train stage first, or point init_from at its workdir")
         source = checkpoints.Checkpointer(init_dir, save_every_steps=1, keep=1,
-                                            asynchronous=False, read_only=True)
+                                          asynchronous=False, read_only=True)
         try:
             model, step = source.restore_model(abstract_model)
         finally:
@@ -159,17 +159,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     """
     from pconv_jax.data import pipeline as data_pipeline  # TensorFlow: only when training
 
-    # --- Setup: checks, workdir, mesh, writers, optimizer and steps, frozen VGG, data.
+    # --- Setup: checks and frozen VGG (before the workdir exists), workdir, writers, steps, data.
     mesh = make_data_mesh()
     config_lib.validate(config, mesh.size)
     check_dataset(config)
+    vgg = losses.vgg_for_config(config.loss)  # None when no VGG term is on
+    vgg = None if vgg is None else replicate(vgg, mesh)
     workdir = prepare_workdir(workdir)
     _write_config(config, workdir)
     writer = logs.create_writer(workdir)
     steps = steps or make_steps(config, network_graphdef(config))
     tx = steps.tx
-    vgg = losses.vgg_for_config(config.loss)  # None when no VGG term is on
-    vgg = None if vgg is None else replicate(vgg, mesh)
     pipeline = data_pipeline.create_train_pipeline(config, seed=config.seed)
     checkpointer = checkpoints.Checkpointer(
         checkpoints.checkpoint_dir(workdir), save_every_steps=config.train.checkpoint_every_steps,
