@@ -166,13 +166,15 @@ def define_flags() -> None:
                         "original] to this file")
     flags.DEFINE_enum("method", "model", list(METHODS),
                       "the network, or OpenCV's Telea / Navier-Stokes inpainting")
-    flags.mark_flags_as_required(["image", "mask", "out"])
 
 
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     args = flags.FLAGS
+    missing = [f"--{name}" for name in ("image", "mask", "out") if not args[name].value]
+    if missing:
+        raise ValueError(f"{', '.join(missing)} required (see --help)")
     image_arg, mask_arg, out_arg = args.image, args.mask, args.out
     folder_mode = os.path.isdir(image_arg)
     if folder_mode and not os.path.isdir(mask_arg):
