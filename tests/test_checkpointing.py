@@ -135,7 +135,8 @@ def test_incompatible_config_names_the_shapes(tmp_path):
         checkpoints.restore_model(wider, str(tmp_path))
     deeper = demo_config()
     deeper.model.depth = 4
-    with pytest.raises(checkpoints.IncompatibleCheckpointError, match="encoder/3/conv/kernel: missing"):
+    with pytest.raises(checkpoints.IncompatibleCheckpointError,
+                       match="encoder/3/conv/kernel: missing"):
         train_and_evaluate(deeper, str(tmp_path))
 
 

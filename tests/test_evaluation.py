@@ -121,8 +121,8 @@ def test_zero_usable_masks_is_a_clear_error(tmp_path):
     import cv2
     for i in range(12):  # no holes at all: every file contradicts its hole-ratio bin
         cv2.imwrite(str(tmp_path / f"{i:05d}.png"), np.zeros((16, 16), np.uint8))
-    with pytest.warns(UserWarning), pytest.raises(
-            ValueError, match=r"no usable masks in .* \(12 files left out: .*00000.png.*and 10 more"):
+    message = r"no usable masks in .* \(12 files left out: .*00000.png.*and 10 more"
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match=message):
         table1.EvalMaskSet.scan(str(tmp_path))
 
 

@@ -211,7 +211,7 @@ def test_experiment_configs_only_override_the_defaults():
     ("train.eval_every_steps", 0, r"config.train.eval_every_steps must be"),
     ("train.checkpoint_every_steps", 0, r"config.train.checkpoint_every_steps must be"),
     ("train.keep_checkpoints", 0, r"config.train.keep_checkpoints must be an integer >= 1"),
-    ("data.image_size", 60, r"config.data.image_size = 60 must be a multiple of 2\*\*model.depth = 8"),
+    ("data.image_size", 60, r"data.image_size = 60 must be a multiple of 2\*\*model.depth = 8"),
     ("eval.image_size", 36, r"config.eval.image_size = 36 must be a multiple of 2\*\*model.depth"),
 ])
 def test_bad_settings_are_refused_before_the_workdir_exists(tmp_path, key, value, message):

@@ -44,8 +44,8 @@ def _flat_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
     """{'encoder/1/bn/mean/value': shape, ...} of every array (or array metadata) in a tree."""
     leaves = jax.tree_util.tree_flatten_with_path(
         tree, is_leaf=lambda x: hasattr(x, "shape") and not isinstance(x, (dict, nnx.Variable)))[0]
-    name = lambda path: jax.tree_util.keystr(path, simple=True, separator="/").removesuffix("/value")
-    return {name(path): tuple(leaf.shape) for path, leaf in leaves if hasattr(leaf, "shape")}
+    return {jax.tree_util.keystr(path, simple=True, separator="/").removesuffix("/value"):
+            tuple(leaf.shape) for path, leaf in leaves if hasattr(leaf, "shape")}
 
 
 def check_compatible(saved: Any, target: Any, where: str) -> None:
