@@ -1,6 +1,8 @@
-"""Inpaint your photos: see `python inpaint.py --help` (same as `python -m pconv_jax.inference.inpaint`)."""
+"""Inpaint your photos: `python inpaint.py --help` (= `python -m pconv_jax.inference.inpaint`)."""
 
-from pconv_jax.inference.inpaint import main
+from pconv_jax import cli
+from pconv_jax.inference import inpaint
 
 if __name__ == "__main__":
-    main()
+    inpaint.define_flags()
+    cli.run(inpaint.main)

@@ -1,8 +1,8 @@
 """Trains the partial-convolution inpainting network.
 
-    python loop.py --config configs/places2.py                  # train stage
-    python loop.py --config configs/places2.py:finetune         # fine-tune stage
-    python loop.py --config configs/demo.py --config.train.num_steps=50 --workdir /tmp/demo
+    python train.py --config configs/places2.py                  # train stage
+    python train.py --config configs/places2.py:finetune         # fine-tune stage
+    python train.py --config configs/demo.py --config.train.num_steps=50 --workdir /tmp/demo
 
 The workdir defaults to workdirs/<experiment>_<stage> (e.g. workdirs/places2_train); a run in a
 workdir that holds checkpoints resumes from the latest one. Multi-host: pass
@@ -13,11 +13,14 @@ workdir that holds checkpoints resumes from the latest one. Multi-host: pass
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "config file, e.g. configs/places2.py:finetune",
-                                          lock_config=True)
+from pconv_jax import cli
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "config file, e.g. configs/places2.py:finetune", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "checkpoints, TensorBoard logs (default: "
                                "workdirs/<experiment>_<stage>)")
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "multi-host: host:port of process 0")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
+                                   "multi-host: host:port of process 0")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "multi-host: number of processes")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "multi-host: this process's index")
 flags.mark_flags_as_required(["config"])
@@ -27,16 +30,16 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     from pconv_jax import config as config_lib
-    from pconv_jax.training import mesh
-    from pconv_jax.training import loop  # after absl parsed the flags
+    config = _CONFIG.value
+    config_lib.validate(config)  # before JAX, TensorFlow or the workdir
+    from pconv_jax.training import loop, mesh  # after absl parsed the flags
     from pconv_jax.training.logs import quiet_library_logs
     quiet_library_logs()
     mesh.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-    config = _CONFIG.value
     workdir = _WORKDIR.value or config_lib.default_workdir(config.experiment, config.stage)
     logging.info("workdir: %s", workdir)
     loop.train_and_evaluate(config, workdir)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

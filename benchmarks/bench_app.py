@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 from flax import nnx
 
-from pconv_jax.evaluation import table1
+from pconv_jax import config as config_lib
 from pconv_jax.inference import app, inpaint
 from pconv_jax.network.unet import PConvUNet
 
@@ -31,8 +31,8 @@ def network_method(workdir: str | None, config_spec: str | None) -> app.Method:
     """The trained network of a workdir, or a config's network with random weights."""
     if workdir:
         return app.load_methods([workdir])[0]
-    model = PConvUNet.from_config(inpaint.load_config(config_spec).model, rngs=nnx.Rngs(0))
-    return app.Method("random weights", table1.model_inpainter(model), 2**model.depth, True)
+    model = PConvUNet.from_config(config_lib.load_config(config_spec).model, rngs=nnx.Rngs(0))
+    return app.Method("random weights", inpaint.ModelInpainter(model), 2**model.depth, True)
 
 
 def photo_and_strokes(h: int, w: int, seed: int) -> tuple[np.ndarray, dict]:

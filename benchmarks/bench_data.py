@@ -21,15 +21,17 @@ import numpy as np  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
 
 from pconv_jax.data import images  # noqa: E402
+from pconv_jax import config as config_lib  # noqa: E402
 from pconv_jax.data import pipeline as data  # noqa: E402
-from pconv_jax.data.masks import default_mask_config, generate_mask  # noqa: E402
+from pconv_jax.data.masks import generate_mask  # noqa: E402
+
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                              "configs", "default.py")
 
 
 def _config(name: str, size: int, batch: int, **overrides) -> ml_collections.ConfigDict:
-    config = ml_collections.ConfigDict({"data": data.default_config(),
-                                        "masks": default_mask_config()})
-    config.data.update(dict(name=name, image_size=size, batch_size=batch, **overrides))
-    return config
+    settings = dict(name=name, image_size=size, batch_size=batch, **overrides)
+    return config_lib.load_config(DEFAULT_CONFIG, [f"data.{k}={v}" for k, v in settings.items()])
 
 
 def _pipeline_rate(config: ml_collections.ConfigDict, batches: int) -> float:

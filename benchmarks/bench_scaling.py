@@ -80,8 +80,6 @@ from jax.sharding import NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
 from pconv_jax import config as config_lib  # noqa: E402
-from pconv_jax.loss import losses  # noqa: E402
-from pconv_jax.network import unet  # noqa: E402
 from pconv_jax.network.vgg16 import random_vgg16  # noqa: E402
 from pconv_jax.training import collectives  # noqa: E402
 from pconv_jax.training import mesh as mesh_lib  # noqa: E402
@@ -89,9 +87,7 @@ from pconv_jax.training.step import TrainState, create_model, make_train_step  #
 
 
 def step_config(depth: int, dtype: str, remat: bool, quick: bool) -> ml_collections.ConfigDict:
-    config = ml_collections.ConfigDict({"seed": 0, "model": unet.default_config(),
-                                        "loss": losses.default_config(),
-                                        "train": config_lib.train_config()})
+    config = config_lib.default_config()
     config.model.update(depth=depth, dtype=dtype, remat=remat)
     if quick:
         config.model.update(base_width=8, max_width=32)

@@ -2,51 +2,56 @@
 
     python benchmarks/bench_train.py                   # 256x256, depth 7, batch 4, PConv and Conv
     python benchmarks/bench_train.py --dtype bfloat16 --variants pconv
+    python benchmarks/bench_train.py --config configs/celeba_hq.py:512 --set data.batch_size=2
 
-Prints one JSON object per variant: images/s and s/step (median of the timed steps), plus the
-compile time. VGG16 weights are random (the cost is the same as with the real ones).
+The network, loss and optimizer come from a config file (default `configs/default.py`: the
+paper's 256x256 network) plus overrides; `--size`, `--depth`, `--batch`, `--base_width` and
+`--dtype` are shortcuts for the overrides of `data.image_size`, `model.depth`, `data.batch_size`,
+`model.base_width` and `model.dtype`. Prints one JSON object per variant: images/s and s/step
+(median of the timed steps), plus the compile time. VGG16 weights are random (the cost is the
+same as with the real ones).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
 
 import jax
-import ml_collections
 import numpy as np
-import optax
 
 from pconv_jax import config as config_lib
-from pconv_jax.loss import losses
-from pconv_jax.network import unet as model
-from pconv_jax.training import mesh as parallel
-from pconv_jax.network import vgg16 as vgg
-from pconv_jax.training.step import create_train_state, make_train_step
+from pconv_jax.network import vgg16
+from pconv_jax.training import mesh
+from pconv_jax.training.step import create_train_state, make_steps, network_graphdef
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHORTCUTS = {"size": "data.image_size", "depth": "model.depth", "batch": "data.batch_size",
+             "base_width": "model.base_width", "dtype": "model.dtype"}
 
 
 def bench(partial: bool, args) -> dict:
-    # The sections a train step needs (no data pipeline: TensorFlow need not be installed).
-    config = ml_collections.ConfigDict(dict(seed=0, model=model.default_config(),
-                                            loss=losses.default_config(),
-                                            train=config_lib.train_config()))
-    config.model.partial = partial
-    config.model.depth, config.model.dtype = args.depth, args.dtype
-    config.model.base_width = args.base_width
-    mesh = parallel.make_data_mesh()
-    tx = optax.adam(2e-4)
-    graphdef, state = create_train_state(config, tx, mesh)
-    step = make_train_step(graphdef, tx, dict(config.loss.weights), False)
-    vgg_params = parallel.replicate(vgg.random_vgg16(jax.random.key(0)), mesh)
+    # A config file and overrides, as train.py reads them (no data pipeline: no TensorFlow).
+    overrides = [f"{key}={getattr(args, flag)}" for flag, key in SHORTCUTS.items()
+                 if getattr(args, flag) is not None] + args.set + [f"model.partial={partial}"]
+    config = config_lib.load_config(args.config, overrides)
+    config_lib.validate(config, jax.device_count())
+    size, batch_size = config.data.image_size, config.data.batch_size
+    data_mesh = mesh.make_data_mesh()
+    steps = make_steps(config, network_graphdef(config))
+    _, state = create_train_state(config, steps.tx, data_mesh)
+    step = steps.train
+    vgg_params = mesh.replicate(vgg16.random_vgg16(jax.random.key(0)), data_mesh)
     rng = np.random.default_rng(0)
-    batch = {"image": rng.random((args.batch, args.size, args.size, 3), np.float32),
-             "mask": (rng.random((args.batch, args.size, args.size, 1)) > 0.3).astype(np.float32)}
-    batch = parallel.global_batch(batch, mesh)
+    batch = {"image": rng.random((batch_size, size, size, 3), np.float32),
+             "mask": (rng.random((batch_size, size, size, 1)) > 0.3).astype(np.float32)}
+    batch = mesh.global_batch(batch, data_mesh)
     times = []
-    with jax.set_mesh(mesh):
+    with jax.set_mesh(data_mesh):
         start = time.perf_counter()
         state, metrics = step(state, batch, vgg_params)
         jax.block_until_ready(metrics)
@@ -57,9 +62,10 @@ def bench(partial: bool, args) -> dict:
             jax.block_until_ready(metrics)
             times.append(time.perf_counter() - start)
     seconds = statistics.median(times)
-    return {"variant": "pconv" if partial else "conv", "images_per_sec": args.batch / seconds,
-            "sec_per_step": seconds, "first_step_sec": compile_s, "size": args.size,
-            "depth": args.depth, "batch": args.batch, "dtype": args.dtype, "steps": args.steps,
+    return {"variant": "pconv" if partial else "conv", "images_per_sec": batch_size / seconds,
+            "sec_per_step": seconds, "first_step_sec": compile_s, "size": size,
+            "depth": config.model.depth, "batch": batch_size, "dtype": config.model.dtype,
+            "steps": args.steps, "config": args.config,
             "loss": float(metrics["loss"]), "devices": jax.device_count(),
             "backend": jax.default_backend(), "device": jax.devices()[0].device_kind,
             "cpu": platform.processor() or platform.machine()}
@@ -67,11 +73,15 @@ def bench(partial: bool, args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--depth", type=int, default=7)
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--base_width", type=int, default=64)
-    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    parser.add_argument("--config", default=os.path.join(REPO, "configs", "default.py"),
+                        help="config file[:arg] (default: configs/default.py)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override, e.g. --set model.remat=True (repeatable)")
+    parser.add_argument("--size", type=int, help="data.image_size")
+    parser.add_argument("--depth", type=int, help="model.depth")
+    parser.add_argument("--batch", type=int, default=4, help="data.batch_size (default 4)")
+    parser.add_argument("--base_width", type=int, help="model.base_width")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), help="model.dtype")
     parser.add_argument("--steps", type=int, default=3, help="timed steps after the first")
     parser.add_argument("--variants", default="pconv,conv", help="pconv, conv or both")
     args = parser.parse_args()

@@ -7,22 +7,23 @@ Arg: comma-separated size (256 default, or 512), stage (train | finetune) and `c
     python train.py --config configs/celeba_hq.py:512,finetune
 """
 
-from pconv_jax.config import base_config, parse_config_arg
+from pconv_jax import config as config_lib
+
+default = config_lib.sibling(__file__, "default")
 
 
 def get_config(arg: str | None = None):
-    arg = parse_config_arg(arg, sizes=(256, 512))
+    arg = config_lib.parse_config_arg(arg, sizes=(256, 512))
     size = arg.size or 256
-    config = base_config(f"celeba_hq_{size}", arg, finetune_steps=50_000)
+    config = default.get_config()
+    config.experiment = f"celeba_hq_{size}"
     config.data.name = f"celeb_a_hq/{size}"
     config.data.image_size = size
-    config.data.heldout_count = 1000     # CelebA-HQ has only a train split: its last 1000
     config.data.batch_size = 6           # the paper: batch 6 on one GPU (scale with devices)
     config.model.depth = 7 if size == 256 else 8
-    config.train.num_steps = 300_000 if arg.stage == "train" else config.train.num_steps
+    config.train.num_steps = 300_000
     config.train.checkpoint_every_steps = 5_000
     config.train.eval_every_steps = 5_000
     config.loss.vgg_weights = "vgg16-397923af.pth"
     config.eval.masks_per_cell = 100     # generated test set: 6 bins x {N, B} x 100 masks
-    config.lock()
-    return config
+    return default.set_stage(config, arg, finetune_steps=50_000)

@@ -5,21 +5,19 @@
     python train.py --config configs/places2.py:conv       # the baseline with ordinary convs
 """
 
-from pconv_jax.config import base_config, parse_config_arg
+from pconv_jax import config as config_lib
+
+default = config_lib.sibling(__file__, "default")
 
 
 def get_config(arg: str | None = None):
-    arg = parse_config_arg(arg)
-    config = base_config("places2", arg, finetune_steps=100_000)
+    config = default.get_config()
+    config.experiment = "places2"
     config.data.name = "places365_small"
-    config.data.image_size = 256
     config.data.batch_size = 6           # the paper: batch 6 on one GPU (scale with devices)
-    config.model.depth = 7
-    config.train.num_steps = 500_000 if arg.stage == "train" else config.train.num_steps
-    config.train.log_every_steps = 100
+    config.train.num_steps = 500_000
     config.train.checkpoint_every_steps = 5_000
     config.train.eval_every_steps = 5_000
     config.loss.vgg_weights = "vgg16-397923af.pth"   # torchvision's file; see the README
     config.eval.masks_per_cell = 100     # generated test set: 6 bins x {N, B} x 100 masks
-    config.lock()
-    return config
+    return default.set_stage(config, arg, finetune_steps=100_000)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import pickle
 import sys
+import traceback
 import zipfile
 from collections.abc import Callable, Sequence
 
@@ -58,14 +59,68 @@ def exit_now(status: int) -> None:
     os._exit(status)
 
 
+def fail(message: str) -> None:
+    """Prints `error: <message>` and exits at once with status 1."""
+    print(f"error: {message}", file=sys.stderr)
+    exit_now(EXIT_ERROR)
+
+
+def _flag_error_text(err: BaseException, argv: Sequence[str]) -> str:
+    """One line for an error raised while absl parses the flags (config files included)."""
+    from pconv_jax import config as config_lib
+    if isinstance(err, KeyError):  # config_flags: an override of a key the config lacks
+        overrides = [a.split(".", 1)[1] for a in argv
+                     if a.startswith("--") and "." in a.split("=", 1)[0]]
+        return config_lib.unknown_key_message(err, overrides)
+    text = str(err)
+    if "Error whilst parsing config file" in text:  # config_flags wraps get_config's error
+        flag = text.split(":", 1)[0]
+        last = [line for line in text.splitlines() if line.strip()][-1]
+        return f"{flag}: {last.split(': ', 1)[-1]}"
+    return text.strip().splitlines()[0] if text.strip() else type(err).__name__
+
+
+def _load_config_flags() -> None:
+    """Loads every config-file flag now, so that a missing or broken file fails at parse time."""
+    from ml_collections import config_flags
+    for name in list(flags.FLAGS):
+        flag = flags.FLAGS[name]
+        if not config_flags.config_flags.is_config_flag(flag) or flag.value is None:
+            continue
+        try:
+            flag.value.keys()  # a config that failed to load raises on any access
+        except OSError as err:
+            path = config_flags.get_config_filename(flag)
+            reason = ("does not exist" if not os.path.isfile(path) else
+                      f"cannot be loaded: {str(err.__cause__ or err).splitlines()[-1].strip()}")
+            raise OSError(f"--{name}: config file {path!r} {reason}") from err
+
+
+def parse_flags(argv: Sequence[str]) -> list[str]:
+    """absl's flag parsing with this module's error handling (for `app.run(flags_parser=...)`)."""
+    try:
+        try:
+            rest = flags.FLAGS(argv)
+        except AttributeError as err:  # config_flags: an override of a key the config lacks
+            raise KeyError(err.args[0] if err.args else str(err)) from err
+        _load_config_flags()
+        return rest
+    except (flags.Error, *USER_ERRORS) as err:
+        if "--debug" in argv or debug_enabled():
+            raise
+        fail(_flag_error_text(err, argv))
+
+
 def run(main: Callable[[Sequence[str]], None]) -> None:
-    """`absl.app.run(main)` with the error handler above."""
+    """`absl.app.run(main)` with the error handler above, for flag parsing and `main` alike."""
     def guarded(argv: Sequence[str]) -> None:
         try:
             main(argv)
-        except USER_ERRORS as err:
-            if debug_enabled():
-                raise
-            print(error_message(err), file=sys.stderr)
+        except app.UsageError:
+            raise  # absl prints the usage
+        except Exception as err:
+            if isinstance(err, USER_ERRORS) and not debug_enabled():
+                fail(error_message(err).removeprefix("error: "))
+            traceback.print_exc()  # a bug (or --debug): the traceback, then a prompt exit too
             exit_now(EXIT_ERROR)
-    app.run(guarded)
+    app.run(guarded, flags_parser=parse_flags)

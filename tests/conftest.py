@@ -1,5 +1,8 @@
-"""Test setup: 8 simulated CPU devices, set before JAX is first imported."""
+"""Test setup: 8 simulated CPU devices, set before JAX is first imported; shared compilations."""
+import json
 import os
+
+import pytest
 
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
@@ -7,3 +10,23 @@ os.environ["XLA_FLAGS"] = (
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # TensorFlow must not grab GPUs.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+
+@pytest.fixture(scope="session")
+def compiled_steps():
+    """`get(config)`: the optimizer and jitted steps for a config (`make_steps`), built once per
+    network, loss weights and optimizer settings, so that tests training the same tiny network
+    compile its steps once per session."""
+    from pconv_jax.training.step import make_steps, network_graphdef
+    cache = {}
+
+    def get(config):
+        train = config.train
+        key = json.dumps([config.model.to_dict(), config.loss.weights.to_dict(),
+                          [train.learning_rate, train.adam_b1, train.adam_b2,
+                           train.freeze_encoder_bn]], sort_keys=True)
+        if key not in cache:
+            cache[key] = make_steps(config, network_graphdef(config))
+        return cache[key]
+
+    return get

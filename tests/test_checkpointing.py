@@ -21,11 +21,10 @@ import optax
 import pytest
 from flax import nnx
 
-from pconv_jax.training import checkpoints as checkpointing
-from pconv_jax.training import mesh as parallel
+from pconv_jax.training import checkpoints, mesh
 from pconv_jax.training.loop import EXIT_PREEMPTED, Preempted, train_and_evaluate
 from pconv_jax.training.step import create_train_state
-from test_train_helpers import REPO, demo_config
+from test_train_helpers import REPO, demo_config, tree_equal
 
 STEPS, EVERY = 12, 4
 
@@ -33,10 +32,10 @@ STEPS, EVERY = 12, 4
 KILLED_RUN = textwrap.dedent("""
     import os, sys, time
     sys.path.insert(0, os.path.join(os.getcwd(), "tests"))
-    from pconv_jax.data import pipeline as data
+    from pconv_jax.data import pipeline
     from pconv_jax.training.loop import train_and_evaluate
     from test_train_helpers import demo_config
-    create = data.create_train_pipeline
+    create = pipeline.create_train_pipeline
 
     class Slow:
         def __init__(self, pipeline): self.pipeline = pipeline
@@ -46,7 +45,7 @@ KILLED_RUN = textwrap.dedent("""
         def get_state(self): return self.pipeline.get_state()
         def set_state(self, state): self.pipeline.set_state(state)
 
-    data.create_train_pipeline = lambda *a, **k: Slow(create(*a, **k))
+    pipeline.create_train_pipeline = lambda *a, **k: Slow(create(*a, **k))
     config = demo_config(steps=%d)
     config.train.checkpoint_every_steps = %d
     config.train.async_checkpoints = True
@@ -61,7 +60,7 @@ def _config():
 
 
 @pytest.mark.slow
-def test_resume_after_kill_9_equals_uninterrupted_run(tmp_path):
+def test_resume_after_kill_9_equals_uninterrupted_run(tmp_path, compiled_steps):
     killed_dir = tmp_path / "killed"
     process = subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(killed_dir)], cwd=REPO,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -73,33 +72,34 @@ def test_resume_after_kill_9_equals_uninterrupted_run(tmp_path):
     log = process.communicate()[0].decode(errors="replace")
     assert first.is_dir(), log[-3000:]
     assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
-    saved = checkpointing.Checkpointer(str(killed_dir / "checkpoints"), save_every_steps=EVERY,
-                                       keep=3, read_only=True)
+    saved = checkpoints.Checkpointer(str(killed_dir / "checkpoints"), save_every_steps=EVERY,
+                                     keep=3, read_only=True)
     assert EVERY <= saved.latest_step() < STEPS
     saved.close()
 
-    resumed = train_and_evaluate(_config(), str(killed_dir))
-    uninterrupted = train_and_evaluate(_config(), str(tmp_path / "uninterrupted"))
+    steps = compiled_steps(_config())
+    resumed = train_and_evaluate(_config(), str(killed_dir), steps=steps)
+    uninterrupted = train_and_evaluate(_config(), str(tmp_path / "uninterrupted"), steps=steps)
     assert int(resumed.step) == int(uninterrupted.step) == STEPS
     for got, want in ((resumed.params, uninterrupted.params),
                       (resumed.batch_stats, uninterrupted.batch_stats),
                       (resumed.opt_state, uninterrupted.opt_state)):
-        assert checkpointing.tree_equal(got, want)
-    model, step = checkpointing.restore_model(_config(), str(killed_dir))
+        assert tree_equal(got, want)
+    model, step = checkpoints.restore_model(_config(), str(killed_dir))
     assert step == STEPS
-    assert checkpointing.tree_equal(nnx.state(model, nnx.Param), uninterrupted.params)
+    assert tree_equal(nnx.state(model, nnx.Param), uninterrupted.params)
 
 
 def _saved_state(tmp_path, devices, *, steps=(3,), network=True):
     """Saves the demo network's fresh state at `steps`; `network=False` writes checkpoints as
     before the network's settings were recorded."""
     config = demo_config()
-    mesh = parallel.make_data_mesh(devices)
+    data_mesh = mesh.make_data_mesh(devices)
     tx = optax.adam(1e-3)
-    _, state = create_train_state(config, tx, mesh)
-    checkpointer = checkpointing.Checkpointer(
+    _, state = create_train_state(config, tx, data_mesh)
+    checkpointer = checkpoints.Checkpointer(
         str(tmp_path / "checkpoints"), save_every_steps=1, keep=len(steps) + 1,
-        asynchronous=False, network=checkpointing.network_config(config.model) if network else None)
+        asynchronous=False, network=checkpoints.network_config(config.model) if network else None)
     for step in steps:
         checkpointer.save(step, model=state.model_item(), train=state.train_item(),
                           data_state={"position": 24})
@@ -109,32 +109,32 @@ def _saved_state(tmp_path, devices, *, steps=(3,), network=True):
 
 def test_restore_onto_another_device_count(tmp_path):
     config, state, tx = _saved_state(tmp_path, jax.devices())  # written from 8 devices
-    mesh = parallel.make_data_mesh(jax.devices()[:2])
-    _, target = create_train_state(config, tx, mesh)
-    replicated = parallel.replicated(mesh)
-    checkpointer = checkpointing.Checkpointer(str(tmp_path / "checkpoints"), save_every_steps=1,
-                                              keep=2, read_only=True)
+    data_mesh = mesh.make_data_mesh(jax.devices()[:2])
+    _, target = create_train_state(config, tx, data_mesh)
+    replicated = mesh.replicated(data_mesh)
+    checkpointer = checkpoints.Checkpointer(str(tmp_path / "checkpoints"), save_every_steps=1,
+                                            keep=2, read_only=True)
     model, train, data_states, step = checkpointer.restore(
-        checkpointing.abstract_like(target.model_item(), replicated),
-        checkpointing.abstract_like(target.train_item(), replicated))
+        checkpoints.abstract_like(target.model_item(), replicated),
+        checkpoints.abstract_like(target.train_item(), replicated))
     checkpointer.close()
     assert step == 3 and data_states == [{"position": 24}]
-    assert checkpointing.tree_equal(model["params"], state.params)
-    assert checkpointing.tree_equal(train["opt_state"], state.opt_state)
+    assert tree_equal(model["params"], state.params)
+    assert tree_equal(train["opt_state"], state.opt_state)
     leaf = jax.tree.leaves(model["params"])[0]
     assert leaf.sharding.mesh.devices.size == 2 and leaf.sharding.is_fully_replicated
 
 
 def test_restore_model_for_inference(tmp_path):
     config, state, _ = _saved_state(tmp_path, jax.devices())
-    model, step = checkpointing.restore_model(config, str(tmp_path))
+    model, step = checkpoints.restore_model(config, str(tmp_path))
     assert step == 3
     assert model.encoder[1].bn.use_running_average  # eval mode
-    assert checkpointing.tree_equal(nnx.state(model, nnx.Param), state.params)
+    assert tree_equal(nnx.state(model, nnx.Param), state.params)
     with pytest.raises(FileNotFoundError, match="no checkpoint of step 7.*available steps: \\[3\\]"):
-        checkpointing.restore_model(config, str(tmp_path), step=7)
+        checkpoints.restore_model(config, str(tmp_path), step=7)
     with pytest.raises(FileNotFoundError, match="no checkpoints in workdir"):
-        checkpointing.restore_model(config, str(tmp_path / "nowhere"))
+        checkpoints.restore_model(config, str(tmp_path / "nowhere"))
 
 
 def test_incompatible_config_names_the_shapes(tmp_path):
@@ -142,18 +142,19 @@ def test_incompatible_config_names_the_shapes(tmp_path):
     config, _, _ = _saved_state(tmp_path, jax.devices(), network=False)
     wider = demo_config()
     wider.model.base_width = 8
-    with pytest.raises(checkpointing.IncompatibleCheckpointError,
+    with pytest.raises(checkpoints.IncompatibleCheckpointError,
                        match=r"encoder/0/conv/kernel: checkpoint \(7, 7, 3, 4\) vs config \(7, 7, 3, 8\)"):
-        checkpointing.restore_model(wider, str(tmp_path))
+        checkpoints.restore_model(wider, str(tmp_path))
     deeper = demo_config()
     deeper.model.depth = 4
-    with pytest.raises(checkpointing.IncompatibleCheckpointError, match="encoder/3/conv/kernel: missing"):
+    with pytest.raises(checkpoints.IncompatibleCheckpointError,
+                       match="encoder/3/conv/kernel: missing"):
         train_and_evaluate(deeper, str(tmp_path))
     assert not (tmp_path / "config.json").exists()  # a refused resume writes no config.json
 
 
 def test_sigterm_requests_a_final_save(tmp_path):
-    checkpointer = checkpointing.Checkpointer(str(tmp_path), save_every_steps=5, keep=1)
+    checkpointer = checkpoints.Checkpointer(str(tmp_path), save_every_steps=5, keep=1)
     checkpointer.install_signal_handler()
     try:
         assert not checkpointer.should_stop(1)
@@ -165,9 +166,9 @@ def test_sigterm_requests_a_final_save(tmp_path):
     assert signal.getsignal(signal.SIGTERM) is not None
 
 
-def test_sigterm_during_training_saves_and_stops(tmp_path, monkeypatch):
-    from pconv_jax.data import pipeline as data
-    create = data.create_train_pipeline
+def test_sigterm_during_training_saves_and_stops(tmp_path, monkeypatch, compiled_steps):
+    from pconv_jax.data import pipeline
+    create = pipeline.create_train_pipeline
 
     class TerminatedAtThirdBatch:
         def __init__(self, pipeline):
@@ -185,16 +186,16 @@ def test_sigterm_during_training_saves_and_stops(tmp_path, monkeypatch):
         def set_state(self, state):
             self.pipeline.set_state(state)
 
-    monkeypatch.setattr(data, "create_train_pipeline",
+    monkeypatch.setattr(pipeline, "create_train_pipeline",
                         lambda *a, **k: TerminatedAtThirdBatch(create(*a, **k)))
     previous = signal.getsignal(signal.SIGTERM)
     with pytest.raises(Preempted) as stopped:
-        train_and_evaluate(_config(), str(tmp_path))
+        train_and_evaluate(_config(), str(tmp_path), steps=compiled_steps(_config()))
     assert stopped.value.code == EXIT_PREEMPTED == 143  # a SystemExit: the process's status
     assert stopped.value.step == 3 and int(stopped.value.state.step) == 3
     assert signal.getsignal(signal.SIGTERM) == previous
-    saved = checkpointing.Checkpointer(str(tmp_path / "checkpoints"), save_every_steps=EVERY,
-                                       keep=3, read_only=True)
+    saved = checkpoints.Checkpointer(str(tmp_path / "checkpoints"), save_every_steps=EVERY,
+                                     keep=3, read_only=True)
     assert saved.all_steps() == [3]
     saved.close()
 
@@ -227,7 +228,7 @@ def test_sigterm_to_train_py_saves_and_exits_143(tmp_path):
             process.kill()
     assert first.is_dir(), log[-3000:]
     assert process.returncode == EXIT_PREEMPTED, log[-3000:]
-    saved = checkpointing.Checkpointer(str(work / "checkpoints"), save_every_steps=2, keep=3,
+    saved = checkpoints.Checkpointer(str(work / "checkpoints"), save_every_steps=2, keep=3,
                                        read_only=True)
     final = saved.latest_step()
     saved.close()
@@ -239,23 +240,23 @@ def test_sigterm_to_train_py_saves_and_exits_143(tmp_path):
 def test_network_settings_are_stored_and_refused_on_restore(tmp_path):
     _saved_state(tmp_path, jax.devices())
     saved = json.loads((tmp_path / "checkpoints" / "3" / "network" / "metadata").read_text())
-    assert saved == checkpointing.network_config(demo_config().model)
+    assert saved == checkpoints.network_config(demo_config().model)
     assert saved["partial"] is True and saved["depth"] == 3
     assert not {"dtype", "remat", "bn_momentum"} & saved.keys()
 
     conv = demo_config("conv")  # same shapes, ordinary convolutions: the arrays alone match
-    with pytest.raises(checkpointing.IncompatibleCheckpointError,
+    with pytest.raises(checkpoints.IncompatibleCheckpointError,
                        match=r"model\.partial: checkpoint True vs config False"):
-        checkpointing.restore_model(conv, str(tmp_path))
+        checkpoints.restore_model(conv, str(tmp_path))
     filled = demo_config()
     filled.model.hole_fill = 0.25
-    with pytest.raises(checkpointing.IncompatibleCheckpointError,
+    with pytest.raises(checkpoints.IncompatibleCheckpointError,
                        match=r"model\.hole_fill: checkpoint 0\.5 vs config 0\.25"):
-        checkpointing.restore_model(filled, str(tmp_path))
+        checkpoints.restore_model(filled, str(tmp_path))
     # Settings that leave the parameters' meaning unchanged do not matter.
     other = demo_config()
     other.model.remat, other.model.dtype, other.model.bn_momentum = True, "bfloat16", 0.99
-    _, step = checkpointing.restore_model(other, str(tmp_path))
+    _, step = checkpoints.restore_model(other, str(tmp_path))
     assert step == 3
 
 
@@ -263,9 +264,9 @@ def test_checkpoint_without_network_settings_restores_with_a_warning(tmp_path, c
     config, state, _ = _saved_state(tmp_path, jax.devices(), network=False)
     assert not (tmp_path / "checkpoints" / "3" / "network").exists()
     with caplog.at_level(logging.WARNING):
-        model, step = checkpointing.restore_model(config, str(tmp_path))
+        model, step = checkpoints.restore_model(config, str(tmp_path))
     assert step == 3 and "does not record its network settings" in caplog.text
-    assert checkpointing.tree_equal(nnx.state(model, nnx.Param), state.params)
+    assert tree_equal(nnx.state(model, nnx.Param), state.params)
 
 
 def test_conv_resume_of_a_pconv_workdir_is_refused_before_anything_changes(tmp_path):
@@ -275,13 +276,13 @@ def test_conv_resume_of_a_pconv_workdir_is_refused_before_anything_changes(tmp_p
     listing = sorted(os.listdir(tmp_path / "checkpoints"))
     conv = demo_config("conv", steps=6)
     conv.train.checkpoint_every_steps = 1
-    with pytest.raises(checkpointing.IncompatibleCheckpointError, match=r"model\.partial"):
+    with pytest.raises(checkpoints.IncompatibleCheckpointError, match=r"model\.partial"):
         train_and_evaluate(conv, str(tmp_path))
     assert sorted(os.listdir(tmp_path / "checkpoints")) == listing == ["2"]
     assert (tmp_path / "config.json").read_bytes() == config_json
     deeper = demo_config(steps=6)
     deeper.model.depth = 4
-    with pytest.raises(checkpointing.IncompatibleCheckpointError,
+    with pytest.raises(checkpoints.IncompatibleCheckpointError,
                        match=r"model\.depth: checkpoint 3 vs config 4"):
         train_and_evaluate(deeper, str(tmp_path))
     assert (tmp_path / "config.json").read_bytes() == config_json
@@ -291,7 +292,7 @@ def test_init_from_checks_the_network_settings(tmp_path):
     _saved_state(tmp_path / "train", jax.devices())
     fine = demo_config("finetune,conv")
     fine.train.init_from = str(tmp_path / "train")
-    with pytest.raises(checkpointing.IncompatibleCheckpointError, match=r"model\.partial"):
+    with pytest.raises(checkpoints.IncompatibleCheckpointError, match=r"model\.partial"):
         train_and_evaluate(fine, str(tmp_path / "finetune"))
 
 
@@ -328,23 +329,23 @@ def test_unreadable_latest_step_falls_back_to_the_previous_one(tmp_path, caplog,
     config, state, tx = _saved_state(tmp_path, jax.devices(), steps=(3, 5))
     bad = tmp_path / "checkpoints" / "5"
     DAMAGES[damage](str(bad))
-    mesh = parallel.make_data_mesh()
-    _, target = create_train_state(config, tx, mesh)
-    replicated = parallel.replicated(mesh)
-    reader = checkpointing.Checkpointer(str(tmp_path / "checkpoints"), save_every_steps=1,
+    data_mesh = mesh.make_data_mesh()
+    _, target = create_train_state(config, tx, data_mesh)
+    replicated = mesh.replicated(data_mesh)
+    reader = checkpoints.Checkpointer(str(tmp_path / "checkpoints"), save_every_steps=1,
                                         keep=3, read_only=True,
-                                        network=checkpointing.network_config(config.model))
+                                        network=checkpoints.network_config(config.model))
     with caplog.at_level(logging.WARNING):
         model, train, _, step = reader.restore(
-            checkpointing.abstract_like(target.model_item(), replicated),
-            checkpointing.abstract_like(target.train_item(), replicated))
+            checkpoints.abstract_like(target.model_item(), replicated),
+            checkpoints.abstract_like(target.train_item(), replicated))
     reader.close()
-    assert step == 3 and checkpointing.tree_equal(model["params"], state.params)
+    assert step == 3 and tree_equal(model["params"], state.params)
     assert f"{tmp_path / 'checkpoints'}/5 is unreadable" in caplog.text
     assert "different network" not in caplog.text
     assert bad.is_dir()  # read-only: left where it is
     if damage != "missing data item":  # inference needs the model item only
-        _, step = checkpointing.restore_model(config, str(tmp_path))
+        _, step = checkpoints.restore_model(config, str(tmp_path))
         assert step == 3
 
 
@@ -352,12 +353,12 @@ def test_no_readable_step_is_one_clear_error(tmp_path):
     config, _, _ = _saved_state(tmp_path, jax.devices(), steps=(3, 5))
     for step in (3, 5):
         os.remove(os.path.join(tmp_path, "checkpoints", str(step), "model", "_METADATA"))
-    with pytest.raises(checkpointing.UnreadableCheckpointError,
+    with pytest.raises(checkpoints.UnreadableCheckpointError,
                        match=r"no readable checkpoint in .*checkpoints:\n  step 5: .*\n  step 3: "):
-        checkpointing.restore_model(config, str(tmp_path))
-    with pytest.raises(checkpointing.UnreadableCheckpointError,
+        checkpoints.restore_model(config, str(tmp_path))
+    with pytest.raises(checkpoints.UnreadableCheckpointError,
                        match=r"checkpoints/5 is unreadable .*available: \[3, 5\]"):
-        checkpointing.restore_model(config, str(tmp_path), step=5)
+        checkpoints.restore_model(config, str(tmp_path), step=5)
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["3", "5"]
 
 
@@ -371,11 +372,11 @@ def test_resume_past_an_unreadable_step_keeps_it_aside_and_saves_that_step_anew(
     assert "checkpoints/4 is unreadable" in caplog.text and "resumed from" not in caplog.text
     aside = tmp_path / "unreadable_checkpoints" / "4"
     assert {name: os.path.getsize(aside / name) for name in damaged} == damaged  # kept as it was
-    saved = checkpointing.Checkpointer(str(tmp_path / "checkpoints"), save_every_steps=2, keep=3,
+    saved = checkpoints.Checkpointer(str(tmp_path / "checkpoints"), save_every_steps=2, keep=3,
                                        read_only=True)
     assert saved.all_steps() == [2, 4, 6]  # step 4 saved anew by the resumed run
     saved.close()
-    model, step = checkpointing.restore_model(config, str(tmp_path), step=4)
+    model, step = checkpoints.restore_model(config, str(tmp_path), step=4)
     assert step == 4
 
 
@@ -385,7 +386,7 @@ def test_non_finite_state_is_never_saved(tmp_path):
     config, state, _ = _saved_state(tmp_path, jax.devices(), steps=(3,))
 
     def poison(path, x):  # one NaN in one kernel
-        name = "/".join(checkpointing._key_name(k) for k in path)
+        name = checkpoints.path_name(path)
         if not name.startswith("encoder/1/conv/kernel"):
             return x
         poisoned = np.array(x)
@@ -393,7 +394,7 @@ def test_non_finite_state_is_never_saved(tmp_path):
         return jax.device_put(poisoned, x.sharding)
 
     params = jax.tree_util.tree_map_with_path(poison, state.params)
-    checkpointer = checkpointing.Checkpointer(str(tmp_path / "checkpoints"), save_every_steps=1,
+    checkpointer = checkpoints.Checkpointer(str(tmp_path / "checkpoints"), save_every_steps=1,
                                               keep=3, asynchronous=False)
     with pytest.raises(FloatingPointError,
                        match=r"state at step 4 has non-finite values in 1 arrays "
@@ -410,7 +411,7 @@ def test_huge_learning_rate_stops_before_saving_a_non_finite_state(tmp_path):
     config.train.learning_rate = 1e39
     config.train.checkpoint_every_steps = 1
     # The loss of step 1 is computed before its update, so only the state check can catch it.
-    with pytest.raises(checkpointing.NonFiniteStateError,
+    with pytest.raises(checkpoints.NonFiniteStateError,
                        match=r"state at step 1 has non-finite values.*No checkpoint was saved"):
         train_and_evaluate(config, str(tmp_path))
     assert os.listdir(tmp_path / "checkpoints") == []

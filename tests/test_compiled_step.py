@@ -15,8 +15,6 @@ import optax
 import pytest
 
 from pconv_jax import config as config_lib
-from pconv_jax.loss import losses
-from pconv_jax.network import unet
 from pconv_jax.network.vgg16 import random_vgg16
 from pconv_jax.training import collectives
 from pconv_jax.training import mesh as mesh_lib
@@ -28,9 +26,7 @@ MOVES_ACTIVATIONS = ("all-gather", "all-to-all", "reduce-scatter", "collective-p
 
 
 def small_config() -> ml_collections.ConfigDict:
-    config = ml_collections.ConfigDict({"seed": 0, "model": unet.default_config(),
-                                        "loss": losses.default_config(),
-                                        "train": config_lib.train_config()})
+    config = config_lib.default_config()
     config.model.update(depth=5, base_width=8, max_width=32)  # the paper's loss weights: VGG on
     return config
 

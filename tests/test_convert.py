@@ -24,6 +24,7 @@ from flax import nnx
 from pconv_jax.network.unet import PConvUNet
 from pconv_jax.weights import convert as convert_cmd
 from pconv_jax.weights import pconv_checkpoints
+from test_inpaint import run_inpaint
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures" / "pconv_torch"
@@ -88,15 +89,14 @@ def test_raw_output_matches_upstream(source):
 
 @pytest.mark.parametrize("source", SOURCES)
 def test_inpaint_command_writes_upstreams_composite(source, workdirs, tmp_path):
-    from pconv_jax.inference import inpaint
     ref = _reference(source)
     for i in range(len(ref["image"])):
         pixels = np.round(ref["image"][i] * 255).astype(np.uint8)
         cv2.imwrite(str(tmp_path / "photo.png"), cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR))
         holes = np.where(ref["mask"][i, ..., 0] > 0.5, 0, 255).astype(np.uint8)
         cv2.imwrite(str(tmp_path / "mask.png"), holes)  # white = hole
-        inpaint.main(["--workdir", workdirs[source], "--image", str(tmp_path / "photo.png"),
-                      "--mask", str(tmp_path / "mask.png"), "--out", str(tmp_path / "out.png")])
+        run_inpaint(["--workdir", workdirs[source], "--image", str(tmp_path / "photo.png"),
+                     "--mask", str(tmp_path / "mask.png"), "--out", str(tmp_path / "out.png")])
         written = cv2.cvtColor(cv2.imread(str(tmp_path / "out.png")), cv2.COLOR_BGR2RGB)
         error = np.abs(written / 255.0 - ref["composite"][i])
         assert error.max() <= 1 / 255 + 1e-6, (i, error.max())

@@ -2,19 +2,17 @@
 import logging
 
 import cv2
-import ml_collections
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
 from pconv_jax.data import pipeline as data
 from pconv_jax.data import sources as data_sources
-from pconv_jax.data.masks import default_mask_config
+from test_train_helpers import default_config
 
 
 def _config(name="demo", size=32, batch=4, **data_overrides):
-    config = ml_collections.ConfigDict({"data": data.default_config(),
-                                        "masks": default_mask_config()})
+    config = default_config()
     config.data.name = name
     config.data.image_size = size
     config.data.batch_size = batch

@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 
 from pconv_jax.data import images, masks
-from pconv_jax.evaluation import table1 as evaluation
+from pconv_jax.evaluation import table1
 
 
 @pytest.fixture(scope="module")
 def test_set(tmp_path_factory):
     directory = tmp_path_factory.mktemp("test_masks")
     masks.write_test_set(str(directory), per_cell=2, size=32, seed=0)
-    return evaluation.EvalMaskSet.scan(str(directory))
+    return table1.EvalMaskSet.scan(str(directory))
 
 
 def _images(count=5, size=32):
@@ -40,14 +40,14 @@ def test_generated_masks_land_in_their_bins_at_eval_resolution(test_set):
 @pytest.mark.parametrize("method", ["telea", "ns"])
 def test_classical_baselines_fill_all_cells_with_finite_metrics(test_set, method):
     images = _images()
-    per_mask = evaluation.evaluate(evaluation.classical_inpainter(method), images, test_set,
+    per_mask = table1.evaluate(table1.classical_inpainter(method), images, test_set,
                                    batch_size=5, progress=False)
     np.testing.assert_array_equal(per_mask["image_index"], np.arange(24) % 5)
-    table = evaluation.summarize(per_mask, test_set)
+    table = table1.summarize(per_mask, test_set)
     assert len(table) == 13 and table["all"]["count"] == 24
     for name, cell in table.items():
         assert cell["count"] == (24 if name == "all" else 2)
-        assert all(np.isfinite(cell[m]) for m in evaluation.METRICS)
+        assert all(np.isfinite(cell[m]) for m in table1.METRICS)
     # bigger holes are harder: the largest bin is worse than the smallest
     assert table["(0.5,0.6] N"]["l1"] > table["(0.01,0.1] N"]["l1"]
     assert table["(0.5,0.6] N"]["psnr"] < table["(0.01,0.1] N"]["psnr"]
@@ -61,7 +61,7 @@ def test_identity_inpainter_gives_perfect_scores_and_the_pairing_is_fixed(test_s
         seen.append(batch_images.copy())
         return batch_images
 
-    per_mask = evaluation.evaluate(cheat, images, test_set, batch_size=7, progress=False)
+    per_mask = table1.evaluate(cheat, images, test_set, batch_size=7, progress=False)
     np.testing.assert_array_equal(per_mask["l1"], 0.0)
     np.testing.assert_array_equal(per_mask["psnr"], 100.0)
     np.testing.assert_allclose(per_mask["ssim"], 1.0, atol=1e-6)
@@ -70,10 +70,10 @@ def test_identity_inpainter_gives_perfect_scores_and_the_pairing_is_fixed(test_s
 
 
 def test_results_files_and_table(tmp_path, test_set):
-    per_mask = evaluation.evaluate(evaluation.classical_inpainter("telea"), _images(), test_set,
+    per_mask = table1.evaluate(table1.classical_inpainter("telea"), _images(), test_set,
                                    batch_size=8, progress=False)
-    table = evaluation.summarize(per_mask, test_set)
-    evaluation.write_results(dict(title="t", table=table, per_mask={}), str(tmp_path))
+    table = table1.summarize(per_mask, test_set)
+    table1.write_results(dict(title="t", table=table, per_mask={}), str(tmp_path))
     loaded = json.loads((tmp_path / "results.json").read_text())
     assert loaded["table"]["(0.1,0.2] B"]["count"] == 2
     text = (tmp_path / "results.md").read_text()
@@ -82,22 +82,19 @@ def test_results_files_and_table(tmp_path, test_set):
 
 def test_a_directory_that_is_not_a_test_set_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="12·K"):
-        evaluation.EvalMaskSet.scan(str(tmp_path))
+        table1.EvalMaskSet.scan(str(tmp_path))
 
 
 def _demo_config(tmp_path, **eval_overrides):
-    import ml_collections
-
-    from pconv_jax.data import pipeline as data
-    config = ml_collections.ConfigDict(dict(data=data.default_config(),
-                                            eval=evaluation.default_config()))
+    from test_train_helpers import default_config
+    config = default_config()
     config.data.image_size = 32
     config.eval.update(masks_per_cell=1, num_images=5, batch_size=4, **eval_overrides)
     return config
 
 
 def test_run_with_a_baseline_writes_its_own_results_files(tmp_path, capsys):
-    results = evaluation.run(_demo_config(tmp_path), str(tmp_path), method="ns", progress=False)
+    results = table1.run(_demo_config(tmp_path), str(tmp_path), method="ns", progress=False)
     assert results["num_masks"] == 12 and results["num_images"] == 5
     assert (tmp_path / "test_masks_32x32_k1_s0").is_dir()
     loaded = json.loads((tmp_path / "results_ns.json").read_text())
@@ -113,15 +110,45 @@ def test_an_untrained_network_fills_every_cell(test_set):
     from pconv_jax.inference.inpaint import ModelInpainter
     from pconv_jax.network.unet import PConvUNet
     model = PConvUNet(depth=3, widths=(4, 8, 8), rngs=nnx.Rngs(0))
-    per_mask = evaluation.evaluate(ModelInpainter(model), _images(), test_set,
+    per_mask = table1.evaluate(ModelInpainter(model), _images(), test_set,
                                    batch_size=8, progress=False)
-    table = evaluation.summarize(per_mask, test_set)
+    table = table1.summarize(per_mask, test_set)
     assert [table[c]["count"] for c in table] == [2] * 12 + [24]
-    assert all(np.isfinite(table["all"][m]) for m in evaluation.METRICS)
+    assert all(np.isfinite(table["all"][m]) for m in table1.METRICS)
     assert 0 < table["all"]["l1"] < 100 and table["all"]["psnr"] < 100
 
 
-def test_end_to_end_tiny_checkpoint_eval_and_inpaint_command(tmp_path):
+def test_zero_usable_masks_is_a_clear_error(tmp_path):
+    import cv2
+    for i in range(12):  # no holes at all: every file contradicts its hole-ratio bin
+        cv2.imwrite(str(tmp_path / f"{i:05d}.png"), np.zeros((16, 16), np.uint8))
+    message = r"no usable masks in .* \(12 files left out: .*00000.png.*and 10 more"
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match=message):
+        table1.EvalMaskSet.scan(str(tmp_path))
+
+
+def test_unwritable_workdir_fails_before_evaluating(tmp_path, monkeypatch):
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("evaluated although the results cannot be written")
+
+    monkeypatch.setattr(table1, "evaluate", must_not_run)
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(OSError, match="cannot write the results into the workdir"):
+        table1.run(_demo_config(tmp_path), str(tmp_path / "a_file" / "work"), method="telea",
+                   progress=False)
+
+
+def test_table_is_printed_before_the_results_are_written(tmp_path, monkeypatch, capsys):
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(table1, "write_results", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        table1.run(_demo_config(tmp_path), str(tmp_path), method="telea", progress=False)
+    assert "| PSNR (dB) |" in capsys.readouterr().out
+
+
+def test_end_to_end_tiny_checkpoint_eval_and_inpaint_command(tmp_path, compiled_steps):
     """train_and_evaluate a few steps, eval.py's protocol on it, then the inpaint command."""
     import pathlib
     import warnings
@@ -129,25 +156,26 @@ def test_end_to_end_tiny_checkpoint_eval_and_inpaint_command(tmp_path):
     import cv2
     import ml_collections
 
-    from pconv_jax.inference import inpaint
+    from pconv_jax import config as config_lib
     from pconv_jax.training import loop
+    from test_inpaint import run_inpaint
     repo = pathlib.Path(__file__).resolve().parents[1]
     config = ml_collections.ConfigDict(
-        inpaint.load_config(str(repo / "configs" / "demo.py")).to_dict())  # unlocked copy
-    config.data.update(image_size=32, batch_size=8, eval_images=3, prefetch=1,
-                       num_parallel_calls=1, shuffle_buffer=8)
+        config_lib.load_config(str(repo / "configs" / "demo.py")).to_dict())  # unlocked copy
+    config.data.update(image_size=32, batch_size=8, prefetch=1, num_parallel_calls=1,
+                       shuffle_buffer=8)
     config.model.update(depth=2, base_width=4, max_width=8)
     config.train.update(num_steps=2, log_every_steps=1, checkpoint_every_steps=2,
                         eval_every_steps=2, eval_batch_size=2, async_checkpoints=False)
-    config.eval.update(masks_per_cell=1, batch_size=4)
+    config.eval.update(masks_per_cell=1, batch_size=4, num_images=3)
     workdir = str(tmp_path / "run")
-    loop.train_and_evaluate(config, workdir)
+    loop.train_and_evaluate(config, workdir, steps=compiled_steps(config))
 
-    results = evaluation.run(config, workdir, progress=False)
+    results = table1.run(config, workdir, progress=False)
     loaded = json.loads((tmp_path / "run" / "results.json").read_text())
     assert loaded["method"] == "model" and loaded["step"] == 2 and results["num_images"] == 3
     assert [loaded["table"][c]["count"] for c in loaded["table"]] == [1] * 12 + [12]
-    assert all(np.isfinite(loaded["table"]["all"][m]) for m in evaluation.METRICS)
+    assert all(np.isfinite(loaded["table"]["all"][m]) for m in table1.METRICS)
     assert "| PSNR (dB) |" in (tmp_path / "run" / "results.md").read_text()
 
     # the inpaint command rebuilds the model from the workdir's config.json
@@ -158,8 +186,8 @@ def test_end_to_end_tiny_checkpoint_eval_and_inpaint_command(tmp_path):
     cv2.imwrite(str(tmp_path / "mask.png"), holes)
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # same size: no resize warning
-        inpaint.main(["--workdir", workdir, "--image", str(tmp_path / "photo.png"),
-                      "--mask", str(tmp_path / "mask.png"), "--out", str(tmp_path / "out.png")])
+        run_inpaint(["--workdir", workdir, "--image", str(tmp_path / "photo.png"),
+                     "--mask", str(tmp_path / "mask.png"), "--out", str(tmp_path / "out.png")])
     out = cv2.imread(str(tmp_path / "out.png"))
     assert out.shape == (21, 30, 3)
     np.testing.assert_array_equal(out[holes == 0], rgb[holes == 0])
@@ -180,13 +208,13 @@ def test_run_accepts_a_correctly_labelled_nvidia_layout_and_lists_left_out_files
             assert masks.border_distance(hole) == 2
         images.write_mask(str(directory / f"{index:05d}.png"), (~hole)[..., None], "white")
     config = _demo_config(tmp_path, test_masks=str(directory))
-    results = evaluation.run(config, str(tmp_path), method="telea", progress=False)
+    results = table1.run(config, str(tmp_path), method="telea", progress=False)
     assert results["num_masks"] == 12 * k and results["left_out"] == []
     assert [results["table"][c]["count"] for c in results["table"]] == [k] * 12 + [12 * k]
 
     (directory / "00005.png").write_bytes(b"not a png")
     with pytest.warns(UserWarning, match="1 of 24 test masks"):
-        evaluation.run(config, str(tmp_path), method="telea", progress=False)
+        table1.run(config, str(tmp_path), method="telea", progress=False)
     loaded = json.loads((tmp_path / "results_telea.json").read_text())
     assert loaded["num_masks"] == 12 * k - 1
     [left_out] = loaded["left_out"]

@@ -3,11 +3,20 @@
 import cv2
 import numpy as np
 import pytest
+from absl import flags
 from flax import nnx
 
 from pconv_jax.data import images
 from pconv_jax.inference import inpaint
 from pconv_jax.network.unet import PConvUNet
+
+
+def run_inpaint(args: list[str]) -> None:
+    """Runs the inpaint command's `main` in this process, its flags parsed from `args`."""
+    if "image" not in flags.FLAGS:
+        inpaint.define_flags()
+    flags.FLAGS.unparse_flags()  # flags left out take their defaults again
+    inpaint.main(flags.FLAGS(["inpaint.py", *args]))
 
 
 def _write_rgb(path, rgb):
@@ -51,12 +60,12 @@ def test_command_white_and_black_conventions_swap_the_holes(photo):
     tmp_path, rgb, holes = photo
     common = ["--image", str(tmp_path / "photo.png"), "--mask", str(tmp_path / "mask.png"),
               "--method", "telea"]
-    inpaint.main(common + ["--out", str(tmp_path / "white.png"),
-                           "--panel", str(tmp_path / "panel.png")])
+    run_inpaint(common + ["--out", str(tmp_path / "white.png"),
+                          "--panel", str(tmp_path / "panel.png")])
     panel = cv2.imread(str(tmp_path / "panel.png"))
     assert panel.shape == (37, 3 * 53 + 2 * 4, 3)
     assert (panel[:, :53][holes > 0] == 255).all()  # holes shown white in the input
-    inpaint.main(common + ["--out", str(tmp_path / "black.png"), "--mask-holes", "black"])
+    run_inpaint(common + ["--out", str(tmp_path / "black.png"), "--mask-holes", "black"])
     white = cv2.cvtColor(cv2.imread(str(tmp_path / "white.png")), cv2.COLOR_BGR2RGB)
     black = cv2.cvtColor(cv2.imread(str(tmp_path / "black.png")), cv2.COLOR_BGR2RGB)
     hole = holes > 0
@@ -82,20 +91,20 @@ def test_folder_mode_pairs_by_name(tmp_path, photo):
     for name in ("a", "b"):
         _write_rgb(tmp_path / "imgs" / f"{name}.jpg", rgb)
         cv2.imwrite(str(tmp_path / "masks" / f"{name}.png"), holes)
-    inpaint.main(["--image", str(tmp_path / "imgs"), "--mask", str(tmp_path / "masks"),
-                  "--out", str(tmp_path / "out"), "--method", "ns"])
+    run_inpaint(["--image", str(tmp_path / "imgs"), "--mask", str(tmp_path / "masks"),
+                 "--out", str(tmp_path / "out"), "--method", "ns"])
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png", "b.png"]
     cv2.imwrite(str(tmp_path / "imgs" / "c.png"), holes)
     with pytest.raises(FileNotFoundError, match=r"no mask .* for image\(s\) \['c'\]"):
-        inpaint.main(["--image", str(tmp_path / "imgs"), "--mask", str(tmp_path / "masks"),
-                      "--out", str(tmp_path / "out"), "--method", "ns"])
+        run_inpaint(["--image", str(tmp_path / "imgs"), "--mask", str(tmp_path / "masks"),
+                     "--out", str(tmp_path / "out"), "--method", "ns"])
 
 
 def test_missing_and_unreadable_files_are_clear_errors(photo):
     tmp_path, _, _ = photo
     with pytest.raises(FileNotFoundError, match="nope.png' does not exist"):
-        inpaint.main(["--image", str(tmp_path / "nope.png"), "--mask", str(tmp_path / "mask.png"),
-                      "--out", str(tmp_path / "o.png"), "--method", "telea"])
+        run_inpaint(["--image", str(tmp_path / "nope.png"), "--mask", str(tmp_path / "mask.png"),
+                     "--out", str(tmp_path / "o.png"), "--method", "telea"])
     (tmp_path / "junk.png").write_text("not an image")
     with pytest.raises(ValueError, match="cannot decode image"):
         images.read_image(str(tmp_path / "junk.png"))
@@ -104,8 +113,8 @@ def test_missing_and_unreadable_files_are_clear_errors(photo):
 
 
 def _telea(image, mask, out, *extra):
-    inpaint.main(["--image", str(image), "--mask", str(mask), "--out", str(out),
-                  "--method", "telea", *extra])
+    run_inpaint(["--image", str(image), "--mask", str(mask), "--out", str(out),
+                 "--method", "telea", *extra])
 
 
 def test_outputs_that_would_overwrite_an_input_are_refused(photo):

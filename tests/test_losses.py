@@ -10,6 +10,7 @@ from flax import nnx
 
 from pconv_jax.loss import losses
 from pconv_jax.network import vgg16 as vgg
+from test_train_helpers import default_config
 from pconv_jax.weights import vgg16_files
 from pconv_jax.network.unet import PConvUNet
 
@@ -195,7 +196,7 @@ def test_vgg_not_run_when_its_weights_are_zero(monkeypatch):
 
     monkeypatch.setattr(losses, "vgg16_features", fail)
     out, gt, mask = make_inputs(7)
-    config = losses.default_config()
+    config = default_config().loss
     config.weights.perceptual = config.weights.style_out = config.weights.style_comp = 0.0
     total, terms = losses.inpainting_loss(out, gt, mask, weights=config.weights)
     assert float(terms["perceptual"]) == float(terms["style_out"]) == float(terms["style_comp"]) == 0.0
@@ -204,7 +205,7 @@ def test_vgg_not_run_when_its_weights_are_zero(monkeypatch):
 
 
 def test_vgg_for_config(tmp_path):
-    config = losses.default_config()
+    config = default_config().loss
     with pytest.raises(ValueError, match=r"config\.loss\.vgg_weights.*vgg16-397923af\.pth"):
         losses.vgg_for_config(config)
     params = vgg.random_vgg16(jax.random.key(1), preprocessing="caffe")
@@ -220,7 +221,7 @@ def test_vgg_for_config(tmp_path):
 
 
 def test_default_config_and_bad_weights():
-    config = losses.default_config()
+    config = default_config().loss
     assert dict(config.weights) == PAPER_WEIGHTS and config.vgg_weights == ""
     out, gt, mask = make_inputs(8)
     config.weights.perceptual = config.weights.style_out = config.weights.style_comp = 0.0

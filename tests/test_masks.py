@@ -4,6 +4,7 @@ import os
 import cv2
 import numpy as np
 import pytest
+from absl import flags
 
 from pconv_jax.data import masks
 
@@ -61,7 +62,11 @@ def test_bin_and_border_layout():
 
 def test_write_test_set_command(tmp_path):
     out = tmp_path / "set"
-    masks.main(["write-test-set", str(out), "--per-cell", "2", "--size", "48", "--seed", "1"])
+    if "per-cell" not in flags.FLAGS:
+        masks.define_flags()
+    flags.FLAGS.unparse_flags()
+    masks.main(flags.FLAGS(["masks", "write-test-set", str(out), "--per-cell", "2", "--size", "48",
+                            "--seed", "1"]))
     names = sorted(os.listdir(out))
     assert names == [f"{i:05d}.png" for i in range(24)]
     for i, name in enumerate(names):
@@ -79,7 +84,8 @@ def test_write_test_set_command(tmp_path):
 
 
 def test_default_mask_config():
-    config = masks.default_mask_config()
+    from test_train_helpers import default_config
+    config = default_config().masks
     assert config.source == "generated"
     assert (config.nvidia_dilation_min, config.nvidia_dilation_max) == (5, 47)
 

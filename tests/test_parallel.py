@@ -16,18 +16,14 @@ import optax
 import pytest
 
 from pconv_jax import config as config_lib
-from pconv_jax.loss import losses
-from pconv_jax.network import unet as model
-from pconv_jax.training import mesh as parallel
+from pconv_jax.training import mesh
 from pconv_jax.training.step import create_train_state, make_train_step
-from test_train_helpers import REPO, param_leaves, random_batch
+from test_train_helpers import REPO, default_config, param_leaves, random_batch
 
 
 def step_config() -> ml_collections.ConfigDict:
-    """The tiny network and the loss without VGG terms (no data section: no TensorFlow import)."""
-    config = ml_collections.ConfigDict({"seed": 0, "model": model.default_config(),
-                                        "loss": losses.default_config(),
-                                        "train": config_lib.train_config()})
+    """The tiny network and the loss without VGG terms (configs/default.py: no TensorFlow)."""
+    config = default_config()
     config.model.update(depth=3, base_width=4, max_width=8)
     for term in ("perceptual", "style_out", "style_comp"):
         config.loss.weights[term] = 0.0
@@ -37,13 +33,13 @@ def step_config() -> ml_collections.ConfigDict:
 def one_sgd_step(devices, batch):
     """(metrics, params, batch_stats, grads) after one SGD(lr=1) step on a mesh of `devices`."""
     config = step_config()
-    mesh = parallel.make_data_mesh(devices)
+    data_mesh = mesh.make_data_mesh(devices)
     tx = optax.sgd(1.0)  # new params = params - grads: the gradients can be read back exactly
-    graphdef, state = create_train_state(config, tx, mesh)
+    graphdef, state = create_train_state(config, tx, data_mesh)
     before = param_leaves(state.params)
     step = make_train_step(graphdef, tx, dict(config.loss.weights), False)
-    with jax.set_mesh(mesh):
-        state, metrics = step(state, parallel.global_batch(batch, mesh), None)
+    with jax.set_mesh(data_mesh):
+        state, metrics = step(state, mesh.global_batch(batch, data_mesh), None)
     after = param_leaves(state.params)
     grads = {k: before[k] - after[k] for k in before}
     return jax.device_get(metrics), after, param_leaves(state.batch_stats), grads
@@ -70,16 +66,19 @@ def test_eight_devices_equal_one_device():
 
 
 def test_batch_helpers():
-    mesh = parallel.make_data_mesh()
-    assert parallel.check_batch_size(16, mesh) == 16
+    data_mesh = mesh.make_data_mesh()
+    config = default_config()
+    config.data.batch_size = 16
+    config_lib.validate(config, data_mesh.size)
+    config.data.batch_size = 12
     with pytest.raises(ValueError, match="multiple of the device count 8"):
-        parallel.check_batch_size(12, mesh)
-    array = parallel.global_batch(random_batch(8), mesh)["image"]
+        config_lib.validate(config, data_mesh.size)
+    array = mesh.global_batch(random_batch(8), data_mesh)["image"]
     assert array.sharding.spec == jax.sharding.PartitionSpec("data") and array.shape == (8, 32, 32, 3)
-    assert parallel.allgather_json({"position": 3}) == [{"position": 3}]
-    assert parallel.initialize_distributed() is False  # a single-process run is left alone
+    assert mesh.allgather_json({"position": 3}) == [{"position": 3}]
+    assert mesh.initialize_distributed() is False  # a single-process run is left alone
     with pytest.raises(ValueError, match="--coordinator_address, --num_processes and --process_id"):
-        parallel.initialize_distributed(num_processes=2)
+        mesh.initialize_distributed(num_processes=2)
 
 
 WORKER = textwrap.dedent("""
@@ -90,35 +89,35 @@ WORKER = textwrap.dedent("""
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     process_id, port, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
     sys.path.insert(0, os.path.join(os.getcwd(), "tests"))
-    from pconv_jax.training import mesh as parallel
-    parallel.initialize_distributed(f"127.0.0.1:{port}", 2, process_id)
+    from pconv_jax.training import mesh
+    mesh.initialize_distributed(f"127.0.0.1:{port}", 2, process_id)
     import numpy as np
     from test_parallel import one_sgd_step, step_config
-    from test_train_helpers import random_batch
+    from test_train_helpers import random_batch, tree_equal
     batch = random_batch(8)
     local = {k: v[4 * process_id:4 * (process_id + 1)] for k, v in batch.items()}
     assert jax.device_count() == 4 and jax.local_device_count() == 2
     metrics, params, stats, grads = one_sgd_step(jax.devices(), local)
-    states = parallel.allgather_json({"position": process_id})
+    states = mesh.allgather_json({"position": process_id})
     assert states == [{"position": 0}, {"position": 1}], states
 
     # Every process checkpoints; each gets its own data-pipeline position back.
     import optax
-    from pconv_jax.training import checkpoints as checkpointing
+    from pconv_jax.training import checkpoints
     from pconv_jax.training.step import create_train_state
-    mesh = parallel.make_data_mesh()
-    _, state = create_train_state(step_config(), optax.adam(1e-3), mesh)
-    ckpt = checkpointing.Checkpointer(sys.argv[4], save_every_steps=1, keep=1)
+    data_mesh = mesh.make_data_mesh()
+    _, state = create_train_state(step_config(), optax.adam(1e-3), data_mesh)
+    ckpt = checkpoints.Checkpointer(sys.argv[4], save_every_steps=1, keep=1)
     ckpt.save(5, model=state.model_item(), train=state.train_item(),
               data_state={"position": 10 + process_id})
     ckpt.wait()
-    replicated = parallel.replicated(mesh)
+    replicated = mesh.replicated(data_mesh)
     model, _, data_states, step = ckpt.restore(
-        checkpointing.abstract_like(state.model_item(), replicated),
-        checkpointing.abstract_like(state.train_item(), replicated))
+        checkpoints.abstract_like(state.model_item(), replicated),
+        checkpoints.abstract_like(state.train_item(), replicated))
     ckpt.close()
     assert step == 5 and data_states[process_id] == {"position": 10 + process_id}, data_states
-    assert checkpointing.tree_equal(model["params"], state.params)
+    assert tree_equal(model["params"], state.params)
     if process_id == 0:
         np.savez(out, **{"metrics/" + k: v for k, v in metrics.items()},
                  **{"grads/" + k: v for k, v in grads.items()},

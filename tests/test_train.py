@@ -4,7 +4,9 @@ config and workdir errors."""
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
+import textwrap
 
 import jax
 import ml_collections
@@ -16,10 +18,9 @@ from absl import flags
 from ml_collections import config_flags
 from PIL import Image
 
-from pconv_jax.training import checkpoints as checkpointing
 from pconv_jax import config as config_lib
-from pconv_jax.data import pipeline as data
-from pconv_jax.training import logs
+from pconv_jax.data import pipeline
+from pconv_jax.training import checkpoints, logs
 from pconv_jax.training.loop import train_and_evaluate
 from test_train_helpers import REPO, demo_config, load_config_file, param_leaves, shrink
 
@@ -35,12 +36,12 @@ def _scalars(workdir: str, tag: str) -> dict[int, float]:
 
 
 @pytest.mark.slow
-def test_demo_loss_decreases_then_finetune_freezes_encoder_bn(tmp_path):
+def test_demo_loss_decreases_then_finetune_freezes_encoder_bn(tmp_path, compiled_steps):
     config = demo_config(steps=40)
     config.train.log_every_steps = 5
     config.train.checkpoint_every_steps = 20
     train_dir = str(tmp_path / "train")
-    state = train_and_evaluate(config, train_dir)
+    state = train_and_evaluate(config, train_dir, steps=compiled_steps(config))
     assert int(state.step) == 40
     losses = _scalars(train_dir, "loss")
     assert sorted(losses) == list(range(5, 41, 5))
@@ -51,7 +52,7 @@ def test_demo_loss_decreases_then_finetune_freezes_encoder_bn(tmp_path):
     # Fine-tune from the train stage: encoder BN frozen (statistics and scale/bias).
     fine = demo_config("finetune", steps=2)
     fine.train.init_from = train_dir
-    fine_state = train_and_evaluate(fine, str(tmp_path / "finetune"))
+    fine_state = train_and_evaluate(fine, str(tmp_path / "finetune"), steps=compiled_steps(fine))
     assert fine.train.learning_rate == 5e-4 and fine.train.freeze_encoder_bn
     before_p, after_p = param_leaves(state.params), param_leaves(fine_state.params)
     before_s, after_s = param_leaves(state.batch_stats), param_leaves(fine_state.batch_stats)
@@ -79,17 +80,17 @@ def _mock_tfds_config(name: str, arg: str | None) -> ml_collections.ConfigDict:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name,arg", [("places2", None), ("celeba_hq", "512,conv")])
-def test_tfds_configs_train_under_mock_data(name, arg, tmp_path):
+def test_tfds_configs_train_under_mock_data(name, arg, tmp_path, compiled_steps):
     config = _mock_tfds_config(name, arg)
     with tfds.testing.mock_data(num_examples=16):
-        state = train_and_evaluate(config, str(tmp_path))
+        state = train_and_evaluate(config, str(tmp_path), steps=compiled_steps(config))
     assert int(state.step) == 2
-    assert checkpointing.Checkpointer(str(tmp_path / "checkpoints"), save_every_steps=2, keep=1,
-                                      read_only=True).latest_step() == 2
+    assert checkpoints.Checkpointer(str(tmp_path / "checkpoints"), save_every_steps=2, keep=1,
+                                    read_only=True).latest_step() == 2
 
 
 @pytest.mark.slow
-def test_folder_config_trains(tmp_path):
+def test_folder_config_trains(tmp_path, compiled_steps):
     folder = tmp_path / "images"
     folder.mkdir()
     rng = np.random.default_rng(0)
@@ -98,13 +99,13 @@ def test_folder_config_trains(tmp_path):
     config = shrink(load_config_file("folder", "conv"), steps=2)
     config.data.folder = str(folder)
     config.data.heldout_count = 2
-    state = train_and_evaluate(config, str(tmp_path / "work"))
+    state = train_and_evaluate(config, str(tmp_path / "work"), steps=compiled_steps(config))
     assert int(state.step) == 2
 
 
 @pytest.mark.slow
-def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
-    create = data.create_train_pipeline
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch, compiled_steps):
+    create = pipeline.create_train_pipeline
 
     class Poisoned:
         """Real batches, but NaN images from the 7th batch on."""
@@ -123,14 +124,15 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
         def set_state(self, state):
             self.pipeline.set_state(state)
 
-    monkeypatch.setattr(data, "create_train_pipeline", lambda *a, **k: Poisoned(create(*a, **k)))
+    monkeypatch.setattr(pipeline, "create_train_pipeline",
+                        lambda *a, **k: Poisoned(create(*a, **k)))
     config = demo_config(steps=12)
     config.train.log_every_steps = 5
     config.train.checkpoint_every_steps = 4
     with pytest.raises(FloatingPointError, match=r"non-finite loss at step 7 \(in steps 6\.\.8\).*"
                                                  r"last good checkpoint is step 4"):
-        train_and_evaluate(config, str(tmp_path))
-    model, step = checkpointing.restore_model(config, str(tmp_path))
+        train_and_evaluate(config, str(tmp_path), steps=compiled_steps(config))
+    model, step = checkpoints.restore_model(config, str(tmp_path))
     assert step == 4
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(model))
 
@@ -158,6 +160,79 @@ def test_config_args():
         load_config_file("celeba_hq", "1024")
     with pytest.raises(ValueError, match="unknown config argument 'tune'"):
         load_config_file("places2", "tune")
+
+
+CONFIG_FILES = ["default", "demo", "demo:finetune,conv", "places2", "places2:finetune",
+                "celeba_hq:512,finetune,conv", "folder:finetune"]
+
+
+def test_every_config_file_builds_without_tensorflow():
+    """Building a config (as the commands and benchmarks do) imports no TensorFlow or TFDS."""
+    code = textwrap.dedent(f"""
+        import sys
+        from pconv_jax.config import load_config
+        for spec in {CONFIG_FILES!r}:
+            name, _, arg = spec.partition(":")
+            load_config(f"configs/{{name}}.py" + (f":{{arg}}" if arg else ""))
+        heavy = sorted(m for m in sys.modules
+                       if m.split(".")[0] in ("tensorflow", "tensorflow_datasets"))
+        print("heavy:", heavy)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "heavy: []" in out.stdout, out.stdout
+
+
+def test_experiment_configs_only_override_the_defaults():
+    """Every key of every config file is a key of configs/default.py, with the same type."""
+    default = load_config_file("default").to_dict()
+
+    def flat(tree, prefix=""):
+        for key, value in tree.items():
+            if isinstance(value, dict):
+                yield from flat(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}", value
+
+    want = dict(flat(default))
+    for spec in CONFIG_FILES:
+        name, _, arg = spec.partition(":")
+        got = dict(flat(load_config_file(name, arg or None).to_dict()))
+        assert got.keys() == want.keys(), spec
+        assert all(type(got[k]) is type(want[k]) for k in want), spec
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("data.batch_size", 0, r"config.data.batch_size must be an integer >= 1, got 0"),
+    ("data.batch_size", -4, r"config.data.batch_size must be an integer >= 1, got -4"),
+    ("data.batch_size", 12, r"batch_size = 12 \(global\) must be a multiple of the device count 8"),
+    ("train.log_every_steps", 0, r"config.train.log_every_steps must be an integer >= 1"),
+    ("train.eval_every_steps", 0, r"config.train.eval_every_steps must be"),
+    ("train.checkpoint_every_steps", 0, r"config.train.checkpoint_every_steps must be"),
+    ("train.keep_checkpoints", 0, r"config.train.keep_checkpoints must be an integer >= 1"),
+    ("data.image_size", 60, r"data.image_size = 60 must be a multiple of 2\*\*model.depth = 8"),
+    ("eval.image_size", 36, r"config.eval.image_size = 36 must be a multiple of 2\*\*model.depth"),
+])
+def test_bad_settings_are_refused_before_the_workdir_exists(tmp_path, key, value, message):
+    config = demo_config()
+    section, name = key.split(".")
+    config[section][name] = value
+    workdir = tmp_path / "work"
+    with pytest.raises(ValueError, match=message):
+        train_and_evaluate(config, str(workdir))
+    assert not workdir.exists()
+
+
+def test_keep_checkpoints_zero_leaves_existing_checkpoints_alone(tmp_path):
+    saved = tmp_path / "checkpoints" / "2"
+    saved.mkdir(parents=True)
+    (saved / "marker").write_text("")
+    config = demo_config()
+    config.train.keep_checkpoints = 0
+    with pytest.raises(ValueError, match="keep_checkpoints must be an integer >= 1, got 0"):
+        train_and_evaluate(config, str(tmp_path))
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["2", "checkpoints", "marker"]
 
 
 def _parse_config_flags(argv: list[str], monkeypatch) -> ml_collections.ConfigDict:

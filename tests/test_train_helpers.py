@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import pathlib
+from typing import Any
 
+import jax
 import ml_collections
 import numpy as np
 from flax import nnx
+
+from pconv_jax import config as config_lib
 
 
 def shrink(config: ml_collections.ConfigDict, *, steps: int = 4, size: int = 32,
@@ -16,7 +19,7 @@ def shrink(config: ml_collections.ConfigDict, *, steps: int = 4, size: int = 32,
     config = ml_collections.ConfigDict(config.to_dict())  # an unlocked copy
     config.data.image_size = size
     config.data.batch_size = batch
-    config.data.eval_images = 2
+    config.eval.num_images = 2
     config.data.shuffle_buffer = 8
     config.data.prefetch = 1
     config.data.num_parallel_calls = 1
@@ -28,7 +31,7 @@ def shrink(config: ml_collections.ConfigDict, *, steps: int = 4, size: int = 32,
         config.loss.weights[term] = 0.0
     config.masks.hole_ratio_min = 0.1
     config.masks.hole_ratio_max = 0.4
-    # One learning rate per stage, so runs in one test process share their compiled steps.
+    # One learning rate per stage, so runs share their compiled steps (`compiled_steps`).
     config.train.learning_rate = 5e-4 if config.train.freeze_encoder_bn else 2e-3
     config.train.num_steps = steps
     config.train.log_every_steps = 2
@@ -43,11 +46,13 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def load_config_file(name: str, arg: str | None = None) -> ml_collections.ConfigDict:
-    """`configs/<name>.py`'s get_config(arg)."""
-    spec = importlib.util.spec_from_file_location(f"_config_{name}", REPO / "configs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+    """`configs/<name>.py`'s get_config(arg), loaded as the commands load it (locked)."""
+    return config_lib.load_config(str(REPO / "configs" / f"{name}.py") + (f":{arg}" if arg else ""))
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """An unlocked copy of `configs/default.py`: every section at its default."""
+    return config_lib.default_config()
 
 
 def demo_config(arg: str = "train", **kwargs) -> ml_collections.ConfigDict:
@@ -63,5 +68,12 @@ def random_batch(n: int = 8, size: int = 32, seed: int = 0) -> dict[str, np.ndar
 
 def param_leaves(state: nnx.State) -> dict[str, np.ndarray]:
     """{'encoder/1/bn/scale': array, ...} of a params or batch_stats State."""
-    return {"/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path[:-1]): np.asarray(v)
-            for path, v in __import__("jax").tree_util.tree_flatten_with_path(state)[0]}
+    return {jax.tree_util.keystr(path[:-1], simple=True, separator="/"): np.asarray(v)
+            for path, v in jax.tree_util.tree_flatten_with_path(state)[0]}
+
+
+def tree_equal(a: Any, b: Any) -> bool:
+    """Bitwise equality of two trees of arrays."""
+    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+    return len(la) == len(lb) and all(np.array_equal(np.asarray(x), np.asarray(y))
+                                      for x, y in zip(la, lb))

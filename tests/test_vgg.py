@@ -255,7 +255,7 @@ def test_convert_cli_round_trips_through_npz(tmp_path, source):
     src = tmp_path / f"weights.{source}"
     (write_torch_zip(src, state) if source == "pth" else write_keras_h5(src, state, False))
     dst = tmp_path / "vgg16.npz"
-    vgg16_files.main(["convert", str(src), str(dst)])
+    vgg16_files.main(["vgg16_files", "convert", str(src), str(dst)])  # argv as absl passes it
     original, converted = vgg16_files.load_vgg16(src), vgg16_files.load_vgg16(dst)
     assert converted.preprocessing == original.preprocessing == ("torch" if source == "pth" else "caffe")
     for a, b in zip(jax.tree_util.tree_leaves(original), jax.tree_util.tree_leaves(converted)):

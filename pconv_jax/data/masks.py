@@ -16,14 +16,13 @@ Writing a test set with the NVIDIA test-set layout (PNG, white 255 = hole)::
 
 from __future__ import annotations
 
-import argparse
 import os
 from collections.abc import Sequence
 from typing import Literal
 
 import cv2
-import ml_collections
 import numpy as np
+from absl import app, flags
 
 from pconv_jax.data import images
 
@@ -39,35 +38,6 @@ _MAX_SHAPES = 2000  # attempts per mask before starting again from an empty canv
 
 # NVIDIA's test set: every N mask keeps its holes at least 50 px from the border at 512x512.
 NVIDIA_MARGIN, NVIDIA_SIDE = 50, 512
-
-
-def default_mask_config() -> ml_collections.ConfigDict:
-    """Returns the default `config.masks`.
-
-    Keys:
-      source: 'generated' (drawn on the fly by `generate_mask`) or 'nvidia' (the NVIDIA
-        irregular training masks, augmented by `nvidia_masks.augment_train_mask`).
-      hole_ratio_min, hole_ratio_max: generated masks have a hole ratio in (min, max].
-      border: 'any', 'avoid' (no hole within `border_margin` of the border: N masks) or
-        'touch' (some hole pixel within it: B masks).
-      nvidia_train_dir: folder holding the NVIDIA training masks (`disocclusion_img_mask/*.png`
-        or the PNGs themselves); black = hole.
-      nvidia_dilation_min, nvidia_dilation_max: random dilation kernel size in pixels.
-      nvidia_rotate: rotate NVIDIA training masks by a random angle.
-      test_dir: a test mask set (NVIDIA `testing_mask_dataset` or one written by
-        `write-test-set`), white = hole; read by `nvidia_masks.scan_test_masks`.
-    """
-    config = ml_collections.ConfigDict()
-    config.source = "generated"
-    config.hole_ratio_min = 0.01
-    config.hole_ratio_max = 0.6
-    config.border = "any"
-    config.nvidia_train_dir = ""
-    config.nvidia_dilation_min = 5
-    config.nvidia_dilation_max = 47
-    config.nvidia_rotate = True
-    config.test_dir = ""
-    return config
 
 
 def hole_ratio(mask: np.ndarray) -> float:
@@ -286,21 +256,26 @@ def write_test_set(out_dir: str, *, per_cell: int = 1000, size: int = 512, seed:
     return len(jobs)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m pconv_jax.data.masks", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True)
-    write = commands.add_parser("write-test-set", help="write a test mask set (white = hole)")
-    write.add_argument("out_dir")
-    write.add_argument("--per-cell", type=int, default=1000, help="masks per bin and N/B cell")
-    write.add_argument("--size", type=int, default=512)
-    write.add_argument("--seed", type=int, default=0)
-    write.add_argument("--workers", type=int, default=1, help="processes drawing masks")
-    args = parser.parse_args(argv)
-    count = write_test_set(args.out_dir, per_cell=args.per_cell, size=args.size,
+def define_flags() -> None:
+    """The command's flags (defined by the command only, so that importing this module doesn't)."""
+    flags.DEFINE_integer("per-cell", 1000, "masks per bin and N/B cell")
+    flags.DEFINE_integer("size", 512, "side of the square masks")
+    flags.DEFINE_integer("seed", 0, "seed of the set")
+    flags.DEFINE_integer("workers", 1, "processes drawing masks")
+
+
+def main(argv: Sequence[str]) -> None:
+    """`python -m pconv_jax.data.masks write-test-set OUT_DIR [--per-cell K] [--size S] ...`."""
+    if len(argv) != 3 or argv[1] != "write-test-set":
+        raise app.UsageError("usage: python -m pconv_jax.data.masks write-test-set OUT_DIR "
+                             "[--per-cell K] [--size S] [--seed N] [--workers W]")
+    out_dir, args = argv[2], flags.FLAGS
+    count = write_test_set(out_dir, per_cell=args["per-cell"].value, size=args.size,
                            seed=args.seed, workers=args.workers)
-    print(f"wrote {count} masks to {args.out_dir}")
+    print(f"wrote {count} masks to {out_dir}")
 
 
 if __name__ == "__main__":
-    main()
+    from pconv_jax import cli
+    define_flags()
+    cli.run(main)

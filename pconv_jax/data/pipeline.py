@@ -22,7 +22,7 @@ import tensorflow as tf
 
 from pconv_jax.data import sources as data_sources
 from pconv_jax.data.images import try_read_image
-from pconv_jax.data.masks import default_mask_config, generate_mask
+from pconv_jax.data.masks import generate_mask
 from pconv_jax.data.nvidia_masks import NvidiaTrainMasks
 
 try:  # TensorFlow only feeds data: keep it off the accelerators JAX uses.
@@ -32,47 +32,6 @@ except RuntimeError:  # TensorFlow was initialised already; nothing left to hide
 
 DATASETS = ("demo", "folder") + data_sources.TFDS_NAMES
 Batch = dict[str, np.ndarray]
-
-
-def default_config() -> ml_collections.ConfigDict:
-    """Returns the default `config.data`.
-
-    Keys:
-      name: 'demo' | 'places365_small' | 'celeb_a_hq/256' | 'celeb_a_hq/512' | 'folder'.
-      image_size: side of the square training crops.
-      eval_size: side of the evaluation images; 0 means image_size.
-      batch_size: global batch size, divided evenly among processes.
-      resize_mode: 'crop' keeps the native resolution (images smaller than the crop are scaled
-        up) and takes a random crop (centre crop for evaluation); 'resize' first scales the
-        shorter side to the crop size.
-      folder: image folder for name='folder' (recursive .jpg/.jpeg/.png/.webp).
-      heldout_count: images held out for evaluation (folder; CelebA-HQ's last examples).
-      heldout_fraction: if > 0, the held-out fraction of a folder (wins over heldout_count).
-      eval_images: number of held-out images `load_eval_images` returns by default.
-      tfds_data_dir: TFDS data directory ('' = TFDS' default).
-      manual_dir: folder with manually downloaded files (CelebA-HQ); '' = TFDS' default.
-      download: let TFDS download and prepare datasets that are missing.
-      shuffle_buffer: TFDS shuffle buffer (examples).
-      num_parallel_calls: parallel decode/augment calls; -1 = tf.data.AUTOTUNE.
-      prefetch: batches prepared ahead.
-    """
-    config = ml_collections.ConfigDict()
-    config.name = "demo"
-    config.image_size = 256
-    config.eval_size = 0
-    config.batch_size = 8
-    config.resize_mode = "crop"
-    config.folder = ""
-    config.heldout_count = 1000
-    config.heldout_fraction = 0.0
-    config.eval_images = 100
-    config.tfds_data_dir = ""
-    config.manual_dir = ""
-    config.download = True
-    config.shuffle_buffer = 10_000
-    config.num_parallel_calls = -1
-    config.prefetch = 2
-    return config
 
 
 # ----------------------------------------------------------------------------- pipeline object
@@ -276,8 +235,8 @@ def create_train_pipeline(config: ml_collections.ConfigDict, *, seed: int,
     """Builds the training pipeline of this process from `config.data` and `config.masks`.
 
     Args:
-      config: the whole config; reads `config.data` (see `default_config`) and `config.masks`
-        (see `pconv_jax.data.masks.default_mask_config`; defaults if absent).
+      config: the whole config; reads `config.data` and `config.masks` (keys and defaults:
+        `configs/default.py`).
       seed: non-negative int; the same seed gives the same batches.
       process_index, process_count: this process's share; default jax.process_index() and
         jax.process_count().
@@ -294,7 +253,7 @@ def create_train_pipeline(config: ml_collections.ConfigDict, *, seed: int,
                          f"{process_count} processes.")
     local_batch = data.batch_size // process_count
     size, mode = int(data.image_size), _check_mode(data.resize_mode)
-    mask_fn = make_mask_fn(config.get("masks") or default_mask_config(), size)
+    mask_fn = make_mask_fn(config.masks, size)
     order_key, crop_key, mask_key = (_key(seed, process_index, i) for i in range(3))
     parallel = _parallel(config)
 
@@ -355,13 +314,14 @@ def load_eval_images(config: ml_collections.ConfigDict, count: int | None = None
     Every process gets the same images.
 
     Args:
-      config: the whole config (reads `config.data`).
-      count: number of images; default `config.data.eval_images`.
-      size: side length; default `config.data.eval_size`, or `image_size` if that is 0.
+      config: the whole config (reads `config.data`, `config.eval.num_images` and
+        `config.eval.image_size`).
+      count: number of images; default `config.eval.num_images`.
+      size: side length; default `eval_image_size(config)`.
     """
     data = config.data
-    count = int(data.eval_images if count is None else count)
-    size = int(size or data.eval_size or data.image_size)
+    count = int(config.eval.num_images if count is None else count)
+    size = int(size or eval_image_size(config))
     mode = _check_mode(data.resize_mode)
     if data.name == "demo":
         images = _demo_eval_images(size)
@@ -386,12 +346,12 @@ def load_eval_images(config: ml_collections.ConfigDict, count: int | None = None
         raise ValueError(f"config.data.name must be one of {DATASETS}, got {data.name!r}.")
     if len(images) < count:
         raise ValueError(f"{data.name} holds only {len(images)} held-out images of size {size}, "
-                         f"{count} were asked for; lower the count (config.data.eval_images) or "
+                         f"{count} were asked for; lower the count (config.eval.num_images) or "
                          f"hold out more images.")
     return np.stack([_eval_image(tf.constant(image), size, mode).numpy()
                      for image in images[:count]]).astype(np.float32)
 
 
-def num_demo_eval_images(size: int) -> int:
-    """How many held-out images the demo source provides at `size`."""
-    return len(_demo_eval_images(size))
+def eval_image_size(config: ml_collections.ConfigDict) -> int:
+    """The side of every evaluation image: `config.eval.image_size`, or the training size."""
+    return int(config.eval.image_size or config.data.image_size)

@@ -33,6 +33,7 @@ from collections.abc import Callable, Sequence
 
 import ml_collections
 import numpy as np
+from absl import logging
 from tqdm import tqdm
 
 from pconv_jax.evaluation import baselines
@@ -43,28 +44,10 @@ from pconv_jax.data import nvidia_masks
 METRICS = ("l1", "psnr", "ssim")
 METRIC_TITLES = {"l1": "L1 (%)", "psnr": "PSNR (dB)", "ssim": "SSIM"}
 LABELS = ("N", "B")
-METHODS = ("model", "telea", "ns")
+METHODS = ("model",) + baselines.CLASSICAL_METHODS  # what `run` and the commands accept
 
 # images (B, H, W, 3), masks (B, H, W, 1) 1 = valid  ->  composites (B, H, W, 3) in [0, 1]
 Inpainter = Callable[[np.ndarray, np.ndarray], np.ndarray]
-
-
-def default_config() -> ml_collections.ConfigDict:
-    """`config.eval`: which test masks, how many held-out images, which method."""
-    return ml_collections.ConfigDict(dict(
-        test_masks="",       # directory of a test mask set in the NVIDIA test convention
-                             # (white = hole, blocks of 2K per bin, first K of a block N);
-                             # '' = generate our own 6x2 set into the workdir
-        masks_per_cell=8,    # K: masks per (bin, N/B) cell when generating our own set
-        mask_seed=0,         # seed of the generated set
-        num_images=0,        # held-out images (0 = config.data.eval_images); mask file j is
-                             # paired with image j mod num_images
-        batch_size=8,
-        method="model",      # 'model' | 'telea' | 'ns' (OpenCV's classical inpainting)
-        inpaint_radius=3,    # OpenCV inpaint radius for 'telea' and 'ns'
-        checkpoint_step=-1,  # -1 = the latest checkpoint
-        psnr_cap=100.0,      # PSNR (dB) reported for identical images (MSE = 0)
-    ))
 
 
 def cell_name(bin_index: int, label: str) -> str:
@@ -82,13 +65,19 @@ class EvalMaskSet:
     left_out: tuple[nvidia_masks.LeftOutFile, ...] = ()
 
     @classmethod
-    def scan(cls, directory: str) -> "EvalMaskSet":
+    def scan(cls, directory: str) -> EvalMaskSet:
         """Reads a test mask directory (NVIDIA test set or `write_test_set` output).
 
         Files whose pixels contradict their label (hole ratio outside the bin, wrong N/B) or
         that cannot be read are left out with a warning (see `nvidia_masks.scan_test_masks`).
         """
         scanned = nvidia_masks.scan_test_masks(directory)
+        if not scanned.records:
+            left_out = [str(f) for f in scanned.left_out]
+            shown = "; ".join(left_out[:2])
+            more = f"; and {len(left_out) - 2} more" if len(left_out) > 2 else ""
+            raise ValueError(f"no usable masks in {directory} ({len(left_out)} files left "
+                             f"out: {shown}{more})")
         return cls(tuple(scanned.records), tuple(scanned.left_out))
 
     def __len__(self) -> int:
@@ -123,7 +112,7 @@ def prepare_test_masks(config: ml_collections.ConfigDict, workdir: str,
         if len(glob.glob(os.path.join(directory, "*.png"))) != expected:
             if size[0] != size[1]:
                 raise ValueError(f"generating a test set needs square images, got {size}")
-            print(f"writing {expected} test masks to {directory}", file=sys.stderr)
+            logging.info("writing %d test masks to %s", expected, directory)
             masks_lib.write_test_set(directory, per_cell=k, size=size[0],
                                      seed=config.eval.mask_seed)
     return EvalMaskSet.scan(directory)
@@ -209,7 +198,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, method: str | None =
     defaults to config.eval.method. Returns the results dictionary written to results.json
     (results_telea.json / results_ns.json for the baselines, so they never overwrite the network's).
     """
-    from pconv_jax.data import pipeline as data  # heavy (TensorFlow): import only when evaluating
+    from pconv_jax.data import pipeline  # heavy (TensorFlow): import only when evaluating
 
     method = method or config.eval.method
     if method not in METHODS:
@@ -224,8 +213,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, method: str | None =
         inpaint = ModelInpainter(model, warn=False)  # one summary warning below
     else:
         inpaint = classical_inpainter(method, config.eval.inpaint_radius)
+    check_writable(workdir)  # before the evaluation, not after it
 
-    images = np.asarray(data.load_eval_images(config, config.eval.num_images or None), np.float32)
+    images = np.asarray(pipeline.load_eval_images(config), np.float32)
     test_masks = prepare_test_masks(config, workdir, images.shape[1:3])
     start = time.time()
     per_mask = evaluate(inpaint, images, test_masks, batch_size=config.eval.batch_size,
@@ -250,9 +240,22 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, method: str | None =
         seconds=round(time.time() - start, 2),
         per_mask={name: per_mask[name].tolist() for name in per_mask},
     )
+    print(format_table(table, title))  # first: a failed write still leaves the table on screen
     write_results(results, workdir, results_name(method))
-    print(format_table(table, title))
     return results
+
+
+def check_writable(workdir: str) -> None:
+    """Creates `workdir` if needed; a clear OSError if files cannot be written there."""
+    probe = os.path.join(workdir, f".write_test_{os.getpid()}")
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise OSError(f"cannot write the results into the workdir {workdir!r} ({e.strerror}); "
+                      f"pass a writable --workdir") from e
 
 
 def results_name(method: str) -> str:

@@ -37,8 +37,6 @@ config saved in the workdir by training; the latest checkpoint is restored (or `
 
 from __future__ import annotations
 
-import argparse
-import importlib.util
 import os
 import sys
 import warnings
@@ -48,11 +46,15 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import app, flags
 from flax import nnx
 from tqdm import tqdm
 
+from pconv_jax import cli
+from pconv_jax import config as config_lib
 from pconv_jax.data import images
 from pconv_jax.data.images import IMAGE_EXTENSIONS
+from pconv_jax.evaluation.table1 import METHODS
 from pconv_jax.network.unet import MASK_THRESHOLD, composite
 
 
@@ -103,28 +105,13 @@ def side_by_side(image: np.ndarray, mask: np.ndarray, result: np.ndarray,
     return np.concatenate([holes_white, spacer, result, spacer, image], axis=1)
 
 
-def load_config(spec: str) -> ml_collections.ConfigDict:
-    """A config from 'path/to/config.py[:arg]' (its get_config(arg)) or a saved JSON file."""
-    path, _, arg = spec.partition(":")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"config file {path!r} does not exist")
-    if path.endswith(".json"):
-        import json
-        with open(path) as f:
-            return ml_collections.ConfigDict(json.load(f))
-    module_spec = importlib.util.spec_from_file_location("_inpaint_config", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.get_config(arg) if arg else module.get_config()
-
-
 def workdir_config(workdir: str) -> ml_collections.ConfigDict:
     """The config training saved in the workdir (config.json); a clear error if there is none."""
     path = os.path.join(workdir, "config.json")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no config.json in workdir {workdir!r}: pass --config, the "
                                 f"config file the model was trained with")
-    return load_config(path)
+    return config_lib.load_config(path)
 
 
 def pair_folder(image_dir: str, mask_dir: str) -> list[tuple[str, str]]:
@@ -271,34 +258,40 @@ def build_inpainter(method: str, workdir: str | None, config_spec: str | None,
         return table1.classical_inpainter(method, radius), 1
     if not workdir:
         raise ValueError("--workdir is required with --method model (it holds the checkpoints)")
-    from pconv_jax.training import checkpoints as checkpointing
-    config = load_config(config_spec) if config_spec else workdir_config(workdir)
-    model, _ = checkpointing.restore_model(config, workdir, step=checkpoint)
+    from pconv_jax.training import checkpoints
+    config = config_lib.load_config(config_spec) if config_spec else workdir_config(workdir)
+    model, _ = checkpoints.restore_model(config, workdir, step=checkpoint)
     return ModelInpainter(model), 2**model.depth
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m pconv_jax.inference.inpaint", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--image", required=True, help="an image file, or a folder of images")
-    parser.add_argument("--mask", required=True, help="a mask file, or a folder of masks")
-    parser.add_argument("--out", required=True, help="output file, or folder in folder mode")
-    parser.add_argument("--workdir", help="training workdir (checkpoints, config.json)")
-    parser.add_argument("--config", help="config file (path.py[:arg]) if the workdir has none")
-    parser.add_argument("--checkpoint", type=int, help="checkpoint step (default: latest)")
-    parser.add_argument("--mask-holes", choices=("white", "black"), default="white",
-                        help="which mask colour marks holes (default white)")
-    parser.add_argument("--panel", help="single image: also write [input with holes | result | "
+def define_flags() -> None:
+    """The command's flags (defined by the command only, so that importing this module doesn't)."""
+    flags.DEFINE_string("image", None, "an image file, or a folder of images")
+    flags.DEFINE_string("mask", None, "a mask file, or a folder of masks")
+    flags.DEFINE_string("out", None, "output file, or folder in folder mode")
+    flags.DEFINE_string("workdir", None, "training workdir (checkpoints, config.json)")
+    flags.DEFINE_string("config", None, "config file (path.py[:arg] or config.json) if the "
+                        "workdir has none")
+    flags.DEFINE_integer("checkpoint", None, "checkpoint step (default: latest)")
+    flags.DEFINE_enum("mask-holes", "white", ["white", "black"], "which mask colour marks holes")
+    flags.DEFINE_string("panel", None, "single image: also write [input with holes | result | "
                         "original] to this file")
-    parser.add_argument("--method", choices=("model", "telea", "ns"), default="model",
-                        help="the network, or OpenCV's Telea / Navier-Stokes inpainting")
-    args = parser.parse_args(argv)
+    flags.DEFINE_enum("method", "model", list(METHODS),
+                      "the network, or OpenCV's Telea / Navier-Stokes inpainting")
 
-    folder_mode = os.path.isdir(args.image)
-    if folder_mode and not os.path.isdir(args.mask):
-        parser.error(f"--image {args.image!r} is a folder, so --mask must be a folder too")
-    pairs = (pair_folder(args.image, args.mask) if folder_mode
-             else [(args.image, args.mask)])
+
+def main(argv: Sequence[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    args = flags.FLAGS
+    missing = [f"--{name}" for name in ("image", "mask", "out") if not args[name].value]
+    if missing:
+        raise ValueError(f"{', '.join(missing)} required (see --help)")
+    image_arg, mask_arg, out_arg = args.image, args.mask, args.out
+    folder_mode = os.path.isdir(image_arg)
+    if folder_mode and not os.path.isdir(mask_arg):
+        raise ValueError(f"--image {image_arg!r} is a folder, so --mask must be a folder too")
+    pairs = (pair_folder(image_arg, mask_arg) if folder_mode else [(image_arg, mask_arg)])
     for image_path, mask_path in pairs:  # fail on a missing file before loading the model
         for path in (image_path, mask_path):
             if not os.path.isfile(path):
@@ -308,18 +301,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     fill, multiple = build_inpainter(args.method, args.workdir, args.config, args.checkpoint)
     for image_path, mask_path in tqdm(pairs, unit="image", file=sys.stderr,
                                       disable=not folder_mode):
-        image, mask = read_pair(image_path, mask_path, args.mask_holes)
+        image, mask = read_pair(image_path, mask_path, args["mask-holes"].value)
         result = inpaint_image(fill, image, mask, multiple)
-        out = (os.path.join(args.out, os.path.splitext(os.path.basename(image_path))[0] + ".png")
-               if folder_mode else args.out)
+        out = (os.path.join(out_arg, os.path.splitext(os.path.basename(image_path))[0] + ".png")
+               if folder_mode else out_arg)
         images.write_image(out, result)
         if args.panel and not folder_mode:
             images.write_image(args.panel, side_by_side(image, mask, result))
     if not folder_mode:
-        print(f"wrote {args.out}")
+        print(f"wrote {out_arg}")
     else:
-        print(f"wrote {len(pairs)} images to {args.out}")
+        print(f"wrote {len(pairs)} images to {out_arg}")
 
 
 if __name__ == "__main__":
-    main()
+    define_flags()
+    cli.run(main)

@@ -23,14 +23,6 @@ TERMS = ("valid", "hole", "perceptual", "style_out", "style_comp", "tv")
 DEFAULT_WEIGHTS = {"valid": 1.0, "hole": 6.0, "perceptual": 0.05, "style_out": 120.0, "style_comp": 120.0, "tv": 0.1}
 
 
-def default_config() -> ml_collections.ConfigDict:
-    """The loss config (`config.loss`): term weights and the VGG16 weights file ('' = none)."""
-    config = ml_collections.ConfigDict()
-    config.weights = ml_collections.ConfigDict(dict(DEFAULT_WEIGHTS))
-    config.vgg_weights = ""
-    return config
-
-
 def vgg_for_config(config: ml_collections.ConfigDict) -> VGGParams | None:
     """Loads the VGG16 that `config.loss` needs: None when the perceptual and both style
     weights are 0, else the weights in `config.vgg_weights` (an error if none is named)."""

@@ -32,22 +32,6 @@ def paper_kernel_sizes(depth: int) -> tuple[int, ...]:
     return tuple((7, 5, 5)[i] if i < 3 else 3 for i in range(depth))
 
 
-def default_config() -> ml_collections.ConfigDict:
-    """`config.model`: the paper's 256x256 network (depth 7). Use depth 8 for 512x512."""
-    return ml_collections.ConfigDict(dict(
-        depth=7,
-        base_width=64,     # encoder widths min(base_width * 2**i, max_width)
-        max_width=512,
-        partial=True,      # False: the paper's "Conv" baseline, same shapes, ordinary convolutions
-        hole_fill=0.5,     # the baseline's constant in holes (the paper: mean pixel 127.5/255)
-        bn_momentum=0.9,   # Flax convention: 1 - PyTorch's 0.1
-        dtype="float32",   # compute dtype; "bfloat16" for mixed precision (parameters stay float32)
-        remat=False,       # recompute each block's activations in the backward pass (less memory)
-        input_norm="none",  # pixel space inside the network: 'none' ([0, 1]), 'imagenet'
-                            # (torchvision mean/std), 'symmetric' ([-1, 1]); see INPUT_NORMS
-    ))
-
-
 class PartialConv(nnx.Module):
     """A partial convolution layer: holds kernel (HWIO) and bias, calls `partial_conv`.
 
@@ -188,8 +172,8 @@ class PConvUNet(nnx.Module):
         self.decoder = nnx.List(decoder)
 
     @classmethod
-    def from_config(cls, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs) -> "PConvUNet":
-        """Builds the network from `config.model` (see `default_config`)."""
+    def from_config(cls, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs) -> PConvUNet:
+        """Builds the network from `config.model` (keys and defaults: `configs/default.py`)."""
         return cls(depth=config.depth,
                    widths=paper_widths(config.depth, config.base_width, config.max_width),
                    partial=config.partial, hole_fill=config.hole_fill,
@@ -285,5 +269,5 @@ def composite(output: jax.Array, image: jax.Array, mask: jax.Array) -> jax.Array
 
 def encoder_batchnorm_filter(path, _value) -> bool:
     """True for the encoder's BatchNorm scale and bias (an optax mask / nnx filter on paths)."""
-    names = [str(getattr(p, "key", p)) for p in path]
+    names = jax.tree_util.keystr(path, simple=True, separator="/").split("/")
     return "encoder" in names and "bn" in names

@@ -16,14 +16,13 @@ concatenations of feature groups that each carry their own mask (a UNet decoder'
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Union
 
 import jax
 import jax.numpy as jnp
 
 Array = jax.Array
-Padding = Union[None, int, Sequence[tuple[int, int]]]
-IntPair = Union[int, Sequence[int]]
+Padding = int | Sequence[tuple[int, int]] | None
+IntPair = int | Sequence[int]
 
 _DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
 

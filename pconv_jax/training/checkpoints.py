@@ -68,20 +68,16 @@ def checkpoint_dir(workdir: str) -> str:
     return os.path.join(os.path.abspath(workdir), CHECKPOINT_SUBDIR)
 
 
-def _key_name(key: Any) -> str:
-    for attr in ("key", "name", "idx"):
-        if hasattr(key, attr):
-            return str(getattr(key, attr))
-    return str(key)
+def path_name(path: tuple) -> str:
+    """'encoder/1/bn/mean' for a pytree path (an nnx.Variable's '/value' dropped)."""
+    return jax.tree_util.keystr(path, simple=True, separator="/").removesuffix("/value")
 
 
 def _flat_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
     """{'encoder/1/bn/mean/value': shape, ...} of every array (or array metadata) in a tree."""
     leaves = jax.tree_util.tree_flatten_with_path(
         tree, is_leaf=lambda x: hasattr(x, "shape") and not isinstance(x, (dict, nnx.Variable)))[0]
-    names = lambda path: [_key_name(k) for k in path]
-    return {"/".join(n[:-1] if n and n[-1] == "value" else n): tuple(leaf.shape)
-            for path, leaf in leaves if hasattr(leaf, "shape") for n in [names(path)]}
+    return {path_name(path): tuple(leaf.shape) for path, leaf in leaves if hasattr(leaf, "shape")}
 
 
 def check_compatible(saved: Any, target: Any, where: str) -> None:
@@ -152,7 +148,7 @@ def nonfinite_arrays(tree: Any) -> list[str]:
         return []
     flags = _finite_flags([x for _, x in leaves])
     flags = np.asarray(flags.addressable_data(0) if isinstance(flags, jax.Array) else flags)
-    names = ["/".join(_key_name(k) for k in path).removesuffix("/value") for path, _ in leaves]
+    names = [path_name(path) for path, _ in leaves]
     return [name for name, ok in zip(names, flags) if not ok]
 
 
@@ -431,9 +427,3 @@ def restore_model(config: ml_collections.ConfigDict, workdir: str, step: int | N
     model = nnx.merge(graphdef, state["params"], state["batch_stats"])
     model.eval()
     return model, step
-
-
-def tree_equal(a: Any, b: Any) -> bool:
-    """Bitwise equality of two trees of arrays (for tests and resume checks)."""
-    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
-    return len(la) == len(lb) and all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(la, lb))

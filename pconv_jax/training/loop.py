@@ -21,14 +21,15 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from pconv_jax.training import checkpoints as checkpointing
-from pconv_jax.training import mesh as parallel
-from pconv_jax.training import logs
-from pconv_jax.training import workdir as workdir_lib
-from pconv_jax.training.step import TrainState, create_train_state, make_optimizer, steps_for
+from pconv_jax import config as config_lib
 from pconv_jax.data.masks import generate_mask
+from pconv_jax.loss import losses
+from pconv_jax.training import checkpoints, logs
+from pconv_jax.training import workdir as workdir_lib
+from pconv_jax.training.mesh import global_batch, make_data_mesh, replicate, replicated
+from pconv_jax.training.step import (Steps, TrainState, create_train_state, make_steps,
+                                     network_graphdef)
 
-VGG_TERMS = ("perceptual", "style_out", "style_comp")
 # The exit status of a preempted run after its final save: 128 + SIGTERM, what a process killed by
 # SIGTERM reports, so that schedulers requeue it instead of counting it as finished.
 EXIT_PREEMPTED = 143
@@ -45,19 +46,11 @@ class Preempted(SystemExit):
         self.step, self.state = step, state
 
 
-def load_vgg(config: ml_collections.ConfigDict):
-    """The frozen VGG16 weights when a perceptual or style weight is > 0, else None."""
-    if max(float(config.loss.weights[t]) for t in VGG_TERMS) <= 0:
-        return None
-    from pconv_jax.weights import vgg16_files  # the loader; imported here so that VGG-free runs skip it
-    return vgg16_files.load_vgg16(config.loss.vgg_weights)
-
-
 def eval_batch(config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
     """The fixed held-out batch: the first eval_batch_size held-out images with seeded masks."""
-    from pconv_jax.data import pipeline as data
+    from pconv_jax.data import pipeline
     count = int(config.train.eval_batch_size)
-    images = np.asarray(data.load_eval_images(config, count), np.float32)
+    images = np.asarray(pipeline.load_eval_images(config, count), np.float32)
     size = images.shape[1:3]
     masks = np.stack([generate_mask((config.seed, 10_000 + i), size,
                                     hole_ratio_range=(config.masks.hole_ratio_min,
@@ -102,10 +95,10 @@ def check_dataset(config: ml_collections.ConfigDict) -> None:
 def _restore_or_init(config, checkpointer, tx, mesh, pipeline):
     """(graphdef, state): own checkpoint -> config.train.init_from -> fresh init."""
     graphdef, state = create_train_state(config, tx, mesh)
-    replicated = parallel.replicated(mesh)
-    abstract_model = checkpointing.abstract_like(state.model_item(), replicated)
+    sharding = replicated(mesh)
+    abstract_model = checkpoints.abstract_like(state.model_item(), sharding)
     if checkpointer.latest_step() is not None:
-        abstract_train = checkpointing.abstract_like(state.train_item(), replicated)
+        abstract_train = checkpoints.abstract_like(state.train_item(), sharding)
         model, train, data_states, step = checkpointer.restore(abstract_model, abstract_train)
         state = TrainState(params=model["params"], batch_stats=model["batch_stats"], **train)
         index, count = jax.process_index(), jax.process_count()
@@ -117,20 +110,20 @@ def _restore_or_init(config, checkpointer, tx, mesh, pipeline):
                             None if data_states is None else len(data_states), count)
         logging.info("resumed from %s at step %d", checkpointer.directory, step)
     elif config.train.init_from:
-        init_dir = checkpointing.checkpoint_dir(config.train.init_from)
+        init_dir = checkpoints.checkpoint_dir(config.train.init_from)
         if not os.path.isdir(init_dir):
             raise FileNotFoundError(
                 f"config.train.init_from = {config.train.init_from!r} holds no checkpoints "
                 f"({init_dir}): run the train stage first, or point init_from at its workdir")
-        source = checkpointing.Checkpointer(init_dir, save_every_steps=1, keep=1,
-                                            asynchronous=False, read_only=True,
-                                            network=checkpointing.network_config(config.model))
+        source = checkpoints.Checkpointer(init_dir, save_every_steps=1, keep=1,
+                                          asynchronous=False, read_only=True,
+                                          network=checkpoints.network_config(config.model))
         try:
             model, step = source.restore_model(abstract_model)
         finally:
             source.close()
         state = state.replace(params=model["params"], batch_stats=model["batch_stats"],
-                              opt_state=parallel.replicate(tx.init(model["params"]), mesh))
+                              opt_state=replicate(tx.init(model["params"]), mesh))
         logging.info("initialised the network from %s (step %d)", init_dir, step)
     return graphdef, state
 
@@ -168,47 +161,53 @@ class MetricsWindow:
         return logs.mean_metrics(host)
 
 
-def _last_checkpoint_text(checkpointer: checkpointing.Checkpointer) -> str:
+def _last_checkpoint_text(checkpointer: checkpoints.Checkpointer) -> str:
     return checkpointer.last_good_text()
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       steps: Steps | None = None) -> TrainState:
     """Trains (or fine-tunes) per `config`, checkpointing and logging into `workdir`.
 
+    `steps`: the optimizer and jitted steps for this config's network (`make_steps`), built
+    here when None; passing them lets several runs in one process share their compilations.
     Returns the final TrainState. Raises FloatingPointError when the loss or the state to be
     saved is not finite (the last checkpoint stays the last good one), WorkdirBusyError when
     another run holds the workdir, and Preempted (a SystemExit with status 143) after the final
     save of a run stopped by SIGTERM.
     """
+    # --- Setup: checks and frozen VGG (before the workdir exists), workdir, writers, steps, data.
+    mesh = make_data_mesh()
+    config_lib.validate(config, mesh.size)
+    check_dataset(config)
+    vgg = losses.vgg_for_config(config.loss)  # None when no VGG term is on
+    vgg = None if vgg is None else replicate(vgg, mesh)
     workdir = prepare_workdir(workdir)
     with workdir_lib.WorkdirLock(workdir, jax.process_index()):
-        return _train_and_evaluate(config, workdir)
+        return _train(config, workdir, mesh, vgg, steps)
 
 
-def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
-    from pconv_jax.data import pipeline as data  # TensorFlow: imported when training, not with the module
+def _train(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.Mesh, vgg,
+           steps: Steps | None) -> TrainState:
+    """The run itself, in a locked workdir."""
+    from pconv_jax.data import pipeline as data_pipeline  # TensorFlow: only when training
 
-    # --- Setup: mesh, writers, optimizer, frozen VGG, data, checkpoints.
-    check_dataset(config)
-    mesh = parallel.make_data_mesh()
-    parallel.check_batch_size(config.data.batch_size, mesh)
     writer = logs.create_writer(workdir)
-    tx = make_optimizer(config)
-    vgg = load_vgg(config)
-    vgg = None if vgg is None else parallel.replicate(vgg, mesh)
-    pipeline = data.create_train_pipeline(config, seed=config.seed)
-    checkpointer = checkpointing.Checkpointer(
-        checkpointing.checkpoint_dir(workdir), save_every_steps=config.train.checkpoint_every_steps,
+    steps = steps or make_steps(config, network_graphdef(config))
+    tx = steps.tx
+    pipeline = data_pipeline.create_train_pipeline(config, seed=config.seed)
+    checkpointer = checkpoints.Checkpointer(
+        checkpoints.checkpoint_dir(workdir), save_every_steps=config.train.checkpoint_every_steps,
         keep=config.train.keep_checkpoints, asynchronous=config.train.async_checkpoints,
-        network=checkpointing.network_config(config.model))
+        network=checkpoints.network_config(config.model))
     checkpointer.install_signal_handler()
     try:
         # --- State: own checkpoint -> config.train.init_from -> fresh initialisation.
-        graphdef, state = _restore_or_init(config, checkpointer, tx, mesh, pipeline)
+        _, state = _restore_or_init(config, checkpointer, tx, mesh, pipeline)
         _write_config(config, workdir)  # only now: a refused resume leaves the old one
-        train_step, eval_step = steps_for(graphdef, config)
+        train_step, eval_step = steps.train, steps.eval
         held_out = eval_batch(config)
-        held_out_global = {k: jax.make_array_from_process_local_data(parallel.replicated(mesh), v)
+        held_out_global = {k: jax.make_array_from_process_local_data(replicated(mesh), v)
                            for k, v in held_out.items()}
         num_steps = int(config.train.num_steps)
         first_step = int(jax.device_get(state.step)) + 1
@@ -223,7 +222,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Trai
         # --- The loop.
         with jax.set_mesh(mesh):
             for step in range(first_step, num_steps + 1):
-                batch = parallel.global_batch(next(pipeline), mesh)
+                batch = global_batch(next(pipeline), mesh)
                 state, metrics = train_step(state, batch, vgg)
                 window.add(metrics)
                 report_progress(step)
@@ -237,7 +236,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Trai
                                    learning_rate=float(config.train.learning_rate))
                     writer.write_scalars(step, summary)
                 if last or step % config.train.eval_every_steps == 0:
-                    evaluate(eval_step, state, held_out, held_out_global, writer, step)
+                    log_held_out(eval_step, state, held_out, held_out_global, writer, step)
                 if save:
                     checkpointer.save(step, model=state.model_item(), train=state.train_item(),
                                       data_state=pipeline.get_state(), force=last or stop)
@@ -253,12 +252,13 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Trai
         checkpointer.close()
 
 
-def evaluate(eval_step, state, held_out, held_out_global, writer, step: int) -> dict[str, float]:
+def log_held_out(eval_step, state, held_out, held_out_global, writer, step: int
+                 ) -> dict[str, float]:
     """L1 / PSNR on the fixed held-out batch and its image grid, written at `step`."""
     metrics, output, comp = eval_step(state, held_out_global)
     metrics = {f"eval_{k}": float(v) for k, v in jax.device_get(metrics).items()}
     writer.write_scalars(step, metrics)
-    grid = logs.image_grid(held_out["image"], held_out["mask"],
-                                    np.asarray(jax.device_get(output)), np.asarray(jax.device_get(comp)))
+    grid = logs.image_grid(held_out["image"], held_out["mask"], np.asarray(jax.device_get(output)),
+                           np.asarray(jax.device_get(comp)))
     writer.write_images(step, {"held_out": grid[None]})
     return metrics

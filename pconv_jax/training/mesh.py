@@ -71,16 +71,6 @@ def batch_sharded(mesh: jax.sharding.Mesh) -> NamedSharding:
     return NamedSharding(mesh, P(DATA_AXIS))
 
 
-def check_batch_size(global_batch_size: int, mesh: jax.sharding.Mesh) -> int:
-    """Returns the per-process batch size; raises if the batch does not split evenly."""
-    devices, processes = mesh.devices.size, jax.process_count()
-    if global_batch_size % devices:
-        raise ValueError(f"config.data.batch_size = {global_batch_size} (global) must be a "
-                         f"multiple of the device count {devices}; e.g. use "
-                         f"{max(1, global_batch_size // devices) * devices}")
-    return global_batch_size // processes
-
-
 def global_batch(local_batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
     """Process-local NumPy arrays -> global arrays sharded on 'data' (no host synchronisation)."""
     sharding = batch_sharded(mesh)

@@ -6,7 +6,7 @@ sharded, so BatchNorm statistics are global over the whole batch and gradients c
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -17,9 +17,10 @@ import ml_collections
 import optax
 from flax import nnx
 
+from pconv_jax.evaluation import metrics as image_metrics
 from pconv_jax.loss import losses
 from pconv_jax.network.unet import PConvUNet, composite, encoder_batchnorm_filter
-from pconv_jax.training import mesh as parallel
+from pconv_jax.training.mesh import replicate
 
 
 @flax.struct.dataclass
@@ -44,17 +45,14 @@ def _param_labels(params: Any) -> Any:
         lambda path, v: "frozen" if encoder_batchnorm_filter(path, v) else "trained", params)
 
 
-def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """Adam at `config.train.learning_rate`; with `freeze_encoder_bn` the encoder's BatchNorm
-    scale and bias get zero updates and no Adam state (optax.multi_transform)."""
-    train = config.train
-    return _optimizer(float(train.learning_rate), float(train.adam_b1), float(train.adam_b2),
-                      bool(train.freeze_encoder_bn))
+def make_optimizer(train: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """The optimizer of `config.train`, built once per run for state creation and the step alike.
 
-
-def _optimizer(learning_rate: float, b1: float, b2: float, freeze_encoder_bn: bool):
-    adam = optax.adam(learning_rate, b1=b1, b2=b2)
-    if not freeze_encoder_bn:
+    Adam at `learning_rate`; with `freeze_encoder_bn` the encoder's BatchNorm scale and bias get
+    zero updates and no Adam state (optax.multi_transform).
+    """
+    adam = optax.adam(float(train.learning_rate), b1=float(train.adam_b1), b2=float(train.adam_b2))
+    if not train.freeze_encoder_bn:
         return adam
     return optax.multi_transform({"trained": adam, "frozen": optax.set_to_zero()}, _param_labels)
 
@@ -72,7 +70,7 @@ def create_train_state(config: ml_collections.ConfigDict, tx: optax.GradientTran
     graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
                        opt_state=tx.init(params))
-    return graphdef, parallel.replicate(state, mesh)
+    return graphdef, replicate(state, mesh)
 
 
 # ----------------------------------------------------------------------------- steps
@@ -116,19 +114,27 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
     return jax.jit(train_step, donate_argnums=0)
 
 
-def steps_for(graphdef: nnx.GraphDef, config: ml_collections.ConfigDict) -> tuple[Callable, Callable]:
-    """(train_step, eval_step) for the config; a later run in this process with the same network
-    and step settings reuses them and their compilations."""
-    train = config.train
-    return _cached_steps(graphdef, tuple(sorted((k, float(v)) for k, v in config.loss.weights.items())),
-                         float(train.learning_rate), float(train.adam_b1), float(train.adam_b2),
-                         bool(train.freeze_encoder_bn))
+@dataclasses.dataclass(frozen=True)
+class Steps:
+    """The optimizer and the jitted steps of one run (they share `tx`)."""
+    tx: optax.GradientTransformation
+    train: Callable
+    eval: Callable
 
 
-@functools.lru_cache(maxsize=4)
-def _cached_steps(graphdef, weights, learning_rate, b1, b2, freeze_encoder_bn):
-    tx = _optimizer(learning_rate, b1, b2, freeze_encoder_bn)
-    return make_train_step(graphdef, tx, dict(weights), freeze_encoder_bn), make_eval_step(graphdef)
+def make_steps(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef) -> Steps:
+    """Builds the optimizer once and the train and eval steps around it."""
+    tx = make_optimizer(config.train)
+    freeze = bool(config.train.freeze_encoder_bn)
+    return Steps(tx, make_train_step(graphdef, tx, dict(config.loss.weights), freeze),
+                 make_eval_step(graphdef))
+
+
+def network_graphdef(config: ml_collections.ConfigDict) -> nnx.GraphDef:
+    """The graph definition of the config's network, without allocating its parameters."""
+    model = nnx.eval_shape(lambda: create_model(config))
+    model.freeze_encoder_bn = bool(config.train.freeze_encoder_bn)
+    return nnx.split(model, nnx.Param, nnx.BatchStat)[0]
 
 
 def make_eval_step(graphdef: nnx.GraphDef) -> Callable:
@@ -139,10 +145,8 @@ def make_eval_step(graphdef: nnx.GraphDef) -> Callable:
     def eval_step(state: TrainState, batch):
         output, _ = forward(state.params, state.batch_stats, batch["image"], batch["mask"])
         comp = jnp.clip(composite(output, batch["image"], batch["mask"]), 0.0, 1.0)
-        error = comp - batch["image"]
-        mse = jnp.maximum(jnp.mean(jnp.square(error), axis=(1, 2, 3)), 1e-10)
-        metrics = {"l1_percent": 100.0 * jnp.mean(jnp.abs(error)),
-                   "psnr": jnp.mean(-10.0 * jnp.log10(mse))}
+        metrics = {"l1_percent": jnp.mean(image_metrics.l1_percent(comp, batch["image"])),
+                   "psnr": jnp.mean(image_metrics.psnr(comp, batch["image"]))}
         return metrics, output, comp
 
     return jax.jit(eval_step)

@@ -61,7 +61,8 @@ def check_target(workdir: str, force: bool) -> None:
 def full_config(model_config, experiment: str):
     """The config training would write for this network (data, loss, eval at defaults)."""
     from pconv_jax import config as config_lib
-    config = config_lib.base_config(experiment, config_lib.ConfigArg())
+    config = config_lib.default_config()
+    config.experiment = experiment
     config.model = model_config
     return config
 

@@ -46,6 +46,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from pconv_jax import config as config_lib
 from pconv_jax.network import unet
 from pconv_jax.weights import torch_pickle
 
@@ -297,7 +298,7 @@ def _fill_block(fmt: _Format, block, layer: _Layer, state: Mapping[str, np.ndarr
 def model_config(depth: int, base_width: int, max_width: int,
                  input_norm: str) -> ml_collections.ConfigDict:
     """`config.model` of a converted network."""
-    config = unet.default_config()
+    config = config_lib.default_config().model
     config.depth, config.base_width, config.max_width = depth, base_width, max_width
     config.input_norm = input_norm
     return config

@@ -11,15 +11,13 @@ The format is detected from the file's content:
 
 from __future__ import annotations
 
-import argparse
 import os
-import pickle
 import struct
-import sys
 import zipfile
 from typing import Mapping, Sequence
 
 import numpy as np
+from absl import app
 
 from pconv_jax.network.vgg16 import VGG16_CONVS, VGGParams, make_params
 from pconv_jax.weights import checks, torch_pickle
@@ -255,21 +253,17 @@ def save_npz(params: VGGParams, path: str | os.PathLike) -> None:
         np.savez(f, preprocessing=np.asarray(params.preprocessing), **arrays)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def main(argv: Sequence[str]) -> None:
     """`python -m pconv_jax.weights.vgg16_files convert SRC DST.npz`."""
-    parser = argparse.ArgumentParser(prog="python -m pconv_jax.weights.vgg16_files", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    convert = sub.add_parser("convert", help="convert a .pth/.safetensors/.h5 VGG16 file to .npz")
-    convert.add_argument("src")
-    convert.add_argument("dst")
-    args = parser.parse_args(argv)
-    try:
-        params = load_vgg16(args.src)
-    except (OSError, KeyError, ValueError, pickle.UnpicklingError) as err:
-        parser.exit(1, f"error: {err}\n")
-    save_npz(params, args.dst)
-    print(f"Wrote {args.dst} (preprocessing: {params.preprocessing}).", file=sys.stderr)
+    if len(argv) != 4 or argv[1] != "convert":
+        raise app.UsageError("usage: python -m pconv_jax.weights.vgg16_files convert SRC DST.npz "
+                             "(SRC: a .pth, .safetensors, .h5 or .npz VGG16 file)")
+    src, dst = argv[2], argv[3]
+    params = load_vgg16(src)
+    save_npz(params, dst)
+    print(f"wrote {dst} (preprocessing: {params.preprocessing})")
 
 
 if __name__ == "__main__":
-    main()
+    from pconv_jax import cli
+    cli.run(main)

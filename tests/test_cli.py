@@ -1,0 +1,106 @@
+"""Every command: a user's mistake prints one `error: ...` line and exits 1, promptly."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+from test_train_helpers import REPO
+
+from pconv_jax import cli
+
+TINY = ["--config.model.depth=2", "--config.model.base_width=4", "--config.model.max_width=8",
+        "--config.data.image_size=16", "--config.data.num_parallel_calls=1"]
+
+
+def run_command(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "PCONV_JAX_DEBUG")}
+    env["PYTHONPATH"] = str(REPO)
+    return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, pattern: str) -> None:
+    assert result.returncode == 1, (result.returncode, result.stderr[-3000:])
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, result.stderr[-3000:]
+    ours = [line for line in result.stderr.splitlines()  # TensorFlow's C++ start-up lines aside
+            if not re.match(r"(WARNING: All log messages before absl|[IWE]\d{4} )", line)]
+    assert len(ours) <= 5, result.stderr[-3000:]
+    assert re.search(pattern, errors[0]), errors[0]
+
+
+def test_misspelt_config_key(tmp_path):
+    result = run_command("train.py", "--config", "configs/demo.py",
+                         "--config.train.num_stepz=3", "--workdir", str(tmp_path / "w"))
+    assert_one_line_error(result, r"unknown config key 'num_stepz' in train\.num_stepz")
+    assert not (tmp_path / "w").exists()
+
+
+def test_missing_config_file_and_bad_config_argument():
+    result = run_command("eval.py", "--config", "configs/nosuch.py")
+    assert_one_line_error(result, r"--config: config file 'configs/nosuch.py' does not exist")
+    result = run_command("train.py", "--config", "configs/places2.py:tune")
+    assert_one_line_error(result, r"unknown config argument 'tune'")
+
+
+def test_batch_size_zero_before_the_workdir_exists(tmp_path):
+    result = run_command("train.py", "--config", "configs/demo.py", "--config.data.batch_size=0",
+                         "--workdir", str(tmp_path / "w"))
+    assert_one_line_error(result, r"config.data.batch_size must be an integer >= 1, got 0")
+    assert not (tmp_path / "w").exists()
+
+
+def test_missing_image(tmp_path):
+    result = run_command("inpaint.py", "--image", str(tmp_path / "nope.png"), "--mask",
+                         str(tmp_path / "mask.png"), "--out", str(tmp_path / "o.png"),
+                         "--method", "telea")
+    assert_one_line_error(result, r"nope.png' does not exist")
+
+
+def test_module_commands_keep_their_command_lines(tmp_path):
+    out = tmp_path / "masks"
+    result = run_command("-m", "pconv_jax.data.masks", "write-test-set", str(out),
+                         "--per-cell", "1", "--size", "32", "--seed", "1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(list(out.glob("*.png"))) == 12
+    result = run_command("-m", "pconv_jax.weights.vgg16_files", "convert",
+                         str(tmp_path / "nope.pth"), str(tmp_path / "vgg.npz"))
+    assert_one_line_error(result, r"VGG16 weights file not found")
+
+
+def test_eval_on_a_mask_folder_with_no_usable_mask(tmp_path):
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    for i in range(12):  # all-valid masks: every file contradicts its hole-ratio bin
+        cv2.imwrite(str(masks / f"{i:05d}.png"), np.zeros((16, 16), np.uint8))
+    result = run_command("eval.py", "--config", "configs/demo.py", "--method", "telea",
+                         "--workdir", str(tmp_path / "w"), f"--config.eval.test_masks={masks}",
+                         *TINY)
+    assert_one_line_error(result, rf"no usable masks in {masks} \(12 files left out: ")
+
+
+def test_training_on_unreadable_images_exits_promptly(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(4):
+        (images / f"{i}.png").write_bytes(b"not an image")
+    result = run_command("train.py", "--config", "configs/folder.py", "--workdir",
+                         str(tmp_path / "w"), f"--config.data.folder={images}",
+                         "--config.data.heldout_count=1", "--config.data.batch_size=8",
+                         *TINY, timeout=120)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and result.stderr.count("error: ") == 1
+
+
+def test_error_message_and_debug(monkeypatch):
+    assert cli.error_message(KeyError("a key")) == "error: a key"
+    monkeypatch.setenv("PCONV_JAX_DEBUG", "1")
+    assert cli.debug_enabled()
+    monkeypatch.setenv("PCONV_JAX_DEBUG", "0")
+    assert not cli.debug_enabled()
