@@ -75,7 +75,7 @@ def write_checkpoint(config, model, workdir: str) -> None:
     from pconv_jax.training import checkpoints, mesh
     from pconv_jax.training.step import create_train_state, make_optimizer
     devices = mesh.make_data_mesh()
-    tx = make_optimizer(config)
+    tx = make_optimizer(config.train)
     _, fresh = create_train_state(config, tx, devices)
     _, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
     params, batch_stats = mesh.replicate((params, batch_stats), devices)
