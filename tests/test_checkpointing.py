@@ -20,16 +20,16 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
+from test_train_helpers import REPO, demo_config, tree_equal
 
 from pconv_jax.training import checkpoints, mesh
 from pconv_jax.training.loop import EXIT_PREEMPTED, Preempted, train_and_evaluate
 from pconv_jax.training.step import create_train_state
-from test_train_helpers import REPO, demo_config, tree_equal
 
 STEPS, EVERY = 12, 4
 
 # Trains the tiny demo config with a slowed pipeline, so that the parent can kill it mid-run.
-KILLED_RUN = textwrap.dedent("""
+KILLED_RUN = textwrap.dedent(f"""
     import os, sys, time
     sys.path.insert(0, os.path.join(os.getcwd(), "tests"))
     from pconv_jax.data import pipeline
@@ -46,11 +46,11 @@ KILLED_RUN = textwrap.dedent("""
         def set_state(self, state): self.pipeline.set_state(state)
 
     pipeline.create_train_pipeline = lambda *a, **k: Slow(create(*a, **k))
-    config = demo_config(steps=%d)
-    config.train.checkpoint_every_steps = %d
+    config = demo_config(steps={STEPS})
+    config.train.checkpoint_every_steps = {EVERY}
     config.train.async_checkpoints = True
     train_and_evaluate(config, sys.argv[1])
-""" % (STEPS, EVERY))
+""")
 
 
 def _config():
@@ -131,7 +131,8 @@ def test_restore_model_for_inference(tmp_path):
     assert step == 3
     assert model.encoder[1].bn.use_running_average  # eval mode
     assert tree_equal(nnx.state(model, nnx.Param), state.params)
-    with pytest.raises(FileNotFoundError, match="no checkpoint of step 7.*available steps: \\[3\\]"):
+    with pytest.raises(FileNotFoundError,
+                       match="no checkpoint of step 7.*available steps: \\[3\\]"):
         checkpoints.restore_model(config, str(tmp_path), step=7)
     with pytest.raises(FileNotFoundError, match="no checkpoints in workdir"):
         checkpoints.restore_model(config, str(tmp_path / "nowhere"))
@@ -143,7 +144,8 @@ def test_incompatible_config_names_the_shapes(tmp_path):
     wider = demo_config()
     wider.model.base_width = 8
     with pytest.raises(checkpoints.IncompatibleCheckpointError,
-                       match=r"encoder/0/conv/kernel: checkpoint \(7, 7, 3, 4\) vs config \(7, 7, 3, 8\)"):
+                       match=r"encoder/0/conv/kernel: checkpoint \(7, 7, 3, 4\) "
+                             r"vs config \(7, 7, 3, 8\)"):
         checkpoints.restore_model(wider, str(tmp_path))
     deeper = demo_config()
     deeper.model.depth = 4

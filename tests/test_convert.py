@@ -20,11 +20,11 @@ import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
+from test_inpaint import run_inpaint
 
 from pconv_jax.network.unet import PConvUNet
 from pconv_jax.weights import convert as convert_cmd
 from pconv_jax.weights import pconv_checkpoints
-from test_inpaint import run_inpaint
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures" / "pconv_torch"

@@ -155,10 +155,10 @@ def test_end_to_end_tiny_checkpoint_eval_and_inpaint_command(tmp_path, compiled_
 
     import cv2
     import ml_collections
+    from test_inpaint import run_inpaint
 
     from pconv_jax import config as config_lib
     from pconv_jax.training import loop
-    from test_inpaint import run_inpaint
     repo = pathlib.Path(__file__).resolve().parents[1]
     config = ml_collections.ConfigDict(
         config_lib.load_config(str(repo / "configs" / "demo.py")).to_dict())  # unlocked copy

@@ -7,15 +7,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from test_train_helpers import default_config
 
 from pconv_jax.loss import losses
 from pconv_jax.network import vgg16 as vgg
-from test_train_helpers import default_config
-from pconv_jax.weights import vgg16_files
 from pconv_jax.network.unet import PConvUNet
+from pconv_jax.weights import vgg16_files
 
 loss_jit = jax.jit(losses.inpainting_loss)  # shared, so tests with equal shapes compile once
-PAPER_WEIGHTS = {"valid": 1.0, "hole": 6.0, "perceptual": 0.05, "style_out": 120.0, "style_comp": 120.0, "tv": 0.1}
+PAPER_WEIGHTS = {"valid": 1.0, "hole": 6.0, "perceptual": 0.05, "style_out": 120.0,
+                 "style_comp": 120.0, "tv": 0.1}
 
 # --------------------------------------------------------------------------- NumPy reference
 
@@ -24,7 +25,8 @@ def ref_vgg_pools(convs, images):
     """VGG16 pool1..pool3 in float64: 3x3 conv as a sum of 9 shifted products, ReLU, 2x2 max."""
     x = (np.asarray(images, np.float64) - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]
     pools = []
-    for block in (("conv1_1", "conv1_2"), ("conv2_1", "conv2_2"), ("conv3_1", "conv3_2", "conv3_3")):
+    for block in (("conv1_1", "conv1_2"), ("conv2_1", "conv2_2"),
+                  ("conv3_1", "conv3_2", "conv3_3")):
         for name in block:
             k = np.asarray(convs[name]["kernel"], np.float64)  # HWIO
             n, h, w, _ = x.shape
@@ -53,7 +55,8 @@ def ref_tv(comp, mask):
     region = np.zeros(comp.shape, bool)
     for i in range(h):
         for j in range(w):
-            region[:, i, j, :] = hole[:, max(i - 1, 0):i + 2, max(j - 1, 0):j + 2, :].max(axis=(1, 2)) > 0
+            region[:, i, j, :] = (
+                hole[:, max(i - 1, 0):i + 2, max(j - 1, 0):j + 2, :].max(axis=(1, 2)) > 0)
     total = 0.0
     for i in range(h):
         for j in range(w):
@@ -77,10 +80,14 @@ def ref_loss_terms(out, gt, mask, convs=None):
     }
     if convs is None:
         return terms
-    p_out, p_comp, p_gt = ref_vgg_pools(convs, out), ref_vgg_pools(convs, comp), ref_vgg_pools(convs, gt)
-    terms["perceptual"] = sum(np.mean(np.abs(a - g)) + np.mean(np.abs(b - g)) for a, b, g in zip(p_out, p_comp, p_gt))
-    terms["style_out"] = sum(np.mean(np.abs(ref_gram(a) - ref_gram(g))) for a, g in zip(p_out, p_gt))
-    terms["style_comp"] = sum(np.mean(np.abs(ref_gram(b) - ref_gram(g))) for b, g in zip(p_comp, p_gt))
+    p_out, p_comp, p_gt = (ref_vgg_pools(convs, out), ref_vgg_pools(convs, comp),
+                           ref_vgg_pools(convs, gt))
+    terms["perceptual"] = sum(np.mean(np.abs(a - g)) + np.mean(np.abs(b - g))
+                              for a, b, g in zip(p_out, p_comp, p_gt))
+    terms["style_out"] = sum(np.mean(np.abs(ref_gram(a) - ref_gram(g)))
+                             for a, g in zip(p_out, p_gt))
+    terms["style_comp"] = sum(np.mean(np.abs(ref_gram(b) - ref_gram(g)))
+                              for b, g in zip(p_comp, p_gt))
     return terms
 
 
@@ -114,7 +121,8 @@ def test_every_term_matches_numpy_reference(random_vgg, mask_channels):
     for name, value in want.items():
         assert value > 0, name  # the inputs exercise every term
         np.testing.assert_allclose(float(terms[name]), value, rtol=2e-4, err_msg=name)
-    np.testing.assert_allclose(float(total), sum(PAPER_WEIGHTS[k] * want[k] for k in want), rtol=2e-4)
+    np.testing.assert_allclose(float(total), sum(PAPER_WEIGHTS[k] * want[k] for k in want),
+                               rtol=2e-4)
 
 
 def test_tv_counts_only_pairs_in_the_dilated_hole_region():
@@ -122,7 +130,10 @@ def test_tv_counts_only_pairs_in_the_dilated_hole_region():
     mask[:] = 1.0
     mask[0, 2:5, 2:5] = 0.0  # one hole; its 1-pixel dilation is rows/cols 1..5
     weights = {"perceptual": 0.0, "style_out": 0.0, "style_comp": 0.0}
-    tv = lambda o, g: float(losses.inpainting_loss(o, g, mask, weights=weights)[1]["tv"])
+
+    def tv(o, g):
+        return float(losses.inpainting_loss(o, g, mask, weights=weights)[1]["tv"])
+
     base = tv(out, gt)
     np.testing.assert_allclose(base, ref_tv(mask * gt + (1 - mask) * out, mask), rtol=1e-5)
     far = gt.copy()
@@ -199,9 +210,11 @@ def test_vgg_not_run_when_its_weights_are_zero(monkeypatch):
     config = default_config().loss
     config.weights.perceptual = config.weights.style_out = config.weights.style_comp = 0.0
     total, terms = losses.inpainting_loss(out, gt, mask, weights=config.weights)
-    assert float(terms["perceptual"]) == float(terms["style_out"]) == float(terms["style_comp"]) == 0.0
+    assert (float(terms["perceptual"]) == float(terms["style_out"])
+            == float(terms["style_comp"]) == 0.0)
     want = ref_loss_terms(out, gt, mask)
-    np.testing.assert_allclose(float(total), want["valid"] + 6 * want["hole"] + 0.1 * want["tv"], rtol=1e-5)
+    np.testing.assert_allclose(float(total), want["valid"] + 6 * want["hole"] + 0.1 * want["tv"],
+                               rtol=1e-5)
 
 
 def test_vgg_for_config(tmp_path):
@@ -225,13 +238,17 @@ def test_default_config_and_bad_weights():
     assert dict(config.weights) == PAPER_WEIGHTS and config.vgg_weights == ""
     out, gt, mask = make_inputs(8)
     config.weights.perceptual = config.weights.style_out = config.weights.style_comp = 0.0
-    jitted = jax.jit(functools.partial(losses.inpainting_loss, weights=config.weights))  # static weights
+    # static weights
+    jitted = jax.jit(functools.partial(losses.inpainting_loss, weights=config.weights))
     np.testing.assert_allclose(float(jitted(out, gt, mask)[0]),
-                               float(losses.inpainting_loss(out, gt, mask, weights=config.weights)[0]), rtol=1e-6)
+                               float(losses.inpainting_loss(out, gt, mask,
+                                                            weights=config.weights)[0]),
+                               rtol=1e-6)
     with pytest.raises(ValueError, match="Unknown loss weight"):
         losses.inpainting_loss(out, gt, mask, weights={"perceptal": 0.0})
     with pytest.raises(ValueError, match="mask must be"):
-        losses.inpainting_loss(out, gt, mask[:, :8], weights={"perceptual": 0.0, "style_out": 0, "style_comp": 0})
+        losses.inpainting_loss(out, gt, mask[:, :8],
+                               weights={"perceptual": 0.0, "style_out": 0, "style_comp": 0})
 
 
 def test_gradient_wrt_model_parameters_is_finite_for_all_hole_and_hole_free_masks(random_vgg):
@@ -256,5 +273,6 @@ def test_gradient_wrt_model_parameters_is_finite_for_all_hole_and_hole_free_mask
 def test_gradient_wrt_output_reaches_perceptual_and_style_terms(random_vgg):
     out, gt, mask = make_inputs(10, shape=(1, 8, 8, 3))
     weights = {"valid": 0.0, "hole": 0.0, "tv": 0.0}  # only the VGG terms
-    grad = jax.jit(jax.grad(lambda o: losses.inpainting_loss(o, gt, mask, random_vgg, weights)[0]))(out)
+    grad = jax.jit(jax.grad(
+        lambda o: losses.inpainting_loss(o, gt, mask, random_vgg, weights)[0]))(out)
     assert bool(jnp.all(jnp.isfinite(grad))) and float(jnp.abs(grad).max()) > 0

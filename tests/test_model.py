@@ -6,10 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from pconv_jax import PartialConv
-from pconv_jax import PConvUNet
-from pconv_jax import composite
-from pconv_jax import partial_conv
+from pconv_jax import PartialConv, PConvUNet, composite, partial_conv
 from pconv_jax.network.unet import encoder_batchnorm_filter, paper_kernel_sizes, paper_widths
 
 
@@ -69,7 +66,8 @@ def test_output_shapes(size, depth):
 def test_bottleneck_mask_is_valid_for_moderate_holes():
     model = small_unet(7)
     mask = box_mask(2, 256, 60, 80, 96, 64)  # ~9% hole
-    levels = nnx.jit(lambda m, x, k: m.encode(x, k))(model, jnp.zeros((2, 256, 256, 3)), jnp.asarray(mask))
+    levels = nnx.jit(lambda m, x, k: m.encode(x, k))(model, jnp.zeros((2, 256, 256, 3)),
+                                                     jnp.asarray(mask))
     assert [lvl[1].shape[1] for lvl in levels] == [256, 128, 64, 32, 16, 8, 4, 2]
     np.testing.assert_array_equal(levels[-1][1], 1.0)
     assert levels[1][1].min() == 0  # the first level still has holes
@@ -118,8 +116,11 @@ def test_plain_conv_switch_uses_plain_convolutions():
     # (two one-axis sums) per layer; plain has none.
     assert count_primitives(partial_model, image, mask) == (2 * depth, 2 * 2 * depth)
     assert count_primitives(plain_model, image, mask) == (2 * depth, 0)
+
     # Same parameter shapes, so the comparison is like for like.
-    shapes = lambda m: jax.tree.map(jnp.shape, nnx.state(m, nnx.Param))
+    def shapes(m):
+        return jax.tree.map(jnp.shape, nnx.state(m, nnx.Param))
+
     assert shapes(partial_model) == shapes(plain_model)
     # The baseline sees holes filled with a constant: its output depends on that constant.
     plain_model.eval()
@@ -191,7 +192,9 @@ def test_remat_gives_the_same_output_gradients_and_statistics():
 
         @nnx.jit
         def step(model):
-            loss = lambda m: jnp.mean(jnp.abs(m(image, mask) - image))
+            def loss(m):
+                return jnp.mean(jnp.abs(m(image, mask) - image))
+
             return nnx.value_and_grad(loss)(model)
 
         value, grads = step(model)

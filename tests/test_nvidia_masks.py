@@ -5,8 +5,7 @@ import cv2
 import numpy as np
 import pytest
 
-from pconv_jax.data import masks
-from pconv_jax.data import nvidia_masks
+from pconv_jax.data import masks, nvidia_masks
 
 PER_CELL = 2
 SIZE = 40

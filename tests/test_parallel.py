@@ -14,11 +14,11 @@ import ml_collections
 import numpy as np
 import optax
 import pytest
+from test_train_helpers import REPO, default_config, param_leaves, random_batch
 
 from pconv_jax import config as config_lib
 from pconv_jax.training import mesh
 from pconv_jax.training.step import create_train_state, make_train_step
-from test_train_helpers import REPO, default_config, param_leaves, random_batch
 
 
 def step_config() -> ml_collections.ConfigDict:
@@ -74,7 +74,8 @@ def test_batch_helpers():
     with pytest.raises(ValueError, match="multiple of the device count 8"):
         config_lib.validate(config, data_mesh.size)
     array = mesh.global_batch(random_batch(8), data_mesh)["image"]
-    assert array.sharding.spec == jax.sharding.PartitionSpec("data") and array.shape == (8, 32, 32, 3)
+    assert (array.sharding.spec == jax.sharding.PartitionSpec("data")
+            and array.shape == (8, 32, 32, 3))
     assert mesh.allgather_json({"position": 3}) == [{"position": 3}]
     assert mesh.initialize_distributed() is False  # a single-process run is left alone
     with pytest.raises(ValueError, match="--coordinator_address, --num_processes and --process_id"):

@@ -1,4 +1,5 @@
-"""The functional partial convolution against an independent NumPy reference of the paper's Eq. 1."""
+"""The functional partial convolution against an independent NumPy reference of the
+paper's Eq. 1."""
 
 import itertools
 
@@ -146,7 +147,9 @@ def test_jit_vmap_checkpoint_match_eager():
         np.testing.assert_allclose(y, eager_y, atol=1e-6)
         np.testing.assert_array_equal(m, eager_m)
 
-    loss = lambda k: partial_conv(x[0], mask[0], k, bias)[0].sum() ** 2
+    def loss(k):
+        return partial_conv(x[0], mask[0], k, bias)[0].sum() ** 2
+
     np.testing.assert_allclose(jax.grad(jax.checkpoint(loss))(kernel), jax.grad(loss)(kernel),
                                rtol=1e-5)
 

@@ -22,8 +22,8 @@ from pconv_jax.weights import vgg16_files
 
 # (torchvision index, Keras layer, C_in, C_out) of VGG16 conv1_1 .. conv3_3, pools after 2, 4, 7.
 LAYERS = [(0, "block1_conv1", 3, 64), (2, "block1_conv2", 64, 64), (5, "block2_conv1", 64, 128),
-          (7, "block2_conv2", 128, 128), (10, "block3_conv1", 128, 256), (12, "block3_conv2", 256, 256),
-          (14, "block3_conv3", 256, 256)]
+          (7, "block2_conv2", 128, 128), (10, "block3_conv1", 128, 256),
+          (12, "block3_conv2", 256, 256), (14, "block3_conv3", 256, 256)]
 POOL_AFTER = {1, 3, 6}
 
 
@@ -35,9 +35,10 @@ def random_torch_state(seed=0):
     rng = np.random.default_rng(seed)
     state = collections.OrderedDict()
     for index, _, c_in, c_out in LAYERS:
-        state[f"features.{index}.weight"] = (rng.standard_normal((c_out, c_in, 3, 3)) * np.sqrt(2 / (9 * c_in))).astype(np.float32)
+        state[f"features.{index}.weight"] = (
+            rng.standard_normal((c_out, c_in, 3, 3)) * np.sqrt(2 / (9 * c_in))).astype(np.float32)
         state[f"features.{index}.bias"] = (0.1 * rng.standard_normal(c_out)).astype(np.float32)
-    state["classifier.6.bias"] = rng.standard_normal(10).astype(np.float32)  # extra keys are ignored
+    state["classifier.6.bias"] = rng.standard_normal(10).astype(np.float32)  # extra keys ignored
     return state
 
 
@@ -53,7 +54,8 @@ def reference_features(state, images, preprocessing="torch"):
         w = state[f"features.{index}.weight"].astype(np.float64)
         b = state[f"features.{index}.bias"].astype(np.float64)
         padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-        windows = np.lib.stride_tricks.sliding_window_view(padded, (3, 3), axis=(1, 2))  # N,H,W,C,3,3
+        windows = np.lib.stride_tricks.sliding_window_view(padded, (3, 3),
+                                                           axis=(1, 2))  # N,H,W,C,3,3
         x = np.maximum(np.einsum("nhwcij,ocij->nhwo", windows, w) + b, 0.0)
         if i in POOL_AFTER:
             n, h, wd, c = x.shape
@@ -135,7 +137,8 @@ def _tensors_for(state, legacy):
         stride = [int(np.prod(array.shape[d + 1:])) for d in range(array.ndim)]
         tensors[name] = _Tensor(storage, 0, array.shape, stride, legacy)
     w = state["features.0.weight"]  # (64, 3, 3, 3)
-    shared = _Storage(str(len(storages)), np.concatenate([state["features.0.bias"], w.transpose(1, 0, 2, 3).ravel()]))
+    shared = _Storage(str(len(storages)),
+                      np.concatenate([state["features.0.bias"], w.transpose(1, 0, 2, 3).ravel()]))
     storages.append(shared)
     tensors["features.0.weight"] = _Tensor(shared, 64, w.shape, (9, 64 * 9, 3, 1), legacy)
     tensors["features.0.bias"] = _Tensor(shared, 0, (64,), (1,), legacy)
@@ -208,15 +211,20 @@ def write_keras_h5(path, state, keras2_names):
 def test_random_vgg16_feature_shapes_256_and_512():
     params = vgg.random_vgg16(jax.random.key(0))
     for size in (256, 512):
-        pools = jax.eval_shape(vgg.vgg16_features, params, jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32))
-        assert [p.shape for p in pools] == [(2, size // 2, size // 2, 64), (2, size // 4, size // 4, 128),
+        pools = jax.eval_shape(vgg.vgg16_features, params,
+                               jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32))
+        assert [p.shape for p in pools] == [(2, size // 2, size // 2, 64),
+                                            (2, size // 4, size // 4, 128),
                                             (2, size // 8, size // 8, 256)]
 
 
 def test_weights_get_no_gradient(images):
     # (Gradients do reach the images: tests/test_losses.py differentiates the loss through VGG.)
     params = vgg.random_vgg16(jax.random.key(0))
-    f = lambda p: sum(jnp.sum(t) for t in vgg.vgg16_features(p, jnp.asarray(images, jnp.float32)))
+
+    def f(p):
+        return sum(jnp.sum(t) for t in vgg.vgg16_features(p, jnp.asarray(images, jnp.float32)))
+
     g_params = jax.jit(jax.grad(f))(params)
     assert all(float(jnp.abs(leaf).max()) == 0.0 for leaf in jax.tree_util.tree_leaves(g_params))
 
@@ -257,7 +265,8 @@ def test_convert_cli_round_trips_through_npz(tmp_path, source):
     dst = tmp_path / "vgg16.npz"
     vgg16_files.main(["vgg16_files", "convert", str(src), str(dst)])  # argv as absl passes it
     original, converted = vgg16_files.load_vgg16(src), vgg16_files.load_vgg16(dst)
-    assert converted.preprocessing == original.preprocessing == ("torch" if source == "pth" else "caffe")
+    assert (converted.preprocessing == original.preprocessing
+            == ("torch" if source == "pth" else "caffe"))
     for a, b in zip(jax.tree_util.tree_leaves(original), jax.tree_util.tree_leaves(converted)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
@@ -305,7 +314,8 @@ def test_wrong_shape_is_named(tmp_path):
 def test_missing_file_says_where_weights_come_from(tmp_path):
     with pytest.raises(FileNotFoundError) as err:
         vgg16_files.load_vgg16(tmp_path / "nope.pth")
-    for needle in ("config.loss.vgg_weights", "vgg16-397923af.pth", "download.pytorch.org/models", "vgg16.tv_in1k"):
+    for needle in ("config.loss.vgg_weights", "vgg16-397923af.pth", "download.pytorch.org/models",
+                   "vgg16.tv_in1k"):
         assert needle in str(err.value)
 
 

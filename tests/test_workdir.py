@@ -13,10 +13,10 @@ import sys
 import textwrap
 
 import pytest
+from test_train_helpers import REPO, demo_config
 
 from pconv_jax.training import workdir as workdir_lib
 from pconv_jax.training.loop import train_and_evaluate
-from test_train_helpers import REPO, demo_config
 
 # Holds the lock of argv[1] (process index 0) until killed.
 HOLDER = textwrap.dedent("""

@@ -36,10 +36,9 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
-from pconv_jax.evaluation import baselines
 from pconv_jax.data import masks as masks_lib
-from pconv_jax.evaluation import metrics
 from pconv_jax.data import nvidia_masks
+from pconv_jax.evaluation import baselines, metrics
 
 METRICS = ("l1", "psnr", "ssim")
 METRIC_TITLES = {"l1": "L1 (%)", "psnr": "PSNR (dB)", "ssim": "SSIM"}
@@ -107,7 +106,8 @@ def prepare_test_masks(config: ml_collections.ConfigDict, workdir: str,
     directory = config.eval.test_masks
     if not directory:
         k = config.eval.masks_per_cell
-        directory = os.path.join(workdir, f"test_masks_{size[0]}x{size[1]}_k{k}_s{config.eval.mask_seed}")
+        directory = os.path.join(
+            workdir, f"test_masks_{size[0]}x{size[1]}_k{k}_s{config.eval.mask_seed}")
         expected = 2 * masks_lib.NUM_BINS * k
         if len(glob.glob(os.path.join(directory, "*.png"))) != expected:
             if size[0] != size[1]:

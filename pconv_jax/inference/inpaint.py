@@ -1,12 +1,14 @@
-"""Inpaint your own photos with a trained network (or OpenCV's classical methods).
+r"""Inpaint your own photos with a trained network (or OpenCV's classical methods).
 
 One image::
 
-    python -m pconv_jax.inference.inpaint --workdir WORKDIR --image photo.jpg --mask mask.png --out result.png
+    python -m pconv_jax.inference.inpaint --workdir WORKDIR --image photo.jpg --mask mask.png \
+        --out result.png
 
 A folder (each image is paired with the mask of the same file name stem, e.g. a.jpg <-> a.png)::
 
-    python -m pconv_jax.inference.inpaint --workdir WORKDIR --image photos/ --mask masks/ --out results/
+    python -m pconv_jax.inference.inpaint --workdir WORKDIR --image photos/ --mask masks/ \
+        --out results/
 
 Masks: by default white = hole (the NVIDIA test-set convention); `--mask-holes black` for masks
 drawn the other way. Pixel values >= 128 count as white. A mask of another size than its image

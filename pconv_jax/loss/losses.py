@@ -3,13 +3,14 @@
     L = L_valid + 6 L_hole + 0.05 L_perc + 120 (L_style_out + L_style_comp) + 0.1 L_tv
 
 Every L1 term is a mean over elements. Perceptual and style terms use VGG16 pool1..pool3
-(`pconv_jax.network.vgg16`); the total-variation term is restricted to the 1-pixel dilation of the holes.
+(`pconv_jax.network.vgg16`); the total-variation term is restricted to the 1-pixel dilation
+of the holes.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -20,7 +21,8 @@ from pconv_jax.network.vgg16 import VGGParams, vgg16_features
 from pconv_jax.weights.vgg16_files import WEIGHTS_HELP, load_vgg16
 
 TERMS = ("valid", "hole", "perceptual", "style_out", "style_comp", "tv")
-DEFAULT_WEIGHTS = {"valid": 1.0, "hole": 6.0, "perceptual": 0.05, "style_out": 120.0, "style_comp": 120.0, "tv": 0.1}
+DEFAULT_WEIGHTS = {"valid": 1.0, "hole": 6.0, "perceptual": 0.05, "style_out": 120.0,
+                   "style_comp": 120.0, "tv": 0.1}
 
 
 def vgg_for_config(config: ml_collections.ConfigDict) -> VGGParams | None:
@@ -84,10 +86,13 @@ def _l1(a: jax.Array, b: jax.Array) -> jax.Array:
 
 def _check_shapes(output: jax.Array, target: jax.Array, mask: jax.Array) -> None:
     if output.shape != target.shape or output.ndim != 4:
-        raise ValueError(f"output and target must be NHWC of the same shape; got {output.shape} and {target.shape}.")
-    if mask.ndim != 4 or mask.shape[:3] != output.shape[:3] or mask.shape[3] not in (1, output.shape[3]):
+        raise ValueError("output and target must be NHWC of the same shape; "
+                         f"got {output.shape} and {target.shape}.")
+    if (mask.ndim != 4 or mask.shape[:3] != output.shape[:3]
+            or mask.shape[3] not in (1, output.shape[3])):
         raise ValueError(
-            f"mask must be (N, H, W, 1) or (N, H, W, C) matching the images {output.shape}; got {mask.shape}."
+            f"mask must be (N, H, W, 1) or (N, H, W, C) matching the images {output.shape}; "
+            f"got {mask.shape}."
         )
 
 
@@ -105,8 +110,8 @@ def inpainting_loss(
       target: the ground truth I_gt, same shape.
       mask: 1 = valid pixel, 0 = hole; (N, H, W, 1) or (N, H, W, C). Values above
         `MASK_THRESHOLD` (0.5) count as valid, as in the network.
-      vgg: frozen VGG16 weights (`pconv_jax.weights.vgg16_files.load_vgg16`); needed when the perceptual
-        or a style weight is > 0. With those weights all 0 the VGG is not run.
+      vgg: frozen VGG16 weights (`pconv_jax.weights.vgg16_files.load_vgg16`); needed when the
+        perceptual or a style weight is > 0. With those weights all 0 the VGG is not run.
       weights: term weights (keys of `TERMS`, missing ones default to the paper's
         1, 6, 0.05, 120, 120, 0.1); static Python numbers, e.g. `config.loss.weights`.
 
@@ -142,8 +147,10 @@ def inpainting_loss(
         pools_comp = vgg16_features(vgg, composite.astype(dtype))
         pools_gt = vgg16_features(vgg, jax.lax.stop_gradient(gt.astype(dtype)))
         pools = list(zip(pools_out, pools_comp, pools_gt))
-        terms["perceptual"] = sum(_l1(p_out, p_gt) + _l1(p_comp, p_gt) for p_out, p_comp, p_gt in pools)
-        grams = [(gram_matrix(p_out), gram_matrix(p_comp), gram_matrix(p_gt)) for p_out, p_comp, p_gt in pools]
+        terms["perceptual"] = sum(_l1(p_out, p_gt) + _l1(p_comp, p_gt)
+                                  for p_out, p_comp, p_gt in pools)
+        grams = [(gram_matrix(p_out), gram_matrix(p_comp), gram_matrix(p_gt))
+                 for p_out, p_comp, p_gt in pools]
         terms["style_out"] = sum(_l1(g_out, g_gt) for g_out, _, g_gt in grams)
         terms["style_comp"] = sum(_l1(g_comp, g_gt) for _, g_comp, g_gt in grams)
     else:

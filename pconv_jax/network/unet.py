@@ -135,7 +135,8 @@ class PConvUNet(nnx.Module):
                  bn_momentum: float = 0.9, dtype=jnp.float32, remat: bool = False,
                  input_norm: str = "none", rngs: nnx.Rngs):
         widths = tuple(widths) if widths is not None else paper_widths(depth)
-        kernel_sizes = tuple(kernel_sizes) if kernel_sizes is not None else paper_kernel_sizes(depth)
+        kernel_sizes = (tuple(kernel_sizes) if kernel_sizes is not None
+                        else paper_kernel_sizes(depth))
         if len(widths) != depth or len(kernel_sizes) != depth:
             raise ValueError(f"widths {widths} and kernel_sizes {kernel_sizes} must both have "
                              f"depth={depth} entries")

@@ -14,7 +14,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct as flax_struct
 
-
 # (our name, torchvision index in `features`, Keras layer name, C_in, C_out) of each conv.
 VGG16_CONVS: tuple[tuple[str, int, str, int, int], ...] = (
     ("conv1_1", 0, "block1_conv1", 3, 64),
@@ -62,7 +61,8 @@ def preprocess(images: jax.Array, preprocessing: str) -> jax.Array:
     if preprocessing == "caffe":
         bgr = images[..., ::-1] * 255.0
         return bgr - jnp.asarray(CAFFE_BGR_MEAN, images.dtype)
-    raise ValueError(f"Unknown VGG preprocessing {preprocessing!r}; expected one of {PREPROCESSING_MODES}.")
+    raise ValueError(f"Unknown VGG preprocessing {preprocessing!r}; "
+                     f"expected one of {PREPROCESSING_MODES}.")
 
 
 def _conv3x3_relu(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
@@ -85,7 +85,8 @@ def vgg16_features(params: VGGParams, images: jax.Array) -> tuple[jax.Array, jax
     reaches the weights (they are frozen); gradients do flow to the images.
     """
     if images.ndim != 4 or images.shape[-1] != 3:
-        raise ValueError(f"vgg16_features expects RGB images (N, H, W, 3); got shape {images.shape}.")
+        raise ValueError("vgg16_features expects RGB images (N, H, W, 3); "
+                         f"got shape {images.shape}.")
     convs = jax.lax.stop_gradient(params.convs)
     x = preprocess(images, params.preprocessing)
     pools = []
@@ -116,7 +117,8 @@ def random_vgg16(key: jax.Array, preprocessing: str = "torch") -> VGGParams:
 
 def make_params(convs: Mapping[str, Mapping[str, np.ndarray]], preprocessing: str) -> VGGParams:
     if preprocessing not in PREPROCESSING_MODES:
-        raise ValueError(f"Unknown VGG preprocessing {preprocessing!r}; expected one of {PREPROCESSING_MODES}.")
+        raise ValueError(f"Unknown VGG preprocessing {preprocessing!r}; "
+                         f"expected one of {PREPROCESSING_MODES}.")
     return VGGParams(
         convs={n: {k: jnp.asarray(v, jnp.float32) for k, v in c.items()} for n, c in convs.items()},
         preprocessing=preprocessing,

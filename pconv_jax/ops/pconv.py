@@ -9,8 +9,9 @@ For each output location, with X the input window, M its mask window and W, b th
 
 The mask path is cheap: a mask is reduced over channels to a per-pixel *count* of valid
 channels, then one windowed sum over that single channel (a 1 -> 1 convolution with a ones
-kernel) gives S, so its cost does not grow with C_in or C_out. Because convolution is linear this stays exact for per-channel masks and for
-concatenations of feature groups that each carry their own mask (a UNet decoder's skips).
+kernel) gives S, so its cost does not grow with C_in or C_out. Because convolution is linear
+this stays exact for per-channel masks and for concatenations of feature groups that each
+carry their own mask (a UNet decoder's skips).
 """
 
 from __future__ import annotations

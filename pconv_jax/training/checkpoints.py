@@ -39,8 +39,8 @@ from absl import logging
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from pconv_jax.training import mesh
 from pconv_jax.network.unet import PConvUNet
+from pconv_jax.training import mesh
 
 CHECKPOINT_SUBDIR = "checkpoints"
 NETWORK_ITEM = "network"
@@ -91,7 +91,8 @@ def check_compatible(saved: Any, target: Any, where: str) -> None:
     problems += [f"  {k}: in the checkpoint {saved_shapes[k]} but not in the config's network"
                  for k in sorted(saved_shapes.keys() - target_shapes.keys())]
     if problems:
-        shown = problems[:20] + ([f"  ... and {len(problems) - 20} more"] if len(problems) > 20 else [])
+        shown = problems[:20] + (
+            [f"  ... and {len(problems) - 20} more"] if len(problems) > 20 else [])
         raise IncompatibleCheckpointError(
             f"the checkpoint {where} was written by a different network than the config "
             f"describes ({len(problems)} arrays differ):\n" + "\n".join(shown) +
@@ -199,7 +200,8 @@ class Checkpointer:
         self._previous_handler = None
 
     # ---------------------------------------------------------------- saving
-    def save(self, step: int, *, model: Any, train: Any, data_state: dict, force: bool = False) -> bool:
+    def save(self, step: int, *, model: Any, train: Any, data_state: dict,
+             force: bool = False) -> bool:
         """Saves asynchronously if `step` is a save step (or `force`); returns whether it did.
 
         Raises NonFiniteStateError (saving nothing) if `model` or `train` holds a NaN or
@@ -387,9 +389,11 @@ class Checkpointer:
         return self._sigterm.is_set() or self._manager.reached_preemption(step)
 
 
-def abstract_model_state(config: ml_collections.ConfigDict, sharding: jax.sharding.Sharding | None = None
+def abstract_model_state(config: ml_collections.ConfigDict,
+                         sharding: jax.sharding.Sharding | None = None
                          ) -> tuple[nnx.GraphDef, dict[str, Any]]:
-    """(graphdef, abstract {'params', 'batch_stats'}) of the config's network, without allocating it."""
+    """(graphdef, abstract {'params', 'batch_stats'}) of the config's network, without
+    allocating it."""
     abstract = nnx.eval_shape(lambda: PConvUNet.from_config(config.model, rngs=nnx.Rngs(0)))
     graphdef, params, batch_stats = nnx.split(abstract, nnx.Param, nnx.BatchStat)
     shapes = {"params": params, "batch_stats": batch_stats}

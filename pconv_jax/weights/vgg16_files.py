@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import struct
 import zipfile
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from absl import app
@@ -54,7 +54,8 @@ def _detect_format(path: str) -> str:
         return "torch_legacy"
     raise ValueError(
         f"Cannot tell the format of VGG16 weights file {path}: expected a torchvision .pth, "
-        "a timm .safetensors, a Keras .h5 or a .npz written by `python -m pconv_jax.weights.vgg16_files convert`."
+        "a timm .safetensors, a Keras .h5 or a .npz written by "
+        "`python -m pconv_jax.weights.vgg16_files convert`."
     )
 
 
@@ -178,9 +179,11 @@ def _read_keras_h5(path: str) -> VGGParams:
             if root.get(layer, getlink=True) is None:
                 raise KeyError(f"VGG16 weights {path}: missing layer group '{layer}'.")
             group = _h5_member(root, layer, path)
-            names = [n.decode() if isinstance(n, bytes) else str(n) for n in group.attrs.get("weight_names", [])]
+            names = [n.decode() if isinstance(n, bytes) else str(n)
+                     for n in group.attrs.get("weight_names", [])]
             if len(names) != 2:
-                raise KeyError(f"VGG16 weights {path}: layer '{layer}' should list 2 weight_names, got {names}.")
+                raise KeyError(f"VGG16 weights {path}: layer '{layer}' should list 2 "
+                               f"weight_names, got {names}.")
             kernel = _h5_array(group, names[0], (3, 3, c_in, c_out), path)
             bias = _h5_array(group, names[1], (c_out,), path)
             convs[name] = {"kernel": kernel, "bias": bias}
