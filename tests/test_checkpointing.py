@@ -300,19 +300,21 @@ def test_init_from_checks_the_network_settings(tmp_path):
 
 # ----------------------------------------------------------------------------- unreadable steps
 
-def _largest_array_file(step_dir) -> str:
-    return max(glob.glob(os.path.join(step_dir, "model", "ocdbt.process_0", "d", "*")),
-               key=os.path.getsize)
-
-
 def _truncate(path: str) -> None:
     with open(path, "r+b") as f:
         f.truncate(os.path.getsize(path) // 2)
 
 
+def _array_files(step_dir) -> list[str]:
+    """The array data files of the step's model item."""
+    return glob.glob(os.path.join(step_dir, "model", "**", "d", "*"), recursive=True)
+
+
+# Every array file is damaged, not one: this process wrote them, and TensorStore's in-process
+# cache can still serve a file it has just written.
 def _truncate_array_files(step_dir) -> dict[str, int]:
     """Truncates every array data file of the step's model item; returns {path: new size}."""
-    files = glob.glob(os.path.join(step_dir, "model", "**", "d", "*"), recursive=True)
+    files = _array_files(step_dir)
     for path in files:
         _truncate(path)
     return {os.path.relpath(path, step_dir): os.path.getsize(path) for path in files}
@@ -321,7 +323,7 @@ def _truncate_array_files(step_dir) -> dict[str, int]:
 DAMAGES = {
     "missing _METADATA": lambda step_dir: os.remove(os.path.join(step_dir, "model", "_METADATA")),
     "truncated array files": lambda step_dir: _truncate_array_files(step_dir),
-    "missing array file": lambda step_dir: os.remove(_largest_array_file(step_dir)),
+    "missing array files": lambda step_dir: [os.remove(p) for p in _array_files(step_dir)],
     "missing data item": lambda step_dir: shutil.rmtree(os.path.join(step_dir, "data")),
 }
 
