@@ -1,8 +1,8 @@
 """Where images come from: the bundled demo photographs, an image folder, TFDS datasets.
 
-Random-access sources (demo, folder) are `ImageSource` objects: a list of items with a loader
-returning uint8 RGB arrays (H, W, 3). TFDS sources are read by `pconv_jax.data.pipeline` directly; this
-module only prepares their builder and names their splits.
+Every source is an `ImageSource`: a random-access list of items with a loader returning uint8
+RGB arrays (H, W, 3). TFDS datasets are read through `tfds.data_source` over their ArrayRecord
+files (random access, no TensorFlow).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -36,10 +37,10 @@ class ImageSource:
     function of its position), counted in `skipped` and announced once each with a warning.
     """
 
-    def __init__(self, names: Sequence[str], loader: Callable[[str], np.ndarray | None]):
+    def __init__(self, names: Sequence, loader: Callable[[Any], np.ndarray | None]):
         if not names:
             raise ValueError("an image source needs at least one image.")
-        self.names = list(names)
+        self.names = names if isinstance(names, range) else list(names)  # a range stays small
         self._loader = loader
         self._bad: set[str] = set()
         self._lock = threading.Lock()
@@ -66,9 +67,11 @@ class ImageSource:
                                  name, len(self._bad))
         raise ValueError(f"none of the {len(self.names)} images could be read.")
 
-    def subset(self, indices: Sequence[int]) -> ImageSource:
+    def subset(self, indices: range | Sequence[int]) -> ImageSource:
         """A source over some items, sharing this source's loader and skip count."""
-        sub = ImageSource([self.names[i] for i in indices], self._loader)
+        names = (self.names[indices.start:indices.stop:indices.step]
+                 if isinstance(indices, range) else [self.names[i] for i in indices])
+        sub = ImageSource(names, self._loader)
         sub._bad, sub._lock = self._bad, self._lock
         return sub
 
@@ -183,8 +186,8 @@ def tfds_builder(name: str, *, data_dir: str = "", manual_dir: str = "", downloa
     if not download:
         return builder
     config = tfds.download.DownloadConfig(manual_dir=manual_dir or None)
-    try:
-        builder.download_and_prepare(download_config=config)
+    try:  # ArrayRecord: the random-access format `tfds.data_source` reads
+        builder.download_and_prepare(download_config=config, file_format="array_record")
     except Exception as error:
         if name.startswith("celeb_a_hq"):
             instructions = getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", "") or ""
@@ -206,3 +209,38 @@ def tfds_splits(name: str, heldout_count: int) -> tuple[str, str]:
         raise ValueError("CelebA-HQ has only a train split: config.data.heldout_count must be "
                          ">= 1 to hold out its last examples for evaluation.")
     return f"train[:-{heldout_count}]", f"train[-{heldout_count}:]"
+
+
+def _tfrecord_help(name: str, version_dir: str) -> str:
+    return (f"TFDS dataset {name} in {version_dir} is prepared as TFRecord files only, which "
+            f"cannot be read at random. Convert it once to ArrayRecord (next to the TFRecord "
+            f"files; needs `pip install apache-beam`):\n"
+            f"    tfds convert_format --dataset_version_dir={version_dir} "
+            f"--out_file_format=array_record\n"
+            f"or prepare it again as ArrayRecord in another config.data.tfds_data_dir.")
+
+
+def decode_image(data: bytes) -> np.ndarray | None:
+    """Decodes encoded image bytes (JPEG, PNG, ...) to uint8 RGB (H, W, 3); None if unreadable."""
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
+    if image is None or image.size == 0:
+        return None
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def tfds_source(name: str, split: str, *, data_dir: str = "", manual_dir: str = "",
+                download: bool = True) -> ImageSource:
+    """The images of a TFDS split (e.g. 'train[:-1000]') through `tfds.data_source`.
+
+    Images are read still encoded and decoded with OpenCV on demand (in the pipeline's threads).
+    A copy prepared as TFRecord only is an error naming the command that converts it.
+    """
+    import tensorflow_datasets as tfds
+
+    builder = tfds_builder(name, data_dir=data_dir, manual_dir=manual_dir, download=download)
+    try:
+        examples = builder.as_data_source(split=split,
+                                          decoders={"image": tfds.decode.SkipDecoding()})
+    except NotImplementedError as error:  # no random-access file format among the prepared ones
+        raise FileNotFoundError(_tfrecord_help(name, str(builder.data_dir))) from error
+    return ImageSource(range(len(examples)), lambda i: decode_image(examples[i]["image"]))
