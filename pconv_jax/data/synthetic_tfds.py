@@ -31,7 +31,8 @@ def write_synthetic_tfds(name: str, data_dir: str, *, train: int, heldout: int =
     Places365) generated JPEGs; returns the builder.
 
     With `solid`, example i is one grey level, 10 * i % 250 (any crop or flip keeps it, JPEG
-    within a level or two), so tests can tell which examples a pipeline read.
+    within a level or two), so tests can tell which examples a pipeline read; the validation
+    examples are numbered on from `train`.
     """
     import tensorflow_datasets as tfds
 
@@ -41,9 +42,9 @@ def write_synthetic_tfds(name: str, data_dir: str, *, train: int, heldout: int =
     features = builder.info.features
     shape = features["image"].shape[:2]
 
-    def examples(count: int, split_seed: int) -> Iterator[tuple[str, dict]]:
-        rng = np.random.default_rng([seed, split_seed])
-        for i in range(count):
+    def examples(first: int, count: int) -> Iterator[tuple[str, dict]]:
+        rng = np.random.default_rng([seed, first])
+        for i in range(first, first + count):
             encoded = _photo(rng, shape)
             if solid:
                 grey = np.full((*shape, 3), 10 * i % 250, np.uint8)
@@ -55,14 +56,14 @@ def write_synthetic_tfds(name: str, data_dir: str, *, train: int, heldout: int =
                 elif isinstance(feature, tfds.features.ClassLabel):
                     example[key] = 0
                 else:
-                    example[key] = f"{split_seed}/{i:06d}.jpg"
+                    example[key] = f"{i:06d}.jpg"
             yield f"{i:06d}", example
 
     def split_generators(self, dl_manager):
         del self, dl_manager
-        splits = {"train": examples(train, 0)}
+        splits = {"train": examples(0, train)}
         if name == "places365_small":
-            splits["validation"] = examples(heldout, 1)
+            splits["validation"] = examples(train, heldout)
         return splits
 
     with mock.patch.object(type(builder), "_split_generators", split_generators):
