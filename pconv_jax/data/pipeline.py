@@ -258,6 +258,38 @@ def _train_source(config: ml_collections.ConfigDict) -> data_sources.ImageSource
                                     manual_dir=data.manual_dir, download=data.download)
 
 
+class TrainExample:
+    """position -> training example {'image', 'mask'}: the whole per-example work.
+
+    Position p is item order(p // n)[p % n] of the n-item source (a seeded permutation per
+    epoch), cropped, flipped and masked with generators seeded by (key, p). Picklable, so that
+    worker processes can run it too.
+    """
+
+    def __init__(self, source: data_sources.ImageSource, keys: Sequence[int], size: int,
+                 mode: str, mask_fn: Callable[[Sequence[int]], np.ndarray]):
+        self.source, self.size, self.mode, self.mask_fn = source, size, mode, mask_fn
+        self.order_key, self.crop_key, self.mask_key = keys
+        self._orders: dict[int, np.ndarray] = {}
+
+    def order(self, epoch: int) -> np.ndarray:
+        """The epoch's permutation; the last two are kept (threads may straddle an epoch end)."""
+        order = self._orders.get(epoch)
+        if order is None:
+            order = np.random.default_rng([self.order_key, epoch]).permutation(len(self.source))
+            kept = {e: o for e, o in self._orders.items() if e >= epoch - 1}
+            self._orders = {**kept, epoch: order}  # replaced whole: safe for concurrent readers
+        return order
+
+    def __call__(self, position: int) -> Example:
+        epoch, offset = divmod(position, len(self.source))
+        image = self.source.load(int(self.order(epoch)[offset]))
+        rng = np.random.default_rng([self.crop_key, position])
+        mask = self.mask_fn((self.mask_key, position))
+        return {"image": _train_image(image, rng, self.size, self.mode),
+                "mask": mask.astype(np.uint8)}
+
+
 # ----------------------------------------------------------------------------- entry points
 
 def create_train_pipeline(config: ml_collections.ConfigDict, *, seed: int,
@@ -288,21 +320,9 @@ def create_train_pipeline(config: ml_collections.ConfigDict, *, seed: int,
     if prefetch < 1:
         raise ValueError(f"config.data.prefetch must be >= 1 (batches), got {prefetch}.")
     mask_fn = make_mask_fn(config.get("masks") or default_mask_config(), size)
-    order_key, crop_key, mask_key = (_key(seed, process_index, i) for i in range(3))
     source = _host_source(_train_source(config), process_index, process_count)
-    n = len(source)
-
-    @functools.lru_cache(maxsize=4)
-    def order(epoch: int) -> np.ndarray:
-        return np.random.default_rng([order_key, epoch]).permutation(n)
-
-    def example(position: int) -> Example:
-        epoch, offset = divmod(position, n)
-        image = source.load(int(order(epoch)[offset]))
-        image = _train_image(image, np.random.default_rng([crop_key, position]), size, mode)
-        mask = mask_fn((mask_key, position))
-        return {"image": image, "mask": mask.astype(np.uint8)}
-
+    example = TrainExample(source, [_key(seed, process_index, i) for i in range(3)], size, mode,
+                           mask_fn)
     return TrainPipeline(example, local_batch, workers=workers, prefetch=prefetch,
                          skipped_files=lambda: source.skipped)
 

@@ -67,6 +67,12 @@ class ImageSource:
                                  name, len(self._bad))
         raise ValueError(f"none of the {len(self.names)} images could be read.")
 
+    def __getstate__(self) -> dict:  # picklable for worker processes (a lock is not)
+        return {**self.__dict__, "_lock": None}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _lock=threading.Lock())
+
     def subset(self, indices: range | Sequence[int]) -> ImageSource:
         """A source over some items, sharing this source's loader and skip count."""
         names = (self.names[indices.start:indices.stop:indices.step]
