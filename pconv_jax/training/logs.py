@@ -108,8 +108,8 @@ class DataWait:
             self._warned = True
             logging.getLogger("absl").warning(
                 "the train step waited for data %.0f%% of the time up to step %d: the input "
-                "pipeline is the bottleneck; raise config.data.workers (now %d threads) if "
-                "cores are free, or give the run more cores", 100 * fraction, step, self.workers)
+                "pipeline is the bottleneck: raise config.data.workers (now %d) if cores are "
+                "free, or give the run more cores", 100 * fraction, step, self.workers)
         return {"data_wait_fraction": fraction}
 
 
