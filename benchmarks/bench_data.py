@@ -27,6 +27,9 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)  # this checkout's pconv_jax, also in the child processes
+
 TFDS_NAME = {256: "places365_small", 512: "celeb_a_hq/512"}  # generated sets of these shapes
 
 
@@ -93,10 +96,7 @@ def _run_child(args, source: str, size: int, cpus: set[int], processes: bool) ->
     command = [sys.executable, __file__, "--child", "--source", source, "--size", str(size),
                "--batch", str(args.batch), "--seconds", str(args.seconds),
                "--data_dir", args.data_dir] + (["--processes"] if processes else [])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-         os.environ.get("PYTHONPATH", "")])}
-    result = subprocess.run(command, capture_output=True, text=True, env=env, check=False,
+    result = subprocess.run(command, capture_output=True, text=True, check=False,
                             preexec_fn=lambda: os.sched_setaffinity(0, cpus))
     lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
     if result.returncode or not lines:
