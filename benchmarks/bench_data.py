@@ -17,6 +17,7 @@ worker processes (`mp_prefetch`) on all cores. One JSON line per figure:
 Usage: python benchmarks/bench_data.py [--sizes 256 512] [--batch 16] [--seconds 5]
 """
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -164,7 +165,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as data_dir:
         args.data_dir = data_dir
-        _prepare(data_dir, args.sizes, args.sources)
+        with contextlib.redirect_stdout(sys.stderr):  # TFDS' progress: stdout stays JSON
+            _prepare(data_dir, args.sizes, args.sources)
         for size in args.sizes:
             target = args.target_images_per_s * (256 / size) ** 2
             for source in args.sources:
