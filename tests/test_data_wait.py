@@ -41,9 +41,9 @@ def test_data_wait_fraction_and_one_warning(caplog):
 
 def test_train_loop_logs_data_wait_fraction(tmp_path):
     import tensorflow as tf
+    from test_train_helpers import demo_config
 
     from pconv_jax.training.loop import train_and_evaluate
-    from test_train_helpers import demo_config
     train_and_evaluate(demo_config(steps=2), str(tmp_path))
     fractions = []
     for path in glob.glob(os.path.join(tmp_path, "events.out.tfevents.*")):
