@@ -1,6 +1,8 @@
 """Tests of the input pipelines: demo, image folder, TFDS (generated ArrayRecord sets and
 mocked), determinism whatever the worker count, resume, disjoint process shares."""
 import logging
+import threading
+import time
 
 import cv2
 import ml_collections
@@ -92,6 +94,10 @@ def test_same_batches_whatever_the_worker_count_and_resume(tmp_path):
         runs[workers] = [next(run) for _ in range(7)]  # crosses the 10-image epoch boundary
         run.close()
     assert _equal(runs[0], runs[1]) and _equal(runs[0], runs[2])
+    deadline = time.time() + 10  # closed pipelines leave no worker thread behind
+    while time.time() < deadline and any(t.name.startswith("grain") for t in threading.enumerate()):
+        time.sleep(0.05)
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("grain")]
     first, rest = runs[0][:4], runs[0][4:]
 
     other = _pipeline(config, seed=4)
