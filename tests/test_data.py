@@ -236,3 +236,17 @@ def test_bad_config_values_are_named():
     with pytest.raises(FileNotFoundError, match="config.data.folder"):
         data.create_train_pipeline(_config("folder", folder="/nonexistent"), seed=0,
                                    process_index=0, process_count=1)
+
+
+def test_uint8_batches_become_float_model_inputs():
+    import jax.numpy as jnp
+
+    from pconv_jax.training.step import model_inputs
+    batch = next(_pipeline(_config("demo", size=32, batch=2)))
+    image, mask = model_inputs({k: jnp.asarray(v) for k, v in batch.items()})
+    assert image.dtype == mask.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(image), batch["image"] / 255.0, atol=1e-7)
+    np.testing.assert_array_equal(np.asarray(mask), batch["mask"].astype(np.float32))
+    assert 0.0 <= float(image.min()) and float(image.max()) <= 1.0
+    floats = {"image": jnp.full((1, 4, 4, 3), 0.5), "mask": jnp.ones((1, 4, 4, 1))}
+    assert float(model_inputs(floats)[0][0, 0, 0, 0]) == 0.5  # float batches pass unchanged
