@@ -120,10 +120,8 @@ class TrainPipeline:
         return grain.MapDataset.range(start, sys.maxsize).map(self.example)
 
     def _make_iterator(self):
-        read = grain.ReadOptions(
-            num_threads=self.workers,
-            prefetch_buffer_size=max(self.prefetch, 1) * self.local_batch_size if self.workers
-            else 0)
+        ahead = self.prefetch * self.local_batch_size if self.workers else 0  # examples in flight
+        read = grain.ReadOptions(num_threads=self.workers, prefetch_buffer_size=ahead)
         batches = self.examples(self._position).to_iter_dataset(read).batch(
             self.local_batch_size, drop_remainder=True)
         return iter(batches)
