@@ -206,12 +206,20 @@ def test_tfds_pipeline_on_generated_array_record_files(name, tmp_path):
     assert len(heldout_ids) == 4 and not heldout_ids & (seen[0] | seen[1])
 
 
-def test_tfrecord_only_copy_names_the_conversion_command(tmp_path):
-    write_synthetic_tfds("places365_small", str(tmp_path), train=4, file_format="tfrecord")
-    config = _config("places365_small", tfds_data_dir=str(tmp_path), download=False)
-    with pytest.raises(FileNotFoundError, match=r"(?s)TFRecord files only.*tfds convert_format "
-                                                r"--dataset_version_dir=.*places365_small"):
+def test_tfrecord_only_copy_names_the_conversion_and_reads_the_same_once_converted(tmp_path):
+    native, tfrecord = str(tmp_path / "native"), str(tmp_path / "tfrecord")
+    write_synthetic_tfds("places365_small", native, train=12, solid=True)
+    write_synthetic_tfds("places365_small", tfrecord, train=12, solid=True,
+                         file_format="tfrecord")
+    config = _config("places365_small", tfds_data_dir=tfrecord, download=False)
+    with pytest.raises(FileNotFoundError, match=r"(?s)TFRecord files only.*python -m "
+                                                r"pconv_jax.data.sources to-array-record "):
         _pipeline(config)
+    version_dir = str(tmp_path / "tfrecord" / "places365_small" / "2.1.0")
+    data_sources.main(["to-array-record", version_dir])
+    converted = [next(run) for run in [_pipeline(config)] for _ in range(4)]
+    config.data.tfds_data_dir = native
+    assert _equal(converted, [next(run) for run in [_pipeline(config)] for _ in range(4)])
 
 
 def test_tfds_pipeline_under_mock_data():

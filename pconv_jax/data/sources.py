@@ -219,11 +219,60 @@ def tfds_splits(name: str, heldout_count: int) -> tuple[str, str]:
 
 def _tfrecord_help(name: str, version_dir: str) -> str:
     return (f"TFDS dataset {name} in {version_dir} is prepared as TFRecord files only, which "
-            f"cannot be read at random. Convert it once to ArrayRecord (next to the TFRecord "
-            f"files; needs `pip install apache-beam`):\n"
-            f"    tfds convert_format --dataset_version_dir={version_dir} "
-            f"--out_file_format=array_record\n"
+            f"cannot be read at random. Convert it once to ArrayRecord (written next to the "
+            f"TFRecord files):\n"
+            f"    python -m pconv_jax.data.sources to-array-record {version_dir}\n"
             f"or prepare it again as ArrayRecord in another config.data.tfds_data_dir.")
+
+
+def convert_tfds_to_array_record(version_dir: str) -> int:
+    """Writes an ArrayRecord copy of each TFRecord shard of a prepared TFDS dataset next to it
+    and makes it the dataset's file format in its metadata; returns the shards written.
+
+    The records (serialized examples) are copied as they are, in their order, so the dataset
+    reads the same in either format.
+    """
+    import glob
+    import json
+
+    import tensorflow as tf
+    from array_record.python.array_record_module import ArrayRecordWriter
+
+    info_path = os.path.join(version_dir, "dataset_info.json")
+    shards = sorted(glob.glob(os.path.join(glob.escape(version_dir), "*.tfrecord-*-of-*")))
+    if not os.path.isfile(info_path) or not shards:
+        raise FileNotFoundError(f"{version_dir!r} holds no prepared TFDS dataset in TFRecord "
+                                f"files (dataset_info.json and *.tfrecord-*-of-* shards).")
+    for shard in shards:
+        folder, base = os.path.split(shard)
+        target = os.path.join(folder, base.replace(".tfrecord-", ".array_record-"))
+        writer = ArrayRecordWriter(target + ".incomplete", "group_size:1")  # random access
+        for record in tf.data.TFRecordDataset(shard):
+            writer.write(record.numpy())
+        writer.close()
+        os.replace(target + ".incomplete", target)  # a crash leaves no half shard behind
+    with open(info_path) as f:
+        info = json.load(f)
+    # ArrayRecord becomes the main format: TFDS builders found by name read only that one
+    # (they drop `alternativeFileFormats` when restoring the metadata).
+    info["fileFormat"] = "array_record"
+    info["alternativeFileFormats"] = sorted({*info.get("alternativeFileFormats", []),
+                                             "tfrecord"} - {"array_record"})
+    with open(info_path, "w") as f:
+        json.dump(info, f, indent=2)
+    return len(shards)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    import argparse
+    parser = argparse.ArgumentParser(prog="python -m pconv_jax.data.sources")
+    commands = parser.add_subparsers(dest="command", required=True)
+    convert = commands.add_parser(
+        "to-array-record", help="convert a TFDS dataset prepared as TFRecord to ArrayRecord")
+    convert.add_argument("version_dir", help="e.g. ~/tensorflow_datasets/places365_small/2.1.0")
+    args = parser.parse_args(argv)
+    count = convert_tfds_to_array_record(os.path.expanduser(args.version_dir))
+    print(f"wrote {count} ArrayRecord shards to {args.version_dir}")
 
 
 def decode_image(data: bytes) -> np.ndarray | None:
@@ -250,3 +299,7 @@ def tfds_source(name: str, split: str, *, data_dir: str = "", manual_dir: str = 
     except NotImplementedError as error:  # no random-access file format among the prepared ones
         raise FileNotFoundError(_tfrecord_help(name, str(builder.data_dir))) from error
     return ImageSource(range(len(examples)), lambda i: decode_image(examples[i]["image"]))
+
+
+if __name__ == "__main__":
+    main()
