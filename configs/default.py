@@ -61,9 +61,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data.tfds_data_dir = ""    # TFDS data directory ('' = TFDS' default)
     config.data.manual_dir = ""       # manually downloaded files (CelebA-HQ); '' = TFDS' default
     config.data.download = True       # let TFDS download and prepare a missing dataset
-    config.data.shuffle_buffer = 10_000  # TFDS shuffle buffer (examples)
-    config.data.num_parallel_calls = -1  # parallel decode/augment calls; -1 = AUTOTUNE
-    config.data.prefetch = 2          # batches prepared ahead
+    config.data.workers = -1          # threads doing per-example work; -1 = usable cores less
+                                      # one (at least 1); 0 = in the calling thread (debugging)
+    config.data.prefetch = 2          # batches prepared ahead (bounds the pipeline's memory)
 
     # Training masks (see README, "Masks").
     config.masks = ml_collections.ConfigDict()

@@ -205,7 +205,7 @@ def test_sigterm_during_training_saves_and_stops(tmp_path, monkeypatch, compiled
 # Runs train.py on a tiny demo network for many steps; the parent sends SIGTERM mid-run.
 TRAIN_PY_TINY = ["--config", "configs/demo.py", "--config.data.image_size=32",
                  "--config.model.depth=3", "--config.model.base_width=4",
-                 "--config.model.max_width=8", "--config.data.eval_images=2",
+                 "--config.model.max_width=8", "--config.eval.num_images=2",
                  "--config.train.eval_batch_size=2", "--config.train.num_steps=100000",
                  "--config.train.eval_every_steps=100000", "--config.train.log_every_steps=2",
                  "--config.train.checkpoint_every_steps=2",

@@ -14,7 +14,7 @@ from test_train_helpers import REPO
 from pconv_jax import cli
 
 TINY = ["--config.model.depth=2", "--config.model.base_width=4", "--config.model.max_width=8",
-        "--config.data.image_size=16", "--config.data.num_parallel_calls=1"]
+        "--config.data.image_size=16", "--config.data.workers=1"]
 
 
 def run_command(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:

@@ -1,5 +1,8 @@
-"""Tests of the input pipelines: demo, image folder, TFDS (mocked), determinism and resume."""
+"""Tests of the input pipelines: demo, image folder, TFDS (generated ArrayRecord sets and
+mocked), determinism whatever the worker count, resume, disjoint process shares."""
 import logging
+import threading
+import time
 
 import cv2
 import numpy as np
@@ -8,6 +11,7 @@ import tensorflow_datasets as tfds
 
 from pconv_jax.data import pipeline as data
 from pconv_jax.data import sources as data_sources
+from pconv_jax.data.synthetic_tfds import write_synthetic_tfds
 from test_train_helpers import default_config
 
 
@@ -16,7 +20,7 @@ def _config(name="demo", size=32, batch=4, **data_overrides):
     config.data.name = name
     config.data.image_size = size
     config.data.batch_size = batch
-    config.data.num_parallel_calls = 2
+    config.data.workers = 2
     config.data.update(data_overrides)
     return config
 
@@ -24,10 +28,10 @@ def _config(name="demo", size=32, batch=4, **data_overrides):
 def _check_batch(batch, batch_size, size, holes=True):
     assert set(batch) == {"image", "mask"}
     image, mask = batch["image"], batch["mask"]
-    assert image.shape == (batch_size, size, size, 3) and image.dtype == np.float32
-    assert mask.shape == (batch_size, size, size, 1) and mask.dtype == np.float32
-    assert 0.0 <= image.min() and image.max() <= 1.0 and image.std() > 0.01
-    assert set(np.unique(mask)) <= {0.0, 1.0}
+    assert image.shape == (batch_size, size, size, 3) and image.dtype == np.uint8
+    assert mask.shape == (batch_size, size, size, 1) and mask.dtype == np.uint8
+    assert image.std() > 2
+    assert set(np.unique(mask)) <= {0, 1}
     if holes:  # generated masks hold at least 1% holes
         assert ((mask == 0).mean(axis=(1, 2, 3)) > 0.01).all()
 
@@ -42,11 +46,17 @@ def _solid_folder(root, levels):
 
 
 def _levels(batch):
-    return {int(round(v * 255)) for v in batch["image"][:, 0, 0, 0]}
+    return {int(v) for v in batch["image"][:, 0, 0, 0]}
 
 
 def _equal(batches_a, batches_b):
+    assert len(batches_a) == len(batches_b)
     return all(np.array_equal(a[k], b[k]) for a, b in zip(batches_a, batches_b) for k in a)
+
+
+def _pipeline(config, seed=0, index=0, count=1):
+    return data.create_train_pipeline(config, seed=seed, process_index=index,
+                                      process_count=count)
 
 
 def test_demo_pipeline_and_eval_images():
@@ -72,26 +82,49 @@ def test_demo_images_are_bundled_colour_photographs():
     assert not set(data_sources.DEMO_TRAIN) & set(data_sources.DEMO_HELDOUT)
 
 
-def test_same_seed_same_batches_and_resume(tmp_path):
+def test_same_batches_whatever_the_worker_count_and_resume(tmp_path):
     folder = _solid_folder(tmp_path, range(10, 250, 20))  # 12 images
     config = _config("folder", size=16, batch=4, folder=folder, heldout_count=2)
-    run = data.create_train_pipeline(config, seed=3, process_index=0, process_count=1)
-    first = [next(run) for _ in range(4)]  # 16 examples: crosses the 10-image epoch boundary
-    state = run.get_state()
-    assert state == {"position": 16}
-    rest = [next(run) for _ in range(3)]
+    runs = {}
+    for workers in (0, 1, 2):
+        config.data.workers = workers
+        run = _pipeline(config, seed=3)
+        runs[workers] = [next(run) for _ in range(7)]  # crosses the 10-image epoch boundary
+        run.close()
+    assert _equal(runs[0], runs[1]) and _equal(runs[0], runs[2])
+    deadline = time.time() + 10  # closed pipelines leave no worker thread behind
+    while time.time() < deadline and any(t.name.startswith("grain") for t in threading.enumerate()):
+        time.sleep(0.05)
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("grain")]
+    first, rest = runs[0][:4], runs[0][4:]
 
-    again = data.create_train_pipeline(config, seed=3, process_index=0, process_count=1)
-    assert _equal(first + rest, [next(again) for _ in range(7)])
-    other = data.create_train_pipeline(config, seed=4, process_index=0, process_count=1)
+    other = _pipeline(config, seed=4)
     assert not _equal(first, [next(other) for _ in range(4)])
 
-    resumed = data.create_train_pipeline(config, seed=3, process_index=0, process_count=1)
+    # Resume mid-epoch (position 16 of epochs of 10) with 2 threads, after a started run.
+    run = _pipeline(config, seed=3)
+    [next(run) for _ in range(4)]
+    state = run.get_state()
+    assert state == {"position": 16}
+    resumed = _pipeline(config, seed=3)
+    next(resumed)  # its threads are already busy ahead when the state arrives
     resumed.set_state(state)
     assert _equal(rest, [next(resumed) for _ in range(3)])
+    assert resumed.get_state() == {"position": 28}
     # The first epoch visits each of the 10 training images once; held-out ones never appear.
-    levels = [round(v * 255) for b in first for v in b["image"][:, 0, 0, 0]]
+    levels = [int(v) for b in first for v in b["image"][:, 0, 0, 0]]
     assert len(set(levels[:10])) == 10 and set(levels) == set(levels[:10])
+
+
+def test_workers_setting():
+    import os
+    cores = len(os.sched_getaffinity(0))
+    assert data.resolve_workers(-1) == max(1, cores - 1)
+    assert data.resolve_workers(0) == 0 and data.resolve_workers(3) == 3
+    with pytest.raises(ValueError, match="config.data.workers"):
+        data.resolve_workers(-2)
+    with pytest.raises(ValueError, match="config.data.prefetch"):
+        _pipeline(_config(prefetch=0))
 
 
 def test_folder_processes_disjoint(tmp_path):
@@ -99,14 +132,14 @@ def test_folder_processes_disjoint(tmp_path):
     config = _config("folder", size=16, batch=4, folder=folder, heldout_count=2)
     seen = []
     for index in range(2):
-        pipeline = data.create_train_pipeline(config, seed=0, process_index=index, process_count=2)
+        pipeline = _pipeline(config, index=index, count=2)
         batches = [next(pipeline) for _ in range(5)]
         assert batches[0]["image"].shape[0] == 2  # global batch 4 over 2 processes
         seen.append(set().union(*map(_levels, batches)))
     assert len(seen[0]) == len(seen[1]) == 5
     assert not seen[0] & seen[1]
     heldout = data.load_eval_images(config, 2)
-    assert not {int(round(v * 255)) for v in heldout[:, 0, 0, 0]} & (seen[0] | seen[1])
+    assert not {round(v * 255) for v in heldout[:, 0, 0, 0]} & (seen[0] | seen[1])
 
 
 def test_folder_with_odd_files(tmp_path, caplog):
@@ -121,14 +154,17 @@ def test_folder_with_odd_files(tmp_path, caplog):
     (tmp_path / "truncated.jpg").write_bytes(whole[: len(whole) // 2])  # OpenCV reads it grey
     (tmp_path / "whole.jpg").unlink()
     (tmp_path / "notes.txt").write_text("not an image")
-    config = _config("folder", size=24, batch=5, folder=str(tmp_path), heldout_count=0)
-    pipeline = data.create_train_pipeline(config, seed=0, process_index=0, process_count=1)
+    config = _config("folder", size=24, batch=5, folder=str(tmp_path), heldout_count=0,
+                     workers=3)
+    pipeline = _pipeline(config)
     with caplog.at_level(logging.WARNING):
         batches = [next(pipeline) for _ in range(3)]
+        pipeline.close()
     for batch in batches:
         _check_batch(batch, 5, 24)
     assert pipeline.skipped_files == 2
     assert "corrupt.jpg" in caplog.text and "truncated.jpg" in caplog.text
+    assert "2 unreadable image files were skipped" in caplog.text
 
 
 def test_nvidia_training_masks_in_pipeline(tmp_path):
@@ -149,49 +185,57 @@ def test_nvidia_training_masks_in_pipeline(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["places365_small", "celeb_a_hq/256"])
-def test_tfds_pipeline_under_mock_data(name, monkeypatch):
-    splits = []
+def test_tfds_pipeline_on_generated_array_record_files(name, tmp_path):
+    write_synthetic_tfds(name, str(tmp_path), train=20, heldout=4, solid=True)
+    config = _config(name, size=32, batch=4, tfds_data_dir=str(tmp_path), download=False,
+                     heldout_count=4)
+    seen = []
+    for index in range(2):
+        pipeline = _pipeline(config, index=index, count=2)
+        batches = [next(pipeline) for _ in range(6)]  # 12 examples: crosses an epoch of 8
+        for batch in batches:
+            _check_batch(batch, 2, 32)
+        seen.append({round(level / 10) for batch in batches for level in _levels(batch)})
+        resumed = _pipeline(config, index=index, count=2)
+        resumed.set_state({"position": 6})
+        assert _equal(batches[3:], [next(resumed) for _ in range(3)])
+    # Disjoint shares of the 16 (CelebA-HQ: 20 - 4 held out) or 20 training examples.
+    assert len(seen[0]) == len(seen[1]) == (8 if name.startswith("celeb") else 10)
+    assert not seen[0] & seen[1]
+    heldout = data.load_eval_images(config, 4)
+    assert heldout.shape == (4, 32, 32, 3) and heldout.dtype == np.float32
+    heldout_ids = {round(v * 255 / 10) for v in heldout[:, 0, 0, 0]}
+    assert len(heldout_ids) == 4 and not heldout_ids & (seen[0] | seen[1])
+
+
+def test_tfrecord_only_copy_names_the_conversion_and_reads_the_same_once_converted(tmp_path):
+    native, tfrecord = str(tmp_path / "native"), str(tmp_path / "tfrecord")
+    write_synthetic_tfds("places365_small", native, train=12, solid=True)
+    write_synthetic_tfds("places365_small", tfrecord, train=12, solid=True,
+                         file_format="tfrecord")
+    config = _config("places365_small", tfds_data_dir=tfrecord, download=False)
+    with pytest.raises(FileNotFoundError, match=r"(?s)TFRecord files only.*python -m "
+                                                r"pconv_jax.data.sources to-array-record "):
+        _pipeline(config)
+    version_dir = str(tmp_path / "tfrecord" / "places365_small" / "2.1.0")
+    data_sources.main(["sources.py", "to-array-record", version_dir])
+    converted = [next(run) for run in [_pipeline(config)] for _ in range(4)]
+    config.data.tfds_data_dir = native
+    assert _equal(converted, [next(run) for run in [_pipeline(config)] for _ in range(4)])
+
+
+def test_tfds_pipeline_under_mock_data():
     with tfds.testing.mock_data(num_examples=6):
-        as_dataset = tfds.core.DatasetBuilder.as_dataset
-
-        def recording_as_dataset(self, split, **kwargs):
-            splits.append(split)
-            return as_dataset(self, split=split, **kwargs)
-
-        monkeypatch.setattr(tfds.core.DatasetBuilder, "as_dataset", recording_as_dataset)
-        config = _config(name, size=32, batch=4, heldout_count=10)
-        for index in range(2):
-            pipeline = data.create_train_pipeline(config, seed=0, process_index=index,
-                                                  process_count=2)
-            batches = [next(pipeline) for _ in range(4)]  # 8 examples: crosses an epoch of 6
-            for batch in batches:
-                _check_batch(batch, 2, 32)
-            resumed = data.create_train_pipeline(config, seed=0, process_index=index,
-                                                 process_count=2)
-            resumed.set_state({"position": 4})
-            assert _equal(batches[2:], [next(resumed) for _ in range(2)])
+        config = _config("places365_small", size=32, batch=4)
+        _check_batch(next(_pipeline(config)), 4, 32)
         evaluation = data.load_eval_images(config, 3)
         assert evaluation.shape == (3, 32, 32, 3) and evaluation.dtype == np.float32
-
-    # The two processes read disjoint parts of the train split (mock data ignores the split).
-    total = 100
-    infos = tfds.core.SplitDict([tfds.core.SplitInfo(name="train", shard_lengths=[total],
-                                                     num_bytes=0)])
-    per_process = {split.index: split for split in splits if not isinstance(split, str)}
-    assert sorted(per_process) == [0, 1]
-    ranges = []
-    for index in (0, 1):
-        (instruction,) = per_process[index].to_absolute(infos)
-        ranges.append(set(range(*slice(instruction.from_, instruction.to).indices(total))))
-    assert ranges[0] and ranges[1] and not ranges[0] & ranges[1]
-    heldout = set(range(total - 10, total)) if name.startswith("celeb") else set()
-    assert not (ranges[0] | ranges[1]) & heldout
 
 
 def test_celeb_a_hq_without_manual_download(tmp_path):
     config = _config("celeb_a_hq/256", tfds_data_dir=str(tmp_path), manual_dir=str(tmp_path / "m"))
     with pytest.raises(RuntimeError, match="CelebA-HQ cannot be downloaded automatically"):
-        data.create_train_pipeline(config, seed=0, process_index=0, process_count=1)
+        _pipeline(config)
 
 
 def test_bad_config_values_are_named():
@@ -202,3 +246,17 @@ def test_bad_config_values_are_named():
     with pytest.raises(FileNotFoundError, match="config.data.folder"):
         data.create_train_pipeline(_config("folder", folder="/nonexistent"), seed=0,
                                    process_index=0, process_count=1)
+
+
+def test_uint8_batches_become_float_model_inputs():
+    import jax.numpy as jnp
+
+    from pconv_jax.training.step import model_inputs
+    batch = next(_pipeline(_config("demo", size=32, batch=2)))
+    image, mask = model_inputs({k: jnp.asarray(v) for k, v in batch.items()})
+    assert image.dtype == mask.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(image), batch["image"] / 255.0, atol=1e-7)
+    np.testing.assert_array_equal(np.asarray(mask), batch["mask"].astype(np.float32))
+    assert 0.0 <= float(image.min()) and float(image.max()) <= 1.0
+    floats = {"image": jnp.full((1, 4, 4, 3), 0.5), "mask": jnp.ones((1, 4, 4, 1))}
+    assert float(model_inputs(floats)[0][0, 0, 0, 0]) == 0.5  # float batches pass unchanged

@@ -162,8 +162,7 @@ def test_end_to_end_tiny_checkpoint_eval_and_inpaint_command(tmp_path, compiled_
     repo = pathlib.Path(__file__).resolve().parents[1]
     config = ml_collections.ConfigDict(
         config_lib.load_config(str(repo / "configs" / "demo.py")).to_dict())  # unlocked copy
-    config.data.update(image_size=32, batch_size=8, prefetch=1, num_parallel_calls=1,
-                       shuffle_buffer=8)
+    config.data.update(image_size=32, batch_size=8, prefetch=1)
     config.model.update(depth=2, base_width=4, max_width=8)
     config.train.update(num_steps=2, log_every_steps=1, checkpoint_every_steps=2,
                         eval_every_steps=2, eval_batch_size=2, async_checkpoints=False)

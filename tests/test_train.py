@@ -115,7 +115,7 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch, 
         def __next__(self):
             batch, self.count = dict(next(self.pipeline)), self.count + 1
             if self.count >= 7:
-                batch["image"] = np.full_like(batch["image"], np.nan)
+                batch["image"] = np.full(batch["image"].shape, np.nan, np.float32)
             return batch
 
         def get_state(self):

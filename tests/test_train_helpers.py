@@ -20,9 +20,7 @@ def shrink(config: ml_collections.ConfigDict, *, steps: int = 4, size: int = 32,
     config.data.image_size = size
     config.data.batch_size = batch
     config.eval.num_images = 2
-    config.data.shuffle_buffer = 8
     config.data.prefetch = 1
-    config.data.num_parallel_calls = 1
     config.model.depth = 3
     config.model.base_width = 4
     config.model.max_width = 8

@@ -95,6 +95,19 @@ def try_read_image(path: str) -> np.ndarray | None:
         return None
 
 
+def decode_image_bytes(data: bytes) -> np.ndarray | None:
+    """Encoded image bytes (a dataset record: JPEG, PNG, ...) as uint8 RGB (H, W, 3); None if
+    they do not decode.
+
+    OpenCV: the fast path for records a dataset builder has already checked. Files on disk go
+    through `read_image`, which also refuses truncated files.
+    """
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
+    if image is None or image.size == 0:
+        return None
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
 def to_float(image: np.ndarray) -> np.ndarray:
     """uint8 (or uint16) pixels as float32 in [0, 1]."""
     scale = 65535.0 if image.dtype == np.uint16 else 255.0
@@ -181,15 +194,21 @@ def write_image(path: str, image: np.ndarray, *, bits: int = 8, jpeg_quality: in
     if image.dtype.kind == "f":
         dtype, top = (np.uint8, 255) if bits == 8 else (np.uint16, 65535)
         image = np.round(np.clip(image, 0.0, 1.0) * top).astype(dtype)
+    data = encode_image(image, ext, jpeg_quality=jpeg_quality)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def encode_image(image: np.ndarray, ext: str = ".png", *, jpeg_quality: int = 95) -> bytes:
+    """uint8 or uint16 RGB (H, W, 3) or gray (H, W) pixels as the bytes of an `ext` file."""
     if image.ndim == 3 and image.shape[-1] == 3:
         image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     params = [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality] if ext in (".jpg", ".jpeg") else []
     ok, data = cv2.imencode(ext, image, params)
     if not ok:
         raise ValueError(f"cannot encode an image of shape {image.shape} as {ext}")
-    with open(path, "wb") as f:
-        f.write(data.tobytes())
+    return data.tobytes()
 
 
 def write_mask(path: str, mask: np.ndarray, holes: Holes = "white") -> None:

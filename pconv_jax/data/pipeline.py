@@ -1,62 +1,98 @@
-"""Input pipelines: image sources paired with hole masks, per host, resumable.
+"""Input pipelines: image sources paired with hole masks, per host, resumable, on grain.
 
-Every batch is a pure function of (seed, process index, position in the example stream):
-examples are visited in a seeded per-epoch order, crops and flips use stateless random ops
-seeded by (seed, position), masks are drawn with NumPy seeded by (seed, position). The
-pipeline's state is therefore just its position, a small JSON-serialisable dict that the
-training checkpoint stores; a resumed run sees exactly the batches of an uninterrupted one.
+Every example is a pure function of (seed, process index, position in the example stream):
+examples are visited in a seeded per-epoch permutation of the process's share of the source;
+crops, flips and masks are drawn with NumPy generators seeded by (seed, position). A batch holds
+consecutive positions, so the pipeline's state is just its position, a small JSON-serialisable
+dict that the training checkpoint stores; a resumed run sees exactly the batches of an
+uninterrupted one, whatever the number of workers.
 
-Batches are dicts of NumPy arrays, local to the process:
-  'image': float32 in [0, 1], (B_local, H, W, 3)
-  'mask':  float32, 1 = valid, 0 = hole, (B_local, H, W, 1)
+The per-example work (decoding, cropping, mask drawing) runs in `config.data.workers` threads
+of a grain pipeline: OpenCV and large NumPy operations release the GIL, so threads scale with
+the cores, and batches need no copy between processes.
+
+Batches are dicts of uint8 NumPy arrays, local to the process; they stay uint8 until they reach
+the device, where the train step turns them into float32:
+  'image': uint8 RGB, (B_local, H, W, 3)
+  'mask':  uint8, 1 = valid, 0 = hole, (B_local, H, W, 1)
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator, Sequence
+import math
+import os
+import sys
+from collections.abc import Callable, Sequence
 
+import cv2
+import grain
 import ml_collections
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 from pconv_jax.data import sources as data_sources
 from pconv_jax.data.images import try_read_image
 from pconv_jax.data.masks import generate_mask
 from pconv_jax.data.nvidia_masks import NvidiaTrainMasks
 
-try:  # TensorFlow only feeds data: keep it off the accelerators JAX uses.
+try:  # TensorFlow writes the training logs (clu): keep it off the accelerators JAX uses.
     tf.config.set_visible_devices([], "GPU")
 except RuntimeError:  # TensorFlow was initialised already; nothing left to hide then.
     pass
 
 DATASETS = ("demo", "folder") + data_sources.TFDS_NAMES
 Batch = dict[str, np.ndarray]
+Example = dict[str, np.ndarray]
+
+
+def resolve_workers(workers: int) -> int:
+    """`config.data.workers` as a thread count: -1 means the usable cores less one, at least 1."""
+    workers = int(workers)
+    if workers < -1:
+        raise ValueError(f"config.data.workers must be >= -1 (-1 = automatic), got {workers}.")
+    if workers == -1:
+        return max(1, len(os.sched_getaffinity(0)) - 1)
+    return workers
 
 
 # ----------------------------------------------------------------------------- pipeline object
 
 class TrainPipeline:
-    """An endless iterator of process-local batches with a saveable position.
+    """An endless iterator of process-local uint8 batches with a saveable position.
 
     `get_state()` returns {'position': examples consumed by this process}; `set_state` on a
     pipeline built with the same config and seed continues exactly from there.
     """
 
-    def __init__(self, make_dataset: Callable[[int], tf.data.Dataset], local_batch_size: int,
-                 skipped_files: Callable[[], int] = lambda: 0):
-        self._make_dataset = make_dataset
+    def __init__(self, example: Callable[[int], Example], local_batch_size: int, *,
+                 workers: int, prefetch: int, skipped_files: Callable[[], int] = lambda: 0):
+        self.example = example  # position -> example: the whole per-example work
         self.local_batch_size = local_batch_size
+        self.workers = workers
+        self.prefetch = prefetch
         self._skipped_files = skipped_files
         self._position = 0
-        self._iterator: Iterator[Batch] | None = None
+        self._iterator = None
+
+    def examples(self, start: int = 0) -> grain.MapDataset:
+        """The example stream from position `start` on (endless), as a grain MapDataset."""
+        return grain.MapDataset.range(start, sys.maxsize).map(self.example)
+
+    def _make_iterator(self):
+        ahead = self.prefetch * self.local_batch_size if self.workers else 0  # examples in flight
+        read = grain.ReadOptions(num_threads=self.workers, prefetch_buffer_size=ahead)
+        batches = self.examples(self._position).to_iter_dataset(read).batch(
+            self.local_batch_size, drop_remainder=True)
+        return iter(batches)
 
     def __iter__(self) -> TrainPipeline:
         return self
 
     def __next__(self) -> Batch:
         if self._iterator is None:  # built lazily so that set_state() right after costs nothing
-            self._iterator = self._make_dataset(self._position).as_numpy_iterator()
+            self._iterator = self._make_iterator()
         batch = next(self._iterator)
         self._position += self.local_batch_size
         return batch
@@ -70,8 +106,20 @@ class TrainPipeline:
         position = int(state["position"])
         if position < 0:
             raise ValueError(f"pipeline position must be >= 0, got {position}.")
+        self.close()
         self._position = position
-        self._iterator = None
+
+    def close(self) -> None:
+        """Stops the worker threads (pending work is cancelled); `next` starts them again."""
+        if self._iterator is not None:
+            self._iterator.close()
+            self._iterator = None
+        if self.skipped_files:
+            logging.warning("%d unreadable image files were skipped so far", self.skipped_files)
+
+    def __del__(self):
+        if getattr(self, "_iterator", None) is not None:
+            self._iterator.close()
 
     @property
     def skipped_files(self) -> int:
@@ -86,11 +134,6 @@ def _key(*parts: int) -> int:
     return int(np.random.SeedSequence(list(parts)).generate_state(1, np.uint32)[0] >> 1)
 
 
-def _parallel(config: ml_collections.ConfigDict) -> int:
-    calls = int(config.data.get("num_parallel_calls", -1))
-    return tf.data.AUTOTUNE if calls < 0 else max(1, calls)
-
-
 def _process(process_index: int | None, process_count: int | None) -> tuple[int, int]:
     if process_index is None or process_count is None:
         import jax
@@ -101,40 +144,40 @@ def _process(process_index: int | None, process_count: int | None) -> tuple[int,
     return process_index, process_count
 
 
-def _fit(image: tf.Tensor, size: int, mode: str) -> tf.Tensor:
-    """Scales an image (float32) so that its shorter side is >= size ('crop') or == size."""
-    shape = tf.shape(image)
-    short = tf.cast(tf.minimum(shape[0], shape[1]), tf.float32)
-    scale = size / short
-    if mode == "crop":
-        scale = tf.maximum(scale, 1.0)
-    new_hw = tf.maximum(tf.cast(tf.math.ceil(tf.cast(shape[:2], tf.float32) * scale), tf.int32),
-                        size)
-    return tf.cond(tf.reduce_all(new_hw == shape[:2]), lambda: image,
-                   lambda: tf.image.resize(image, new_hw, antialias=True))
-
-
 def _check_mode(mode: str) -> str:
     if mode not in ("crop", "resize"):
         raise ValueError(f"config.data.resize_mode must be 'crop' or 'resize', got {mode!r}.")
     return mode
 
 
-def _train_image(image: tf.Tensor, seed: tf.Tensor, size: int, mode: str) -> tf.Tensor:
-    """Random crop and horizontal flip, stateless; uint8 (H, W, 3) → float32 [0, 1] (S, S, 3)."""
-    crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-    image = _fit(tf.cast(image, tf.float32), size, mode)
-    image = tf.image.stateless_random_crop(image, [size, size, 3], seed=crop_seed)
-    image = tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
-    return tf.clip_by_value(image / 255.0, 0.0, 1.0)
+def _fit(image: np.ndarray, size: int, mode: str) -> np.ndarray:
+    """Scales a uint8 image so that its shorter side is >= size ('crop') or == size."""
+    h, w = image.shape[:2]
+    scale = size / min(h, w)
+    if mode == "crop":
+        scale = max(scale, 1.0)
+    new_h, new_w = max(math.ceil(h * scale), size), max(math.ceil(w * scale), size)
+    if (new_h, new_w) == (h, w):
+        return image
+    # Area averaging when shrinking (no aliasing), bilinear when enlarging.
+    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    return cv2.resize(image, (new_w, new_h), interpolation=interpolation)
 
 
-def _eval_image(image: tf.Tensor, size: int, mode: str) -> tf.Tensor:
-    """Centre crop; uint8 (H, W, 3) → float32 [0, 1] (S, S, 3)."""
-    image = _fit(tf.cast(image, tf.float32), size, mode)
-    shape = tf.shape(image)
-    top, left = (shape[0] - size) // 2, (shape[1] - size) // 2
-    return tf.clip_by_value(image[top:top + size, left:left + size] / 255.0, 0.0, 1.0)
+def _train_image(image: np.ndarray, rng: np.random.Generator, size: int, mode: str
+                 ) -> np.ndarray:
+    """Random crop and horizontal flip: uint8 (H, W, 3) -> uint8 (S, S, 3)."""
+    image = _fit(image, size, mode)
+    top, left, flip = rng.integers(0, [image.shape[0] - size + 1, image.shape[1] - size + 1, 2])
+    crop = image[top:top + size, left:left + size]
+    return np.ascontiguousarray(crop[:, ::-1] if flip else crop)
+
+
+def _eval_image(image: np.ndarray, size: int, mode: str) -> np.ndarray:
+    """Centre crop: uint8 (H, W, 3) -> float32 [0, 1] (S, S, 3)."""
+    image = _fit(image, size, mode)
+    top, left = (image.shape[0] - size) // 2, (image.shape[1] - size) // 2
+    return image[top:top + size, left:left + size].astype(np.float32) / 255.0
 
 
 def make_mask_fn(mask_config: ml_collections.ConfigDict, size: int
@@ -152,62 +195,6 @@ def make_mask_fn(mask_config: ml_collections.ConfigDict, size: int
                      f"got {mask_config.source!r}.")
 
 
-# ----------------------------------------------------------------------------- example streams
-
-def _random_access_stream(source: data_sources.ImageSource, order_key: int, start: int,
-                          parallel: int) -> tf.data.Dataset:
-    """(uint8 image, position) from `start` on; each epoch visits the source in a seeded order."""
-    n = len(source)
-
-    @functools.lru_cache(maxsize=4)
-    def order(epoch: int) -> np.ndarray:
-        return np.random.default_rng([order_key, epoch]).permutation(n)
-
-    def load(position: np.int64) -> np.ndarray:
-        epoch, offset = divmod(int(position), n)
-        return source.load(int(order(epoch)[offset]))
-
-    def load_tf(position: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        image = tf.numpy_function(load, [position], tf.uint8, stateful=False)
-        image.set_shape([None, None, 3])
-        return image, position
-
-    return tf.data.Dataset.counter(start).map(load_tf, num_parallel_calls=parallel)
-
-
-def _tfds_examples(config: ml_collections.ConfigDict, process_index: int, process_count: int
-                   ) -> tuple[tf.data.Dataset, int]:
-    """This process's share of the TFDS train split, images still encoded, and its size."""
-    import tensorflow_datasets as tfds
-
-    data = config.data
-    builder = data_sources.tfds_builder(data.name, data_dir=data.tfds_data_dir,
-                                        manual_dir=data.manual_dir, download=data.download)
-    train_split, _ = data_sources.tfds_splits(data.name, data.heldout_count)
-    split = tfds.split_for_jax_process(train_split, process_index=process_index,
-                                       process_count=process_count, drop_remainder=True)
-    raw = builder.as_dataset(split=split, shuffle_files=False,
-                             decoders={"image": tfds.decode.SkipDecoding()})
-    raw = raw.map(lambda example: example["image"])  # still encoded: skipping stays cheap
-    n = int(raw.cardinality())
-    if n <= 0:
-        raise ValueError(f"{data.name} split {split} of process {process_index} has no examples "
-                         f"(cardinality {n}).")
-    return raw, n
-
-
-def _tfds_stream(raw: tf.data.Dataset, n: int, shuffle_buffer: int, order_key: int, start: int,
-                 parallel: int) -> tf.data.Dataset:
-    """(uint8 image, position) from `start` on; epoch e is shuffled with seed order_key + e."""
-    epoch, offset = divmod(start, n)
-    stream = tf.data.Dataset.counter(epoch).flat_map(
-        lambda e: raw.shuffle(shuffle_buffer, seed=order_key + e))
-    images = stream.skip(offset).map(
-        lambda encoded: tf.io.decode_image(encoded, channels=3, expand_animations=False),
-        num_parallel_calls=parallel)
-    return tf.data.Dataset.zip(images, tf.data.Dataset.counter(start))
-
-
 def _host_source(source: data_sources.ImageSource, process_index: int, process_count: int
                  ) -> data_sources.ImageSource:
     """Index striding; every process gets the same number of images."""
@@ -215,16 +202,51 @@ def _host_source(source: data_sources.ImageSource, process_index: int, process_c
     if per_process < 1:
         raise ValueError(f"{len(source)} training images cannot be shared by {process_count} "
                          f"processes.")
-    indices = range(process_index, per_process * process_count, process_count)
-    return source.subset(list(indices))
+    return source.subset(range(process_index, per_process * process_count, process_count))
 
 
 def _train_source(config: ml_collections.ConfigDict) -> data_sources.ImageSource:
     data = config.data
     if data.name == "demo":
         return data_sources.demo_source("train")
-    return data_sources.folder_source(data.folder, "train", heldout_count=data.heldout_count,
-                                      heldout_fraction=data.heldout_fraction)
+    if data.name == "folder":
+        return data_sources.folder_source(data.folder, "train", heldout_count=data.heldout_count,
+                                          heldout_fraction=data.heldout_fraction)
+    train_split, _ = data_sources.tfds_splits(data.name, data.heldout_count)
+    return data_sources.tfds_source(data.name, train_split, data_dir=data.tfds_data_dir,
+                                    manual_dir=data.manual_dir, download=data.download)
+
+
+class TrainExample:
+    """position -> training example {'image', 'mask'}: the whole per-example work.
+
+    Position p is item order(p // n)[p % n] of the n-item source (a seeded permutation per
+    epoch), cropped, flipped and masked with generators seeded by (key, p). Picklable, so that
+    worker processes can run it too.
+    """
+
+    def __init__(self, source: data_sources.ImageSource, keys: Sequence[int], size: int,
+                 mode: str, mask_fn: Callable[[Sequence[int]], np.ndarray]):
+        self.source, self.size, self.mode, self.mask_fn = source, size, mode, mask_fn
+        self.order_key, self.crop_key, self.mask_key = keys
+        self._orders: dict[int, np.ndarray] = {}
+
+    def order(self, epoch: int) -> np.ndarray:
+        """The epoch's permutation; the last two are kept (threads may straddle an epoch end)."""
+        order = self._orders.get(epoch)
+        if order is None:
+            order = np.random.default_rng([self.order_key, epoch]).permutation(len(self.source))
+            kept = {e: o for e, o in self._orders.items() if e >= epoch - 1}
+            self._orders = {**kept, epoch: order}  # replaced whole: safe for concurrent readers
+        return order
+
+    def __call__(self, position: int) -> Example:
+        epoch, offset = divmod(position, len(self.source))
+        image = self.source.load(int(self.order(epoch)[offset]))
+        rng = np.random.default_rng([self.crop_key, position])
+        mask = self.mask_fn((self.mask_key, position))
+        return {"image": _train_image(image, rng, self.size, self.mode),
+                "mask": mask.astype(np.uint8)}
 
 
 # ----------------------------------------------------------------------------- entry points
@@ -242,7 +264,7 @@ def create_train_pipeline(config: ml_collections.ConfigDict, *, seed: int,
         jax.process_count().
 
     Returns:
-      A `TrainPipeline` yielding {'image': (B_local, S, S, 3), 'mask': (B_local, S, S, 1)}.
+      A `TrainPipeline` yielding uint8 {'image': (B_local, S, S, 3), 'mask': (B_local, S, S, 1)}.
     """
     data = config.data
     if data.name not in DATASETS:
@@ -253,39 +275,15 @@ def create_train_pipeline(config: ml_collections.ConfigDict, *, seed: int,
                          f"{process_count} processes.")
     local_batch = data.batch_size // process_count
     size, mode = int(data.image_size), _check_mode(data.resize_mode)
+    workers, prefetch = resolve_workers(data.workers), int(data.prefetch)
+    if prefetch < 1:
+        raise ValueError(f"config.data.prefetch must be >= 1 (batches), got {prefetch}.")
     mask_fn = make_mask_fn(config.masks, size)
-    order_key, crop_key, mask_key = (_key(seed, process_index, i) for i in range(3))
-    parallel = _parallel(config)
-
-    source = tfds_examples = None
-    if data.name in ("demo", "folder"):
-        source = _host_source(_train_source(config), process_index, process_count)
-    else:
-        tfds_examples = _tfds_examples(config, process_index, process_count)
-
-    def draw_mask(position: np.int64) -> np.ndarray:
-        return mask_fn((mask_key, int(position)))
-
-    def pair(image: tf.Tensor, position: tf.Tensor) -> dict[str, tf.Tensor]:
-        image = _train_image(image, tf.stack([tf.constant(crop_key, tf.int64), position]),
-                             size, mode)
-        mask = tf.numpy_function(draw_mask, [position], tf.float32, stateful=False)
-        mask.set_shape([size, size, 1])
-        return {"image": image, "mask": mask}
-
-    def make_dataset(start: int) -> tf.data.Dataset:
-        if source is not None:
-            stream = _random_access_stream(source, order_key, start, parallel)
-        else:
-            stream = _tfds_stream(*tfds_examples, data.shuffle_buffer, order_key, start, parallel)
-        batches = stream.map(pair, num_parallel_calls=parallel).batch(local_batch,
-                                                                      drop_remainder=True)
-        options = tf.data.Options()
-        options.deterministic = True
-        return batches.prefetch(data.prefetch).with_options(options)
-
-    skipped = (lambda: source.skipped) if source is not None else (lambda: 0)
-    return TrainPipeline(make_dataset, local_batch, skipped)
+    source = _host_source(_train_source(config), process_index, process_count)
+    example = TrainExample(source, [_key(seed, process_index, i) for i in range(3)], size, mode,
+                           mask_fn)
+    return TrainPipeline(example, local_batch, workers=workers, prefetch=prefetch,
+                         skipped_files=lambda: source.skipped)
 
 
 def _demo_eval_images(size: int) -> list[np.ndarray]:
@@ -337,19 +335,17 @@ def load_eval_images(config: ml_collections.ConfigDict, count: int | None = None
             if image is not None:
                 images.append(image)
     elif data.name in data_sources.TFDS_NAMES:
-        builder = data_sources.tfds_builder(data.name, data_dir=data.tfds_data_dir,
-                                            manual_dir=data.manual_dir, download=data.download)
         _, heldout_split = data_sources.tfds_splits(data.name, data.heldout_count)
-        dataset = builder.as_dataset(split=heldout_split, shuffle_files=False).take(count)
-        images = [example["image"] for example in dataset.as_numpy_iterator()]
+        source = data_sources.tfds_source(data.name, heldout_split, data_dir=data.tfds_data_dir,
+                                          manual_dir=data.manual_dir, download=data.download)
+        images = [source.load(i) for i in range(min(count, len(source)))]
     else:
         raise ValueError(f"config.data.name must be one of {DATASETS}, got {data.name!r}.")
     if len(images) < count:
         raise ValueError(f"{data.name} holds only {len(images)} held-out images of size {size}, "
                          f"{count} were asked for; lower the count (config.eval.num_images) or "
                          f"hold out more images.")
-    return np.stack([_eval_image(tf.constant(image), size, mode).numpy()
-                     for image in images[:count]]).astype(np.float32)
+    return np.stack([_eval_image(image, size, mode) for image in images[:count]])
 
 
 def eval_image_size(config: ml_collections.ConfigDict) -> int:

@@ -1,8 +1,8 @@
 """Where images come from: the bundled demo photographs, an image folder, TFDS datasets.
 
-Random-access sources (demo, folder) are `ImageSource` objects: a list of items with a loader
-returning uint8 RGB arrays (H, W, 3). TFDS sources are read by `pconv_jax.data.pipeline` directly; this
-module only prepares their builder and names their splits.
+Every source is an `ImageSource`: a random-access list of items with a loader returning uint8
+RGB arrays (H, W, 3). TFDS datasets are read through `tfds.data_source` over their ArrayRecord
+files (random access, no TensorFlow).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -36,10 +37,10 @@ class ImageSource:
     function of its position), counted in `skipped` and announced once each with a warning.
     """
 
-    def __init__(self, names: Sequence[str], loader: Callable[[str], np.ndarray | None]):
+    def __init__(self, names: Sequence, loader: Callable[[Any], np.ndarray | None]):
         if not names:
             raise ValueError("an image source needs at least one image.")
-        self.names = list(names)
+        self.names = names if isinstance(names, range) else list(names)  # a range stays small
         self._loader = loader
         self._bad: set[str] = set()
         self._lock = threading.Lock()
@@ -66,9 +67,17 @@ class ImageSource:
                                  name, len(self._bad))
         raise ValueError(f"none of the {len(self.names)} images could be read.")
 
-    def subset(self, indices: Sequence[int]) -> ImageSource:
+    def __getstate__(self) -> dict:  # picklable for worker processes (a lock is not)
+        return {**self.__dict__, "_lock": None}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _lock=threading.Lock())
+
+    def subset(self, indices: range | Sequence[int]) -> ImageSource:
         """A source over some items, sharing this source's loader and skip count."""
-        sub = ImageSource([self.names[i] for i in indices], self._loader)
+        names = (self.names[indices.start:indices.stop:indices.step]
+                 if isinstance(indices, range) else [self.names[i] for i in indices])
+        sub = ImageSource(names, self._loader)
         sub._bad, sub._lock = self._bad, self._lock
         return sub
 
@@ -159,8 +168,8 @@ def tfds_builder(name: str, *, data_dir: str = "", manual_dir: str = "", downloa
     if not download:
         return builder
     config = tfds.download.DownloadConfig(manual_dir=manual_dir or None)
-    try:
-        builder.download_and_prepare(download_config=config)
+    try:  # ArrayRecord: the random-access format `tfds.data_source` reads
+        builder.download_and_prepare(download_config=config, file_format="array_record")
     except Exception as error:
         if name.startswith("celeb_a_hq"):
             instructions = getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", "") or ""
@@ -182,3 +191,84 @@ def tfds_splits(name: str, heldout_count: int) -> tuple[str, str]:
         raise ValueError("CelebA-HQ has only a train split: config.data.heldout_count must be "
                          ">= 1 to hold out its last examples for evaluation.")
     return f"train[:-{heldout_count}]", f"train[-{heldout_count}:]"
+
+
+def _tfrecord_help(name: str, version_dir: str) -> str:
+    return (f"TFDS dataset {name} in {version_dir} is prepared as TFRecord files only, which "
+            f"cannot be read at random. Convert it once to ArrayRecord (written next to the "
+            f"TFRecord files):\n"
+            f"    python -m pconv_jax.data.sources to-array-record {version_dir}\n"
+            f"or prepare it again as ArrayRecord in another config.data.tfds_data_dir.")
+
+
+def convert_tfds_to_array_record(version_dir: str) -> int:
+    """Writes an ArrayRecord copy of each TFRecord shard of a prepared TFDS dataset next to it
+    and makes it the dataset's file format in its metadata; returns the shards written.
+
+    The records (serialized examples) are copied as they are, in their order, so the dataset
+    reads the same in either format.
+    """
+    import glob
+    import json
+
+    import tensorflow as tf
+    from array_record.python.array_record_module import ArrayRecordWriter
+
+    info_path = os.path.join(version_dir, "dataset_info.json")
+    shards = sorted(glob.glob(os.path.join(glob.escape(version_dir), "*.tfrecord-*-of-*")))
+    if not os.path.isfile(info_path) or not shards:
+        raise FileNotFoundError(f"{version_dir!r} holds no prepared TFDS dataset in TFRecord "
+                                f"files (dataset_info.json and *.tfrecord-*-of-* shards).")
+    for shard in shards:
+        folder, base = os.path.split(shard)
+        target = os.path.join(folder, base.replace(".tfrecord-", ".array_record-"))
+        writer = ArrayRecordWriter(target + ".incomplete", "group_size:1")  # random access
+        for record in tf.data.TFRecordDataset(shard):
+            writer.write(record.numpy())
+        writer.close()
+        os.replace(target + ".incomplete", target)  # a crash leaves no half shard behind
+    with open(info_path) as f:
+        info = json.load(f)
+    # ArrayRecord becomes the main format: TFDS builders found by name read only that one
+    # (they drop `alternativeFileFormats` when restoring the metadata).
+    info["fileFormat"] = "array_record"
+    info["alternativeFileFormats"] = sorted({*info.get("alternativeFileFormats", []),
+                                             "tfrecord"} - {"array_record"})
+    with open(info_path, "w") as f:
+        json.dump(info, f, indent=2)
+    return len(shards)
+
+
+def main(argv: Sequence[str]) -> None:
+    """`python -m pconv_jax.data.sources to-array-record VERSION_DIR`, e.g.
+    `~/tensorflow_datasets/places365_small/2.1.0`."""
+    from absl import app
+    if len(argv) != 3 or argv[1] != "to-array-record":
+        raise app.UsageError("usage: python -m pconv_jax.data.sources to-array-record "
+                             "VERSION_DIR (a TFDS dataset prepared as TFRecord)")
+    count = convert_tfds_to_array_record(os.path.expanduser(argv[2]))
+    print(f"wrote {count} ArrayRecord shards to {argv[2]}")
+
+
+def tfds_source(name: str, split: str, *, data_dir: str = "", manual_dir: str = "",
+                download: bool = True) -> ImageSource:
+    """The images of a TFDS split (e.g. 'train[:-1000]') through `tfds.data_source`.
+
+    Images are read still encoded and decoded with OpenCV on demand (in the pipeline's threads).
+    A copy prepared as TFRecord only is an error naming the command that converts it.
+    """
+    import tensorflow_datasets as tfds
+
+    builder = tfds_builder(name, data_dir=data_dir, manual_dir=manual_dir, download=download)
+    try:
+        examples = builder.as_data_source(split=split,
+                                          decoders={"image": tfds.decode.SkipDecoding()})
+    except NotImplementedError as error:  # no random-access file format among the prepared ones
+        raise FileNotFoundError(_tfrecord_help(name, str(builder.data_dir))) from error
+    return ImageSource(range(len(examples)),
+                       lambda i: images.decode_image_bytes(examples[i]["image"]))
+
+
+if __name__ == "__main__":
+    from pconv_jax import cli
+    cli.run(main)

@@ -85,6 +85,36 @@ class Throughput:
         return result
 
 
+class DataWait:
+    """The fraction of wall-clock time the loop spent waiting for its next batch, per window.
+
+    `next(pipeline)` goes through `DataWait.next`; `measure` at log steps returns
+    {'data_wait_fraction': ...} since the previous call, and warns once when it exceeds 10 %.
+    """
+
+    def __init__(self, workers: int):
+        self.workers = workers
+        self._waited, self._start, self._warned = 0.0, time.perf_counter(), False
+
+    def next(self, pipeline):
+        start = time.perf_counter()
+        batch = next(pipeline)
+        self._waited += time.perf_counter() - start
+        return batch
+
+    def measure(self, step: int) -> dict[str, float]:
+        now = time.perf_counter()
+        fraction = self._waited / max(now - self._start, 1e-9)
+        self._waited, self._start = 0.0, now
+        if fraction > 0.1 and not self._warned:
+            self._warned = True
+            logging.getLogger("absl").warning(
+                "the train step waited for data %.0f%% of the time up to step %d: the input "
+                "pipeline is the bottleneck: raise config.data.workers (now %d) if cores are "
+                "free, or give the run more cores", 100 * fraction, step, self.workers)
+        return {"data_wait_fraction": fraction}
+
+
 def mean_metrics(history: list[dict[str, np.ndarray]]) -> dict[str, float]:
     """The mean of each metric over the steps of a log window (already on the host)."""
     return {k: float(np.mean([m[k] for m in history])) for k in history[0]}

@@ -218,11 +218,12 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.M
         throughput = logs.Throughput(config.data.batch_size)
         throughput.measure(first_step - 1)
         window = MetricsWindow(first_step)
+        data_wait = logs.DataWait(data_pipeline.resolve_workers(config.data.workers))
 
         # --- The loop.
         with jax.set_mesh(mesh):
             for step in range(first_step, num_steps + 1):
-                batch = global_batch(next(pipeline), mesh)
+                batch = global_batch(data_wait.next(pipeline), mesh)  # uint8
                 state, metrics = train_step(state, batch, vgg)
                 window.add(metrics)
                 report_progress(step)
@@ -232,6 +233,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.M
                 if save or step % config.train.log_every_steps == 0:
                     # Also the non-finite check, so that a NaN state is never saved.
                     summary = window.flush(step, _last_checkpoint_text(checkpointer))
+                    summary.update(data_wait.measure(step))
                     summary.update(throughput.measure(step),
                                    learning_rate=float(config.train.learning_rate))
                     writer.write_scalars(step, summary)

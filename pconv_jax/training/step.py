@@ -75,6 +75,15 @@ def create_train_state(config: ml_collections.ConfigDict, tx: optax.GradientTran
 
 # ----------------------------------------------------------------------------- steps
 
+def model_inputs(batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
+    """(image float32 in [0, 1], mask float32 1 = valid) from a batch; the pipelines send uint8
+    (a quarter of the bytes to the device), float batches pass unchanged."""
+    image, mask = batch["image"], batch["mask"]
+    if image.dtype == jnp.uint8:
+        image = image.astype(jnp.float32) / 255.0
+    return image, mask.astype(jnp.float32)
+
+
 def _forward(graphdef: nnx.GraphDef, *, train: bool, freeze_encoder_bn: bool) -> Callable:
     """(params, batch_stats, image, mask) -> (output, new batch_stats).
 
@@ -97,8 +106,9 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
     forward = _forward(graphdef, train=True, freeze_encoder_bn=freeze_encoder_bn)
 
     def loss_fn(params, batch_stats, batch, vgg):
-        output, new_batch_stats = forward(params, batch_stats, batch["image"], batch["mask"])
-        total, terms = losses.inpainting_loss(output, batch["image"], batch["mask"], vgg, weights)
+        image, mask = model_inputs(batch)
+        output, new_batch_stats = forward(params, batch_stats, image, mask)
+        total, terms = losses.inpainting_loss(output, image, mask, vgg, weights)
         return total, (terms, new_batch_stats)
 
     def train_step(state: TrainState, batch: dict[str, jax.Array], vgg):

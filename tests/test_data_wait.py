@@ -1,0 +1,53 @@
+"""The time the train loop waits for its next batch: measured per log window, warned about."""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import time
+
+from pconv_jax.training import logs
+
+
+class _SlowPipeline:
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def __next__(self):
+        time.sleep(self.seconds)
+        return {}
+
+
+def _window(data_wait: logs.DataWait, pipeline, step_seconds: float, steps: int = 4) -> float:
+    for _ in range(steps):
+        data_wait.next(pipeline)
+        time.sleep(step_seconds)  # the train step
+    return data_wait.measure(steps)["data_wait_fraction"]
+
+
+def test_data_wait_fraction_and_one_warning(caplog):
+    data_wait = logs.DataWait(workers=3)
+    with caplog.at_level(logging.WARNING):
+        starved = _window(data_wait, _SlowPipeline(0.05), step_seconds=0.005)
+        assert starved > 0.5
+        assert "config.data.workers (now 3)" in caplog.text
+        caplog.clear()
+        assert _window(data_wait, _SlowPipeline(0.05), step_seconds=0.005) > 0.5
+        assert "config.data.workers" not in caplog.text  # warned once per run
+    fed = _window(logs.DataWait(workers=3), _SlowPipeline(0.0), step_seconds=0.05)
+    assert fed < 0.2
+
+
+def test_train_loop_logs_data_wait_fraction(tmp_path):
+    import tensorflow as tf
+    from test_train_helpers import demo_config
+
+    from pconv_jax.training.loop import train_and_evaluate
+    train_and_evaluate(demo_config(steps=2), str(tmp_path))
+    fractions = []
+    for path in glob.glob(os.path.join(tmp_path, "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            fractions += [float(tf.make_ndarray(v.tensor)) for v in event.summary.value
+                          if v.tag == "data_wait_fraction"]
+    assert len(fractions) == 1 and 0.0 <= fractions[0] <= 1.0
