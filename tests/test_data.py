@@ -8,11 +8,11 @@ import cv2
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from test_train_helpers import default_config
 
 from pconv_jax.data import pipeline as data
 from pconv_jax.data import sources as data_sources
 from pconv_jax.data.synthetic_tfds import write_synthetic_tfds
-from test_train_helpers import default_config
 
 
 def _config(name="demo", size=32, batch=4, **data_overrides):

@@ -17,12 +17,12 @@ import tensorflow_datasets as tfds
 from absl import flags
 from ml_collections import config_flags
 from PIL import Image
+from test_train_helpers import REPO, demo_config, load_config_file, param_leaves, shrink
 
 from pconv_jax import config as config_lib
 from pconv_jax.data import pipeline
 from pconv_jax.training import checkpoints, logs
 from pconv_jax.training.loop import train_and_evaluate
-from test_train_helpers import REPO, demo_config, load_config_file, param_leaves, shrink
 
 
 def _scalars(workdir: str, tag: str) -> dict[int, float]:
@@ -142,12 +142,14 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch, 
 def test_config_args():
     assert load_config_file("places2").experiment == "places2"
     fine = load_config_file("places2", "finetune")
-    assert (fine.stage, fine.train.learning_rate, fine.train.freeze_encoder_bn) == ("finetune", 5e-5, True)
+    assert (fine.stage, fine.train.learning_rate, fine.train.freeze_encoder_bn) == (
+        "finetune", 5e-5, True)
     assert fine.train.init_from == os.path.join("workdirs", "places2_train")
     train = load_config_file("places2")
     assert (train.train.learning_rate, train.model.depth, train.data.image_size) == (2e-4, 7, 256)
     celeba = load_config_file("celeba_hq", "512,finetune,conv")
-    assert (celeba.data.name, celeba.model.depth, celeba.model.partial) == ("celeb_a_hq/512", 8, False)
+    assert (celeba.data.name, celeba.model.depth, celeba.model.partial) == (
+        "celeb_a_hq/512", 8, False)
     assert celeba.experiment == "celeba_hq_512_conv"
     assert config_lib.default_workdir(celeba.experiment, celeba.stage) == os.path.join(
         "workdirs", "celeba_hq_512_conv_finetune")

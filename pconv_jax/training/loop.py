@@ -27,8 +27,13 @@ from pconv_jax.loss import losses
 from pconv_jax.training import checkpoints, logs
 from pconv_jax.training import workdir as workdir_lib
 from pconv_jax.training.mesh import global_batch, make_data_mesh, replicate, replicated
-from pconv_jax.training.step import (Steps, TrainState, create_train_state, make_steps,
-                                     network_graphdef)
+from pconv_jax.training.step import (
+    Steps,
+    TrainState,
+    create_train_state,
+    make_steps,
+    network_graphdef,
+)
 
 # The exit status of a preempted run after its final save: 128 + SIGTERM, what a process killed by
 # SIGTERM reports, so that schedulers requeue it instead of counting it as finished.
