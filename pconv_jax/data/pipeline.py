@@ -29,18 +29,12 @@ import cv2
 import grain
 import ml_collections
 import numpy as np
-import tensorflow as tf
 from absl import logging
 
 from pconv_jax.data import sources as data_sources
 from pconv_jax.data.images import try_read_image
 from pconv_jax.data.masks import generate_mask
 from pconv_jax.data.nvidia_masks import NvidiaTrainMasks
-
-try:  # TensorFlow writes the training logs (clu): keep it off the accelerators JAX uses.
-    tf.config.set_visible_devices([], "GPU")
-except RuntimeError:  # TensorFlow was initialised already; nothing left to hide then.
-    pass
 
 DATASETS = ("demo", "folder") + data_sources.TFDS_NAMES
 Batch = dict[str, np.ndarray]

@@ -33,7 +33,12 @@ def quiet_library_logs() -> None:
 
 def create_writer(workdir: str) -> metric_writers.MetricWriter:
     """TensorBoard (in `workdir`) + console writer on process 0; console-only logging elsewhere."""
+    import tensorflow as tf
     from clu import metric_writers
+    try:  # TensorFlow writes the event files: keep it off the accelerators JAX uses.
+        tf.config.set_visible_devices([], "GPU")
+    except RuntimeError:  # TensorFlow was initialised already; nothing left to hide then.
+        pass
     return metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
 
 
