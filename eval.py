@@ -30,11 +30,11 @@ def main(argv):
     from pconv_jax import config as config_lib
     config = _CONFIG.value
     config_lib.validate(config)
-    from pconv_jax.evaluation import table1
+    from pconv_jax.inference import evaluate
     from pconv_jax.training.logs import quiet_library_logs
     quiet_library_logs()
     workdir = _WORKDIR.value or config_lib.default_workdir(config.experiment, config.stage)
-    table1.run(config, workdir, method=_METHOD.value, checkpoint_step=_CHECKPOINT.value)
+    evaluate.run(config, workdir, method=_METHOD.value, checkpoint_step=_CHECKPOINT.value)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import pytest
 
 from pconv_jax.data import images, masks
 from pconv_jax.evaluation import table1
+from pconv_jax.inference import evaluate
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +95,7 @@ def _demo_config(tmp_path, **eval_overrides):
 
 
 def test_run_with_a_baseline_writes_its_own_results_files(tmp_path, capsys):
-    results = table1.run(_demo_config(tmp_path), str(tmp_path), method="ns", progress=False)
+    results = evaluate.run(_demo_config(tmp_path), str(tmp_path), method="ns", progress=False)
     assert results["num_masks"] == 12 and results["num_images"] == 5
     assert (tmp_path / "test_masks_32x32_k1_s0").is_dir()
     loaded = json.loads((tmp_path / "results_ns.json").read_text())
@@ -134,7 +135,7 @@ def test_unwritable_workdir_fails_before_evaluating(tmp_path, monkeypatch):
     monkeypatch.setattr(table1, "evaluate", must_not_run)
     (tmp_path / "a_file").write_text("")
     with pytest.raises(OSError, match="cannot write the results into the workdir"):
-        table1.run(_demo_config(tmp_path), str(tmp_path / "a_file" / "work"), method="telea",
+        evaluate.run(_demo_config(tmp_path), str(tmp_path / "a_file" / "work"), method="telea",
                    progress=False)
 
 
@@ -144,7 +145,7 @@ def test_table_is_printed_before_the_results_are_written(tmp_path, monkeypatch, 
 
     monkeypatch.setattr(table1, "write_results", disk_full)
     with pytest.raises(OSError, match="No space left"):
-        table1.run(_demo_config(tmp_path), str(tmp_path), method="telea", progress=False)
+        evaluate.run(_demo_config(tmp_path), str(tmp_path), method="telea", progress=False)
     assert "| PSNR (dB) |" in capsys.readouterr().out
 
 
@@ -170,7 +171,7 @@ def test_end_to_end_tiny_checkpoint_eval_and_inpaint_command(tmp_path, compiled_
     workdir = str(tmp_path / "run")
     loop.train_and_evaluate(config, workdir, steps=compiled_steps(config))
 
-    results = table1.run(config, workdir, progress=False)
+    results = evaluate.run(config, workdir, progress=False)
     loaded = json.loads((tmp_path / "run" / "results.json").read_text())
     assert loaded["method"] == "model" and loaded["step"] == 2 and results["num_images"] == 3
     assert [loaded["table"][c]["count"] for c in loaded["table"]] == [1] * 12 + [12]
@@ -207,13 +208,13 @@ def test_run_accepts_a_correctly_labelled_nvidia_layout_and_lists_left_out_files
             assert masks.border_distance(hole) == 2
         images.write_mask(str(directory / f"{index:05d}.png"), (~hole)[..., None], "white")
     config = _demo_config(tmp_path, test_masks=str(directory))
-    results = table1.run(config, str(tmp_path), method="telea", progress=False)
+    results = evaluate.run(config, str(tmp_path), method="telea", progress=False)
     assert results["num_masks"] == 12 * k and results["left_out"] == []
     assert [results["table"][c]["count"] for c in results["table"]] == [k] * 12 + [12 * k]
 
     (directory / "00005.png").write_bytes(b"not a png")
     with pytest.warns(UserWarning, match="1 of 24 test masks"):
-        table1.run(config, str(tmp_path), method="telea", progress=False)
+        evaluate.run(config, str(tmp_path), method="telea", progress=False)
     loaded = json.loads((tmp_path / "results_telea.json").read_text())
     assert loaded["num_masks"] == 12 * k - 1
     [left_out] = loaded["left_out"]

@@ -27,8 +27,6 @@ import json
 import math
 import os
 import sys
-import time
-import warnings
 from collections.abc import Callable, Sequence
 
 import ml_collections
@@ -43,7 +41,7 @@ from pconv_jax.evaluation import baselines, metrics
 METRICS = ("l1", "psnr", "ssim")
 METRIC_TITLES = {"l1": "L1 (%)", "psnr": "PSNR (dB)", "ssim": "SSIM"}
 LABELS = ("N", "B")
-METHODS = ("model",) + baselines.CLASSICAL_METHODS  # what `run` and the commands accept
+METHODS = ("model",) + baselines.CLASSICAL_METHODS  # what the commands accept
 
 # images (B, H, W, 3), masks (B, H, W, 1) 1 = valid  ->  composites (B, H, W, 3) in [0, 1]
 Inpainter = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -188,61 +186,6 @@ def format_table(table: dict[str, dict], title: str = "") -> str:
         lines.append(f"| {METRIC_TITLES[name]} | " + " | ".join(row) + " |")
     lines.append("| masks | " + " | ".join(str(table[c]["count"]) for c in columns) + " |")
     return "\n".join(lines)
-
-
-def run(config: ml_collections.ConfigDict, workdir: str, *, method: str | None = None,
-        checkpoint_step: int | None = None, progress: bool = True) -> dict:
-    """Evaluates `method` on the configured held-out pairs; writes results.json/.md to workdir.
-
-    `method`: 'model' (restores the latest checkpoint, or `checkpoint_step`), 'telea' or 'ns';
-    defaults to config.eval.method. Returns the results dictionary written to results.json
-    (results_telea.json / results_ns.json for the baselines, so they never overwrite the network's).
-    """
-    from pconv_jax.data import pipeline  # heavy (TensorFlow): import only when evaluating
-
-    method = method or config.eval.method
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
-    if checkpoint_step is None and config.eval.checkpoint_step >= 0:
-        checkpoint_step = config.eval.checkpoint_step
-    step = None
-    if method == "model":
-        from pconv_jax.inference.inpaint import ModelInpainter
-        from pconv_jax.training import checkpoints
-        model, step = checkpoints.restore_model(config, workdir, step=checkpoint_step)
-        inpaint = ModelInpainter(model, warn=False)  # one summary warning below
-    else:
-        inpaint = classical_inpainter(method, config.eval.inpaint_radius)
-    check_writable(workdir)  # before the evaluation, not after it
-
-    images = np.asarray(pipeline.load_eval_images(config), np.float32)
-    test_masks = prepare_test_masks(config, workdir, images.shape[1:3])
-    start = time.time()
-    per_mask = evaluate(inpaint, images, test_masks, batch_size=config.eval.batch_size,
-                        psnr_cap=config.eval.psnr_cap, progress=progress)
-    table = summarize(per_mask, test_masks)
-    unreached = getattr(inpaint, "unreached_share", 0.0)
-    if unreached:
-        warnings.warn(f"{unreached:.2%} of the hole pixels lay beyond the network's reach and "
-                      f"were filled from downscaled copies", stacklevel=2)
-    name = method if method != "model" else config.get("experiment", "model")
-    title = (f"{name}" + (f" (step {step})" if step is not None else "")
-             + f": {len(test_masks)} masks on {len(images)} held-out images, "
-             f"{images.shape[1]}x{images.shape[2]}")
-    results = dict(
-        method=method, step=step, title=title, table=table,
-        num_masks=len(test_masks), num_images=len(images),
-        resolution=list(images.shape[1:3]),
-        test_masks=os.path.dirname(test_masks.records[0].path),
-        left_out=[dataclasses.asdict(f) for f in test_masks.left_out],
-        unreached_hole_share=unreached,
-        pairing="mask file j with held-out image j mod num_images",
-        seconds=round(time.time() - start, 2),
-        per_mask={name: per_mask[name].tolist() for name in per_mask},
-    )
-    print(format_table(table, title))  # first: a failed write still leaves the table on screen
-    write_results(results, workdir, results_name(method))
-    return results
 
 
 def check_writable(workdir: str) -> None:

@@ -1,7 +1,7 @@
 """Turns a public PyTorch PConv checkpoint into a pconv_jax workdir.
 
-    python -m pconv_jax.weights.convert naoto0804 1000000.pth workdirs/places2_naoto0804
-    python -m pconv_jax.weights.convert mmagic \
+    python -m pconv_jax.inference.convert naoto0804 1000000.pth workdirs/places2_naoto0804
+    python -m pconv_jax.inference.convert mmagic \
         pconv_256x256_stage2_4x2_places_20200619-1ffed0e8.pth workdirs/places2_mmagic
 
 The workdir then holds `config.json` and a checkpoint (step 0) written by the same code that
@@ -21,15 +21,23 @@ import tempfile
 from collections.abc import Sequence
 
 from absl import flags
+from flax import nnx
 
 from pconv_jax import cli
+from pconv_jax import config as config_lib
+from pconv_jax.training import checkpoints, mesh
+from pconv_jax.training.step import create_train_state, make_optimizer
+from pconv_jax.weights import pconv_checkpoints
 
-_FORCE = flags.DEFINE_bool("force", False, "replace the checkpoint of an existing workdir")
-_CHANNEL_ORDER = flags.DEFINE_enum(
-    "channel_order", None, ["rgb", "bgr"],
-    "channel order of the images upstream trained on (default: naoto0804 rgb, mmagic bgr)")
 
-USAGE = "usage: python -m pconv_jax.weights.convert naoto0804|mmagic FILE WORKDIR [--force]"
+def define_flags() -> None:
+    """The command's flags (defined by the command only, so that importing this module doesn't)."""
+    flags.DEFINE_bool("force", False, "replace the checkpoint of an existing workdir")
+    flags.DEFINE_enum("channel_order", None, ["rgb", "bgr"],
+                      "channel order of the images upstream trained on (default: naoto0804 rgb, "
+                      "mmagic bgr)")
+
+USAGE = "usage: python -m pconv_jax.inference.convert naoto0804|mmagic FILE WORKDIR [--force]"
 
 
 def _sha256(path: str) -> str:
@@ -60,7 +68,6 @@ def check_target(workdir: str, force: bool) -> None:
 
 def full_config(model_config, experiment: str):
     """The config training would write for this network (data, loss, eval at defaults)."""
-    from pconv_jax import config as config_lib
     config = config_lib.default_config()
     config.experiment = experiment
     config.model = model_config
@@ -70,10 +77,6 @@ def full_config(model_config, experiment: str):
 def write_checkpoint(config, model, workdir: str) -> None:
     """Step 0 of `workdir/checkpoints`, through the training code's Checkpointer: the network's
     weights, a fresh optimizer state and a data pipeline at its start."""
-    from flax import nnx
-
-    from pconv_jax.training import checkpoints, mesh
-    from pconv_jax.training.step import create_train_state, make_optimizer
     devices = mesh.make_data_mesh()
     tx = make_optimizer(config.train)
     _, fresh = create_train_state(config, tx, devices)
@@ -95,7 +98,6 @@ def write_checkpoint(config, model, workdir: str) -> None:
 def convert_to_workdir(source: str, path: str, workdir: str, *, force: bool = False,
                        channel_order: str | None = None) -> str:
     """Converts `path` into `workdir` (atomically: temporary directory, then rename)."""
-    from pconv_jax.weights import pconv_checkpoints
     workdir = os.path.abspath(workdir)
     check_target(workdir, force)
     converted = pconv_checkpoints.convert(source, path, channel_order=channel_order)
@@ -135,19 +137,20 @@ def _replace(staging: str, workdir: str) -> None:
 
 
 def main(argv: Sequence[str]) -> None:
-    from pconv_jax.weights.pconv_checkpoints import SOURCES
     args = list(argv[1:])
     if len(args) != 3:
         raise ValueError(f"expected SOURCE FILE WORKDIR, got {len(args)} arguments; {USAGE}")
     source, path, workdir = args
-    if source not in SOURCES:
-        raise ValueError(f"unknown source {source!r}: use one of {', '.join(SOURCES)}; {USAGE}")
+    if source not in pconv_checkpoints.SOURCES:
+        raise ValueError(f"unknown source {source!r}: use one of "
+                         f"{', '.join(pconv_checkpoints.SOURCES)}; {USAGE}")
     from pconv_jax.training.logs import quiet_library_logs
     quiet_library_logs()
-    workdir = convert_to_workdir(source, path, workdir, force=_FORCE.value,
-                                 channel_order=_CHANNEL_ORDER.value)
+    workdir = convert_to_workdir(source, path, workdir, force=flags.FLAGS.force,
+                                 channel_order=flags.FLAGS.channel_order)
     print(f"wrote {workdir} (from {source} {path})")
 
 
 if __name__ == "__main__":
+    define_flags()
     cli.run(main)
