@@ -66,11 +66,12 @@ def main() -> None:
 def photo_rect(page) -> tuple[float, float, float, float]:
     """(x, y, width, height) of the photo on the page: the editor's image sprite is centred in
     its canvas, so read it from the canvas's non-white rows and columns."""
-    import cv2
     import numpy as np
+
+    from pconv_jax.data import images
     canvas = page.locator("#editor canvas").first
     box = canvas.bounding_box()
-    shot = cv2.imdecode(np.frombuffer(canvas.screenshot(), np.uint8), cv2.IMREAD_COLOR)
+    shot = images.decode_image_bytes(canvas.screenshot())
     ink = shot.min(axis=-1) < 235
     ys = np.nonzero(ink.sum(axis=1) > ink.sum(axis=1).max() / 2)[0]
     xs = np.nonzero(ink.sum(axis=0) > ink.sum(axis=0).max() / 2)[0]
