@@ -450,7 +450,7 @@ def test_convert_refuses_nan_weights_and_writes_nothing(tmp_path, capsys):
     src, dst = tmp_path / "w.pth", tmp_path / "out.npz"
     write_torch_zip(src, state)
     with pytest.raises(SystemExit) as exit_info:
-        vgg16_files.main(["convert", str(src), str(dst)])
+        vgg16_files.main(["vgg16_files", "convert", str(src), str(dst)])
     assert exit_info.value.code == 1
     assert "features.0.bias' holds 1 non-finite value" in capsys.readouterr().err
     assert not dst.exists()
