@@ -51,8 +51,8 @@ def error_message(err: BaseException) -> str:
 def exit_now(status: int) -> None:
     """Flushes the standard streams and exits at once.
 
-    A normal interpreter exit can wait forever on threads that libraries left running (tf.data,
-    Orbax); after an error nothing is left to finish, so the process ends here.
+    A normal interpreter exit can wait forever on threads that libraries left running (input
+    pipelines, Orbax); after an error nothing is left to finish, so the process ends here.
     """
     sys.stdout.flush()
     sys.stderr.flush()
