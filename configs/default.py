@@ -63,6 +63,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data.download = True       # let TFDS download and prepare a missing dataset
     config.data.workers = -1          # threads doing per-example work; -1 = usable cores less
                                       # one (at least 1); 0 = in the calling thread (debugging)
+    config.data.worker_processes = 0  # >0: processes making whole batches (for GIL-bound work)
     config.data.prefetch = 2          # batches prepared ahead (bounds the pipeline's memory)
 
     # Training masks (see README, "Masks").

@@ -29,7 +29,7 @@ import cv2
 import grain
 import ml_collections
 import numpy as np
-from absl import logging
+from absl import flags, logging
 
 from pconv_jax.data import sources as data_sources
 from pconv_jax.data.images import try_read_image
@@ -61,12 +61,15 @@ class TrainPipeline:
     """
 
     def __init__(self, example: Callable[[int], Example], local_batch_size: int, *,
-                 workers: int, prefetch: int, skipped_files: Callable[[], int] = lambda: 0):
+                 workers: int, prefetch: int, processes: int = 0,
+                 skipped_names: Callable[[], frozenset[str]] = frozenset):
         self.example = example  # position -> example: the whole per-example work
         self.local_batch_size = local_batch_size
         self.workers = workers
+        self.processes = processes  # > 0: worker processes each making whole batches
         self.prefetch = prefetch
-        self._skipped_files = skipped_files
+        self._skipped_names = skipped_names
+        self._worker_skipped: set[str] = set()  # unreadable files met by worker processes
         self._position = 0
         self._iterator = None
 
@@ -75,11 +78,25 @@ class TrainPipeline:
         return grain.MapDataset.range(start, sys.maxsize).map(self.example)
 
     def _make_iterator(self):
+        if self.processes:
+            return self._make_process_iterator()
         ahead = self.prefetch * self.local_batch_size if self.workers else 0  # examples in flight
         read = grain.ReadOptions(num_threads=self.workers, prefetch_buffer_size=ahead)
         batches = self.examples(self._position).to_iter_dataset(read).batch(
             self.local_batch_size, drop_remainder=True)
         return iter(batches)
+
+    def _make_process_iterator(self):
+        # Batch b of the stream is made whole by one process (grain gives worker w the batches
+        # w, w + N, ... and interleaves them back in order): only uint8 batches cross processes.
+        if not flags.FLAGS.is_parsed():  # grain reads absl flags; a library caller has none
+            flags.FLAGS.mark_as_parsed()
+        batch_fn = _BatchMaker(self.example, self.local_batch_size, self._position,
+                               self._skipped_names)
+        batches = grain.MapDataset.range(0, sys.maxsize // self.local_batch_size).map(batch_fn)
+        options = grain.MultiprocessingOptions(num_workers=self.processes,
+                                               per_worker_buffer_size=self.prefetch)
+        return iter(batches.to_iter_dataset().mp_prefetch(options))
 
     def __iter__(self) -> TrainPipeline:
         return self
@@ -88,6 +105,8 @@ class TrainPipeline:
         if self._iterator is None:  # built lazily so that set_state() right after costs nothing
             self._iterator = self._make_iterator()
         batch = next(self._iterator)
+        if _SKIPPED in batch:  # from a worker process: the unreadable files it met
+            self._worker_skipped.update(map(str, batch.pop(_SKIPPED)))
         self._position += self.local_batch_size
         return batch
 
@@ -106,22 +125,62 @@ class TrainPipeline:
     def close(self) -> None:
         """Stops the worker threads (pending work is cancelled); `next` starts them again."""
         if self._iterator is not None:
-            self._iterator.close()
+            _close(self._iterator)
             self._iterator = None
         if self.skipped_files:
             logging.warning("%d unreadable image files were skipped so far", self.skipped_files)
 
     def __del__(self):
-        if getattr(self, "_iterator", None) is not None:
-            self._iterator.close()
+        if getattr(self, "_iterator", None) is not None and _close is not None:
+            _close(self._iterator)  # (at interpreter exit the module may be gone)
 
     @property
     def skipped_files(self) -> int:
         """Unreadable image files met (and replaced) so far."""
-        return self._skipped_files()
+        return len(self._skipped_names() | self._worker_skipped)
+
+
+_SKIPPED = "_skipped_files"  # batch field carrying a worker process's unreadable files
+
+
+def _close(iterator) -> None:
+    """Stops a grain iterator's threads or worker processes."""
+    close = getattr(iterator, "close", None) or getattr(iterator, "stop_prefetch", None)
+    if close is not None:
+        close()
+
+
+class _BatchMaker:
+    """Batch index b -> the batch of positions start + b·B ... (+ B - 1), in one process.
+
+    Picklable (it runs in worker processes); each batch also carries the unreadable files its
+    process has met so far, which the parent merges and strips.
+    """
+
+    def __init__(self, example: Callable[[int], Example], batch_size: int, start: int,
+                 skipped_names: Callable[[], frozenset[str]]):
+        self.example, self.batch_size, self.start = example, batch_size, start
+        self.skipped_names = skipped_names
+
+    def __call__(self, index: int) -> Batch:
+        first = self.start + index * self.batch_size
+        examples = [self.example(p) for p in range(first, first + self.batch_size)]
+        batch = {key: np.stack([e[key] for e in examples]) for key in examples[0]}
+        batch[_SKIPPED] = np.array(sorted(self.skipped_names()), dtype=np.str_)
+        return batch
 
 
 # ----------------------------------------------------------------------------- helpers
+
+class _SkippedNames:
+    """A picklable `source.skipped_names` getter (a lambda cannot reach worker processes)."""
+
+    def __init__(self, source: data_sources.ImageSource):
+        self.source = source
+
+    def __call__(self) -> frozenset[str]:
+        return self.source.skipped_names
+
 
 def _key(*parts: int) -> int:
     """A 31-bit key derived from non-negative ints (stable across runs and machines)."""
@@ -270,6 +329,9 @@ def create_train_pipeline(config: ml_collections.ConfigDict, *, seed: int,
     local_batch = data.batch_size // process_count
     size, mode = int(data.image_size), _check_mode(data.resize_mode)
     workers, prefetch = resolve_workers(data.workers), int(data.prefetch)
+    processes = int(data.get("worker_processes", 0))
+    if processes < 0:
+        raise ValueError(f"config.data.worker_processes must be >= 0, got {processes}.")
     if prefetch < 1:
         raise ValueError(f"config.data.prefetch must be >= 1 (batches), got {prefetch}.")
     mask_fn = make_mask_fn(config.masks, size)
@@ -277,7 +339,7 @@ def create_train_pipeline(config: ml_collections.ConfigDict, *, seed: int,
     example = TrainExample(source, [_key(seed, process_index, i) for i in range(3)], size, mode,
                            mask_fn)
     return TrainPipeline(example, local_batch, workers=workers, prefetch=prefetch,
-                         skipped_files=lambda: source.skipped)
+                         processes=processes, skipped_names=_SkippedNames(source))
 
 
 def _demo_eval_images(size: int) -> list[np.ndarray]:

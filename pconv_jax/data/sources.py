@@ -54,6 +54,12 @@ class ImageSource:
         with self._lock:
             return len(self._bad)
 
+    @property
+    def skipped_names(self) -> frozenset[str]:
+        """The distinct unreadable items met so far."""
+        with self._lock:
+            return frozenset(map(str, self._bad))
+
     def load(self, index: int) -> np.ndarray:
         for offset in range(len(self.names)):
             name = self.names[(index + offset) % len(self.names)]
