@@ -20,6 +20,7 @@ def get_config(arg: str | None = None):
     config.data.name = f"celeb_a_hq/{size}"
     config.data.image_size = size
     config.data.batch_size = 6           # the paper: batch 6 on one GPU (scale with devices)
+    config.data.worker_processes = -1    # a GPU host: every core but one draws examples
     config.model.depth = 7 if size == 256 else 8
     config.train.num_steps = 300_000
     config.train.checkpoint_every_steps = 5_000

@@ -63,7 +63,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data.download = True       # let TFDS download and prepare a missing dataset
     config.data.workers = -1          # threads doing per-example work; -1 = usable cores less
                                       # one (at least 1); 0 = in the calling thread (debugging)
-    config.data.worker_processes = 0  # >0: processes making whole batches (for GIL-bound work)
+    config.data.worker_processes = 0  # N > 0: N processes each making whole batches (the mask
+                                      # generator holds the GIL); -1 = usable cores less one
     config.data.prefetch = 2          # batches prepared ahead (bounds the pipeline's memory)
 
     # Training masks (see README, "Masks").

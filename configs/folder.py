@@ -14,6 +14,7 @@ def get_config(arg: str | None = None):
     config.data.name = "folder"          # required: --config.data.folder=/path/to/images
     config.data.image_size = 512
     config.data.batch_size = 6           # the paper: batch 6 on one GPU (scale with devices)
+    config.data.worker_processes = -1    # a GPU host: every core but one draws examples
     config.model.depth = 8
     config.train.num_steps = 500_000
     config.train.checkpoint_every_steps = 5_000

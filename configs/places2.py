@@ -15,6 +15,7 @@ def get_config(arg: str | None = None):
     config.experiment = "places2"
     config.data.name = "places365_small"
     config.data.batch_size = 6           # the paper: batch 6 on one GPU (scale with devices)
+    config.data.worker_processes = -1    # a GPU host: every core but one draws examples
     config.train.num_steps = 500_000
     config.train.checkpoint_every_steps = 5_000
     config.train.eval_every_steps = 5_000

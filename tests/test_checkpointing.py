@@ -213,15 +213,19 @@ TRAIN_PY_TINY = ["--config", "configs/demo.py", "--config.data.image_size=32",
 
 
 @pytest.mark.slow
-def test_sigterm_to_train_py_saves_and_exits_143(tmp_path):
+@pytest.mark.parametrize("worker_processes", [0, 2])
+def test_sigterm_to_train_py_saves_and_exits_143(tmp_path, worker_processes):
+    import psutil
     work = tmp_path / "work"
-    process = subprocess.Popen([sys.executable, "train.py", *TRAIN_PY_TINY, f"--workdir={work}"],
+    process = subprocess.Popen([sys.executable, "train.py", *TRAIN_PY_TINY, f"--workdir={work}",
+                                f"--config.data.worker_processes={worker_processes}"],
                                cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     first = work / "checkpoints" / "2"
     deadline = time.time() + 300
     while not first.is_dir() and process.poll() is None and time.time() < deadline:
         time.sleep(0.2)
+    children = psutil.Process(process.pid).children(recursive=True)  # the pipeline's workers
     process.send_signal(signal.SIGTERM)
     try:
         log = process.communicate(timeout=120)[0].decode(errors="replace")
@@ -235,6 +239,8 @@ def test_sigterm_to_train_py_saves_and_exits_143(tmp_path):
     final = saved.latest_step()
     saved.close()
     assert final >= 2 and f"preemption: saved step {final}" in log
+    _, alive = psutil.wait_procs(children, timeout=10)
+    assert not alive, f"left running: {alive}"  # no worker process outlives the run
 
 
 # ----------------------------------------------------------------------------- network settings

@@ -21,6 +21,7 @@ def shrink(config: ml_collections.ConfigDict, *, steps: int = 4, size: int = 32,
     config.data.batch_size = batch
     config.eval.num_images = 2
     config.data.prefetch = 1
+    config.data.worker_processes = 0  # in-process: tfds.testing.mock_data does not reach workers
     config.model.depth = 3
     config.model.base_width = 4
     config.model.max_width = 8

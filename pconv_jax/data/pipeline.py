@@ -41,6 +41,18 @@ Batch = dict[str, np.ndarray]
 Example = dict[str, np.ndarray]
 
 
+def resolve_worker_processes(processes: int) -> int:
+    """`config.data.worker_processes` as a count: -1 means the usable cores less one (at least 1),
+    0 none (the work runs in threads of this process)."""
+    processes = int(processes)
+    if processes < -1:
+        raise ValueError(f"config.data.worker_processes must be >= -1 (-1 = automatic), got "
+                         f"{processes}.")
+    if processes == -1:
+        return max(1, len(os.sched_getaffinity(0)) - 1)
+    return processes
+
+
 def resolve_workers(workers: int) -> int:
     """`config.data.workers` as a thread count: -1 means the usable cores less one, at least 1."""
     workers = int(workers)
@@ -329,9 +341,7 @@ def create_train_pipeline(config: ml_collections.ConfigDict, *, seed: int,
     local_batch = data.batch_size // process_count
     size, mode = int(data.image_size), _check_mode(data.resize_mode)
     workers, prefetch = resolve_workers(data.workers), int(data.prefetch)
-    processes = int(data.get("worker_processes", 0))
-    if processes < 0:
-        raise ValueError(f"config.data.worker_processes must be >= 0, got {processes}.")
+    processes = resolve_worker_processes(data.worker_processes)
     if prefetch < 1:
         raise ValueError(f"config.data.prefetch must be >= 1 (batches), got {prefetch}.")
     mask_fn = make_mask_fn(config.masks, size)

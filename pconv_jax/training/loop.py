@@ -255,6 +255,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.M
         writer.flush()
         return state
     finally:
+        pipeline.close()  # its threads or worker processes: none outlives the run
         checkpointer.wait()
         checkpointer.close()
 
