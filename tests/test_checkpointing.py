@@ -44,6 +44,7 @@ KILLED_RUN = textwrap.dedent(f"""
             return next(self.pipeline)
         def get_state(self): return self.pipeline.get_state()
         def set_state(self, state): self.pipeline.set_state(state)
+        def close(self): self.pipeline.close()
 
     pipeline.create_train_pipeline = lambda *a, **k: Slow(create(*a, **k))
     config = demo_config(steps={STEPS})
@@ -187,6 +188,9 @@ def test_sigterm_during_training_saves_and_stops(tmp_path, monkeypatch, compiled
 
         def set_state(self, state):
             self.pipeline.set_state(state)
+
+        def close(self):
+            self.pipeline.close()
 
     monkeypatch.setattr(pipeline, "create_train_pipeline",
                         lambda *a, **k: TerminatedAtThirdBatch(create(*a, **k)))

@@ -124,6 +124,9 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch, 
         def set_state(self, state):
             self.pipeline.set_state(state)
 
+        def close(self):
+            self.pipeline.close()
+
     monkeypatch.setattr(pipeline, "create_train_pipeline",
                         lambda *a, **k: Poisoned(create(*a, **k)))
     config = demo_config(steps=12)
