@@ -7,7 +7,6 @@ is capped 512 MiB above what it uses at the start.
 """
 
 import collections
-import contextlib
 import io
 import os
 import pickle
@@ -17,7 +16,6 @@ import sys
 import textwrap
 import time
 import tracemalloc
-import types
 import warnings
 import zipfile
 
@@ -25,7 +23,7 @@ import h5py
 import numpy as np
 import pytest
 from safetensors.numpy import save_file
-from test_vgg import random_torch_state, write_keras_h5, write_torch_zip
+from test_vgg import fake_torch_modules, random_torch_state, write_keras_h5, write_torch_zip
 
 from pconv_jax.weights import checks, torch_pickle, vgg16_files
 
@@ -35,29 +33,6 @@ WeightsFileError = checks.WeightsFileError
 
 # --------------------------------------------------------------------------- file builders
 # The pickles name torch's real globals: stand-in `torch` modules are registered while pickling.
-
-
-@contextlib.contextmanager
-def fake_torch():
-    torch_mod, utils_mod = types.ModuleType("torch"), types.ModuleType("torch._utils")
-
-    def _rebuild_tensor_v2(*args):
-        raise AssertionError("only pickled, never called")
-
-    _rebuild_tensor_v2.__module__ = "torch._utils"
-    _rebuild_tensor_v2.__qualname__ = "_rebuild_tensor_v2"
-    utils_mod._rebuild_tensor_v2 = _rebuild_tensor_v2
-    torch_mod.FloatStorage = type("FloatStorage", (), {"__module__": "torch"})
-    saved = {k: sys.modules.get(k) for k in ("torch", "torch._utils")}
-    sys.modules.update({"torch": torch_mod, "torch._utils": utils_mod})
-    try:
-        yield torch_mod
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                sys.modules.pop(k, None)
-            else:
-                sys.modules[k] = v
 
 
 class Storage:
@@ -79,7 +54,7 @@ class Tensor:
 def pickle_checkpoint(obj, legacy):
     """The pickle of `obj`, storages as persistent ids ('storage', FloatStorage, key, ...)."""
     buf = io.BytesIO()
-    with fake_torch() as torch_mod:
+    with fake_torch_modules() as torch_mod:
         pickler = pickle.Pickler(buf, protocol=2)
 
         def persistent_id(o):
