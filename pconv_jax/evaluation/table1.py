@@ -188,19 +188,6 @@ def format_table(table: dict[str, dict], title: str = "") -> str:
     return "\n".join(lines)
 
 
-def check_writable(workdir: str) -> None:
-    """Creates `workdir` if needed; a clear OSError if files cannot be written there."""
-    probe = os.path.join(workdir, f".write_test_{os.getpid()}")
-    try:
-        os.makedirs(workdir, exist_ok=True)
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
-    except OSError as e:
-        raise OSError(f"cannot write the results into the workdir {workdir!r} ({e.strerror}); "
-                      f"pass a writable --workdir") from e
-
-
 def results_name(method: str) -> str:
     """'results' for the network, 'results_telea' / 'results_ns' for the baselines."""
     return "results" if method == "model" else f"results_{method}"

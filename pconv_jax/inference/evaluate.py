@@ -19,6 +19,7 @@ from pconv_jax.data import pipeline
 from pconv_jax.evaluation import table1
 from pconv_jax.inference.inpaint import ModelInpainter
 from pconv_jax.training import checkpoints
+from pconv_jax.training import workdir as workdir_lib
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, *, method: str | None = None,
@@ -40,7 +41,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, method: str | None =
         inpaint = ModelInpainter(model, warn=False)  # one summary warning below
     else:
         inpaint = table1.classical_inpainter(method, config.eval.inpaint_radius)
-    table1.check_writable(workdir)  # before the evaluation, not after it
+    # Before the evaluation, not after it.
+    workdir_lib.prepare_workdir(workdir, writing="the results into")
 
     images = np.asarray(pipeline.load_eval_images(config), np.float32)
     test_masks = table1.prepare_test_masks(config, workdir, images.shape[1:3])

@@ -66,21 +66,6 @@ def eval_batch(config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
 
 # ----------------------------------------------------------------------------- the loop
 
-def prepare_workdir(workdir: str) -> str:
-    """Creates the workdir; a clear error if it cannot be written."""
-    workdir = os.path.abspath(workdir)
-    try:
-        os.makedirs(workdir, exist_ok=True)
-        probe = os.path.join(workdir, f".write_test_{jax.process_index()}")
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
-    except OSError as e:
-        raise OSError(f"cannot write to the workdir {workdir!r} ({e.strerror}); pass a writable "
-                      f"--workdir") from e
-    return workdir
-
-
 def check_dataset(config: ml_collections.ConfigDict) -> None:
     """A clear error, before any compilation, for a TFDS dataset that is absent and may not be
     downloaded."""
@@ -187,7 +172,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     check_dataset(config)
     vgg = losses.vgg_for_config(config.loss)  # None when no VGG term is on
     vgg = None if vgg is None else replicate(vgg, mesh)
-    workdir = prepare_workdir(workdir)
+    workdir = workdir_lib.prepare_workdir(workdir)
     with workdir_lib.WorkdirLock(workdir, jax.process_index()):
         return _train(config, workdir, mesh, vgg, steps)
 

@@ -100,6 +100,23 @@ class WorkdirLock:
         self.release()
 
 
+def prepare_workdir(workdir: str, writing: str = "to") -> str:
+    """Creates `workdir` (absolute path returned); a clear OSError if files cannot be written
+    there. `writing` completes "cannot write ... the workdir" in that error."""
+    workdir = os.path.abspath(workdir)
+    # Host and pid: processes of several hosts may probe one shared workdir at once.
+    probe = os.path.join(workdir, f".write_test_{socket.gethostname()}_{os.getpid()}")
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise OSError(f"cannot write {writing} the workdir {workdir!r} ({e.strerror}); pass a "
+                      f"writable --workdir") from e
+    return workdir
+
+
 def write_text_atomically(path: str, text: str) -> None:
     """Writes `path` through a temporary file and a rename: readers see the old or the new file,
     never a partial one."""
