@@ -41,26 +41,15 @@ Batch = dict[str, np.ndarray]
 Example = dict[str, np.ndarray]
 
 
-def resolve_worker_processes(processes: int) -> int:
-    """`config.data.worker_processes` as a count: -1 means the usable cores less one (at least 1),
-    0 none (the work runs in threads of this process)."""
-    processes = int(processes)
-    if processes < -1:
-        raise ValueError(f"config.data.worker_processes must be >= -1 (-1 = automatic), got "
-                         f"{processes}.")
-    if processes == -1:
+def resolve_workers(count: int, setting: str = "workers") -> int:
+    """`config.data.<setting>` (`workers`: threads, `worker_processes`: processes) as a count:
+    -1 means the usable cores less one, at least 1; 0 none."""
+    count = int(count)
+    if count < -1:
+        raise ValueError(f"config.data.{setting} must be >= -1 (-1 = automatic), got {count}.")
+    if count == -1:
         return max(1, len(os.sched_getaffinity(0)) - 1)
-    return processes
-
-
-def resolve_workers(workers: int) -> int:
-    """`config.data.workers` as a thread count: -1 means the usable cores less one, at least 1."""
-    workers = int(workers)
-    if workers < -1:
-        raise ValueError(f"config.data.workers must be >= -1 (-1 = automatic), got {workers}.")
-    if workers == -1:
-        return max(1, len(os.sched_getaffinity(0)) - 1)
-    return workers
+    return count
 
 
 # ----------------------------------------------------------------------------- pipeline object
@@ -341,7 +330,7 @@ def create_train_pipeline(config: ml_collections.ConfigDict, *, seed: int,
     local_batch = data.batch_size // process_count
     size, mode = int(data.image_size), _check_mode(data.resize_mode)
     workers, prefetch = resolve_workers(data.workers), int(data.prefetch)
-    processes = resolve_worker_processes(data.worker_processes)
+    processes = resolve_workers(data.worker_processes, "worker_processes")
     if prefetch < 1:
         raise ValueError(f"config.data.prefetch must be >= 1 (batches), got {prefetch}.")
     mask_fn = make_mask_fn(config.masks, size)
