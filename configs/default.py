@@ -87,8 +87,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.eval.masks_per_cell = 8    # K of the generated set (6 bins x {N, B} x K masks)
     config.eval.mask_seed = 0         # seed of the generated set
     config.eval.batch_size = 8        # pairs per evaluation batch
-    config.eval.method = "model"      # 'model' | 'telea' | 'ns' (OpenCV's classical methods)
+    config.eval.method = "model"      # 'model' | 'patchmatch' | 'telea' | 'ns' (OpenCV)
+    config.eval.metrics = "l1,psnr,ssim"  # of l1,psnr,ssim,lpips,fid,is (the last 3 need files)
     config.eval.inpaint_radius = 3    # OpenCV inpaint radius for 'telea' and 'ns'
+    config.eval.patchmatch_patch_radius = 3  # PatchMatch patches of (2r+1)^2 pixels
+    config.eval.patchmatch_seed = 0   # PatchMatch's random search starts from it, every image
+    config.eval.lpips_weights = ""    # LPIPS calibration (vgg.pth); '' = the lpips package's
+    config.eval.inception_weights = ""  # pytorch-fid's pt_inception-2015-12-05-6726825d.pth
+    config.eval.is_splits = 10        # Inception Score: mean over this many splits
     config.eval.checkpoint_step = -1  # -1 = the latest checkpoint
     config.eval.psnr_cap = 100.0      # PSNR (dB) reported for identical images
 

@@ -292,16 +292,30 @@ def test_non_image_upload_is_a_message_and_the_app_keeps_running(page, tmp_path)
     assert "160x120" in _upload(page, tmp_path / "photo.png")
 
 
-def test_model_selector_lists_both_workdirs_and_opencv(page, served, tmp_path):
+def test_model_selector_lists_both_workdirs_and_the_classical_methods(page, served, tmp_path):
     labels = served[1]
-    assert len(labels) == 4 and "OpenCV Telea" in labels and "OpenCV Navier-Stokes" in labels
+    assert labels[2:] == ["PatchMatch", "OpenCV Telea", "OpenCV Navier-Stokes"], labels
     photo = _photo(tmp_path / "photo.png")
     _upload(page, tmp_path / "photo.png")
     _paint(page, _photo_rect(page))
     page.locator("#method input").click()
     options = page.locator("ul[role=listbox] li")
     texts = options.all_inner_texts()  # the selected one carries a check mark
-    assert len(texts) == 4 and all(sum(label in t for t in texts) == 1 for label in labels), texts
+    assert len(texts) == 5 and all(sum(label in t for t in texts) == 1 for label in labels), texts
     options.filter(has_text=labels[1]).click()
     result, status = _inpaint_and_download(page, tmp_path, labels[1])
     assert result.shape == photo.shape and (result != photo).any()
+
+
+def test_patchmatch_in_the_browser_fills_only_the_painted_pixels(page, served, tmp_path):
+    photo = _photo(tmp_path / "photo.png")
+    _upload(page, tmp_path / "photo.png")
+    _paint(page, _photo_rect(page))
+    page.locator("#method input").click()
+    page.locator("ul[role=listbox] li").filter(has_text="PatchMatch").click()
+    result, _ = _inpaint_and_download(page, tmp_path, "PatchMatch")
+    distance = _distance_to_strokes(photo.shape[:2])
+    np.testing.assert_array_equal(result[distance > BRUSH + 3], photo[distance > BRUSH + 3])
+    # PatchMatch copies patches of the photo into the strokes: they change, and not to one colour
+    assert (result != photo).any(axis=-1)[distance <= 1].mean() > 0.5
+    assert result[distance <= 1].astype(np.float32).std(axis=0).max() > 2

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pconv_jax.data import images, masks
-from pconv_jax.evaluation import table1
+from pconv_jax.evaluation import baselines, table1
 from pconv_jax.inference import evaluate
 
 
@@ -41,14 +41,14 @@ def test_generated_masks_land_in_their_bins_at_eval_resolution(test_set):
 @pytest.mark.parametrize("method", ["telea", "ns"])
 def test_classical_baselines_fill_all_cells_with_finite_metrics(test_set, method):
     images = _images()
-    per_mask = table1.evaluate(table1.classical_inpainter(method), images, test_set,
+    per_mask = table1.evaluate(baselines.classical_inpainter(method), images, test_set,
                                    batch_size=5, progress=False)
     np.testing.assert_array_equal(per_mask["image_index"], np.arange(24) % 5)
     table = table1.summarize(per_mask, test_set)
     assert len(table) == 13 and table["all"]["count"] == 24
     for name, cell in table.items():
         assert cell["count"] == (24 if name == "all" else 2)
-        assert all(np.isfinite(cell[m]) for m in table1.METRICS)
+        assert all(np.isfinite(cell[m]) for m in table1.DEFAULT_METRICS)
     # bigger holes are harder: the largest bin is worse than the smallest
     assert table["(0.5,0.6] N"]["l1"] > table["(0.01,0.1] N"]["l1"]
     assert table["(0.5,0.6] N"]["psnr"] < table["(0.01,0.1] N"]["psnr"]
@@ -71,10 +71,11 @@ def test_identity_inpainter_gives_perfect_scores_and_the_pairing_is_fixed(test_s
 
 
 def test_results_files_and_table(tmp_path, test_set):
-    per_mask = table1.evaluate(table1.classical_inpainter("telea"), _images(), test_set,
+    per_mask = table1.evaluate(baselines.classical_inpainter("telea"), _images(), test_set,
                                    batch_size=8, progress=False)
     table = table1.summarize(per_mask, test_set)
-    table1.write_results(dict(title="t", table=table, per_mask={}), str(tmp_path))
+    markdown = table1.format_table(table, "t")
+    table1.write_results(dict(title="t", table=table, markdown=markdown), str(tmp_path))
     loaded = json.loads((tmp_path / "results.json").read_text())
     assert loaded["table"]["(0.1,0.2] B"]["count"] == 2
     text = (tmp_path / "results.md").read_text()
@@ -115,7 +116,7 @@ def test_an_untrained_network_fills_every_cell(test_set):
                                    batch_size=8, progress=False)
     table = table1.summarize(per_mask, test_set)
     assert [table[c]["count"] for c in table] == [2] * 12 + [24]
-    assert all(np.isfinite(table["all"][m]) for m in table1.METRICS)
+    assert all(np.isfinite(table["all"][m]) for m in table1.DEFAULT_METRICS)
     assert 0 < table["all"]["l1"] < 100 and table["all"]["psnr"] < 100
 
 
@@ -175,7 +176,7 @@ def test_end_to_end_tiny_checkpoint_eval_and_inpaint_command(tmp_path, compiled_
     loaded = json.loads((tmp_path / "run" / "results.json").read_text())
     assert loaded["method"] == "model" and loaded["step"] == 2 and results["num_images"] == 3
     assert [loaded["table"][c]["count"] for c in loaded["table"]] == [1] * 12 + [12]
-    assert all(np.isfinite(loaded["table"]["all"][m]) for m in table1.METRICS)
+    assert all(np.isfinite(loaded["table"]["all"][m]) for m in table1.DEFAULT_METRICS)
     assert "| PSNR (dB) |" in (tmp_path / "run" / "results.md").read_text()
 
     # the inpaint command rebuilds the model from the workdir's config.json

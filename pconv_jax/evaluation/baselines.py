@@ -1,12 +1,20 @@
-"""Classical inpainting baselines from OpenCV: Telea (fast marching) and Navier-Stokes.
+"""Classical (not learned) inpainting baselines: PatchMatch, OpenCV Telea and Navier-Stokes.
 
 Same interface as the network: images (N, H, W, 3) float in [0, 1] and masks (N, H, W, 1)
-with 1 = valid, 0 = hole; returns the inpainted images (N, H, W, 3) float32 in [0, 1].
-OpenCV works on 8-bit pixels, so the known pixels are pasted back from the float input
-(the composite) and only the holes carry OpenCV's quantised values.
+with 1 = valid, 0 = hole; returns the inpainted images (N, H, W, 3) float32 in [0, 1]. The
+libraries work on 8-bit pixels, so the known pixels are pasted back from the float input (the
+composite) and only the holes carry the libraries' quantised values.
+
+- 'patchmatch': Barnes et al. (SIGGRAPH 2009), the paper's "PM" row, through PyPatchMatch's
+  prebuilt library (MIT licence). Patches of (2 r + 1)^2 pixels, r = `patch_radius` (3: the 7x7
+  patches of the PatchMatch paper); its randomised search starts from `seed` for every image,
+  so equal inputs give equal outputs.
+- 'telea', 'ns': `cv2.inpaint` (fast marching; Navier-Stokes) with radius `radius`.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import cv2
 import numpy as np
@@ -14,26 +22,74 @@ import numpy as np
 from pconv_jax.network.unet import MASK_THRESHOLD
 
 _OPENCV_FLAGS = {"telea": cv2.INPAINT_TELEA, "ns": cv2.INPAINT_NS}
-CLASSICAL_METHODS = tuple(_OPENCV_FLAGS)  # the names `inpaint_classical` takes
+CLASSICAL_METHODS = ("patchmatch", "telea", "ns")  # the names `classical_inpainter` takes
+METHOD_TITLES = {"patchmatch": "PatchMatch", "telea": "OpenCV Telea",
+                 "ns": "OpenCV Navier-Stokes"}
+
+# images (B, H, W, 3), masks (B, H, W, 1) 1 = valid  ->  composites (B, H, W, 3) in [0, 1]
+Inpainter = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
-def inpaint_classical(images: np.ndarray, masks: np.ndarray, method: str = "telea",
-                      radius: int = 3) -> np.ndarray:
+def classical_inpainter(method: str, *, radius: int = 3, patch_radius: int = 3,
+                        seed: int = 0) -> Inpainter:
+    """The inpainter of a classical method: 'patchmatch', 'telea' or 'ns'."""
+    if method == "patchmatch":
+        _patchmatch()  # a missing library fails here, before any image is read
+        return lambda images, masks: inpaint_patchmatch(images, masks, patch_radius, seed)
+    if method in _OPENCV_FLAGS:
+        return lambda images, masks: inpaint_opencv(images, masks, method, radius)
+    raise ValueError(f"unknown classical method {method!r}; choose one of {CLASSICAL_METHODS}")
+
+
+def inpaint_opencv(images: np.ndarray, masks: np.ndarray, method: str = "telea",
+                   radius: int = 3) -> np.ndarray:
     """Fills the holes of each image with `cv2.inpaint` ('telea' or 'ns') and composites."""
     if method not in _OPENCV_FLAGS:
-        raise ValueError(f"unknown classical method {method!r}; choose one of "
-                         f"{CLASSICAL_METHODS}")
+        raise ValueError(f"unknown OpenCV method {method!r}; choose one of {tuple(_OPENCV_FLAGS)}")
+    flag = _OPENCV_FLAGS[method]
+    return _fill_each(images, masks, lambda pixels, holes: cv2.inpaint(pixels, holes, radius, flag))
+
+
+def inpaint_patchmatch(images: np.ndarray, masks: np.ndarray, patch_radius: int = 3,
+                       seed: int = 0) -> np.ndarray:
+    """Fills the holes of each image with PatchMatch and composites."""
+    library = _patchmatch()
+
+    def fill(pixels: np.ndarray, holes: np.ndarray) -> np.ndarray:
+        library.set_random_seed(seed)  # per image: the result never depends on the batch
+        return library.inpaint(pixels, holes, patch_size=patch_radius)
+
+    return _fill_each(images, masks, fill)
+
+
+def _fill_each(images: np.ndarray, masks: np.ndarray,
+               fill: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> np.ndarray:
+    """Runs `fill(uint8 RGB (H, W, 3), holes uint8 (H, W), non-zero = hole)` per image."""
     images = np.asarray(images, np.float32)
     masks = np.asarray(masks, np.float32)
-    if images.ndim != 4 or masks.ndim != 4 or masks.shape[:3] != images.shape[:3]:
-        raise ValueError(f"expected images (N, H, W, C) and masks (N, H, W, 1) of the same size, "
+    if (images.ndim != 4 or images.shape[-1] != 3 or masks.ndim != 4
+            or masks.shape[:3] != images.shape[:3]):
+        raise ValueError(f"expected images (N, H, W, 3) and masks (N, H, W, 1) of the same size, "
                          f"got {images.shape} and {masks.shape}")
     valid = masks[..., :1] > MASK_THRESHOLD
     out = np.empty_like(images)
     for i, (image, keep) in enumerate(zip(images, valid)):
-        pixels = np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)
-        holes = (~keep[..., 0]).astype(np.uint8)  # OpenCV: non-zero = to be filled
-        filled = cv2.inpaint(pixels, holes, radius, _OPENCV_FLAGS[method])
-        filled = filled.reshape(image.shape).astype(np.float32) / 255.0
+        pixels = np.ascontiguousarray(np.round(np.clip(image, 0, 1) * 255).astype(np.uint8))
+        holes = np.ascontiguousarray((~keep[..., 0]).astype(np.uint8))
+        filled = fill(pixels, holes).reshape(image.shape).astype(np.float32) / 255.0
         out[i] = np.where(keep, image, filled)
     return out
+
+
+def _patchmatch():
+    """PyPatchMatch's module, or an error saying how to install it."""
+    try:
+        from patchmatch import patch_match
+    except ImportError as e:
+        raise ImportError("PatchMatch needs the PyPatchMatch package: "
+                          "pip install 'PyPatchMatch>=2.2,<3'") from e
+    if not patch_match.patchmatch_available:
+        raise RuntimeError("PyPatchMatch is installed but its native library did not load "
+                           "(see the warning above); reinstall it: "
+                           "pip install --force-reinstall 'PyPatchMatch>=2.2,<3'")
+    return patch_match

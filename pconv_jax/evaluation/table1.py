@@ -1,4 +1,4 @@
-"""The paper's Table 1 protocol: L1 / PSNR / SSIM of the composite per hole-ratio bin x {N, B}.
+"""The paper's Table 1 protocol: metrics of the composite per hole-ratio bin x {N, B}.
 
 Protocol (deterministic, so two methods are compared on identical pairs):
 
@@ -13,10 +13,14 @@ Protocol (deterministic, so two methods are compared on identical pairs):
 - Masks of another size than the images are resized nearest-neighbour (never interpolated).
 - Images: the first `config.eval.num_images` held-out images of the config's data source.
   Mask file j (00000.png = 0) is paired with image j mod num_images.
-- Each method (the network, or OpenCV's Telea / Navier-Stokes) fills the holes (the network's
-  unreached hole pixels as `pconv_jax.inference.inpaint.ModelInpainter` does); the metrics are
-  computed on the composite (known pixels pasted back), clipped to [0, 1], against the image,
-  over the whole image at the evaluation resolution. Cells report means over their masks.
+- Each method (a network, PatchMatch, or OpenCV's Telea / Navier-Stokes) fills the holes (a
+  network's unreached hole pixels as `pconv_jax.inference.inpaint.ModelInpainter` does); the
+  metrics are computed on the composite (known pixels pasted back), clipped to [0, 1], against
+  the image, over the whole image at the evaluation resolution.
+- Metrics: L1 (%), PSNR, SSIM (`metrics`; no weights needed, the default) and LPIPS, FID and
+  the Inception Score (`learned_metrics`; weights files, when asked). Cells report means over
+  their masks; FID and IS are set statistics: over all masks, and per cell only from
+  `MIN_SET_METRIC_MASKS` masks up.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import json
 import math
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import ml_collections
 import numpy as np
@@ -37,14 +41,18 @@ from tqdm import tqdm
 from pconv_jax.data import masks as masks_lib
 from pconv_jax.data import nvidia_masks
 from pconv_jax.evaluation import baselines, metrics
+from pconv_jax.evaluation.learned_metrics import SET_METRICS, LearnedMetrics
 
-METRICS = ("l1", "psnr", "ssim")
-METRIC_TITLES = {"l1": "L1 (%)", "psnr": "PSNR (dB)", "ssim": "SSIM"}
+METRICS = ("l1", "psnr", "ssim", "lpips", "fid", "is")  # in table order
+DEFAULT_METRICS = ("l1", "psnr", "ssim")  # the metrics that need no weights files
+METRIC_TITLES = {"l1": "L1 (%)", "psnr": "PSNR (dB)", "ssim": "SSIM", "lpips": "LPIPS",
+                 "fid": "FID", "is": "IScore"}
+_FORMATS = {"l1": "{:.2f}", "psnr": "{:.2f}", "ssim": "{:.3f}", "lpips": "{:.4f}",
+            "fid": "{:.2f}", "is": "{:.3f}"}
+MIN_SET_METRIC_MASKS = 1000  # FID / IS of a single cell only from this many masks
 LABELS = ("N", "B")
 METHODS = ("model",) + baselines.CLASSICAL_METHODS  # what the commands accept
-
-# images (B, H, W, 3), masks (B, H, W, 1) 1 = valid  ->  composites (B, H, W, 3) in [0, 1]
-Inpainter = Callable[[np.ndarray, np.ndarray], np.ndarray]
+Inpainter = baselines.Inpainter
 
 
 def cell_name(bin_index: int, label: str) -> str:
@@ -116,26 +124,42 @@ def prepare_test_masks(config: ml_collections.ConfigDict, workdir: str,
     return EvalMaskSet.scan(directory)
 
 
-# ---------------------------------------------------------------------------- inpainters
+# ---------------------------------------------------------------------------- metrics
 
-def classical_inpainter(method: str, radius: int = 3) -> Inpainter:
-    """OpenCV's Telea ('telea') or Navier-Stokes ('ns') inpainting."""
-    return lambda images, masks: baselines.inpaint_classical(images, masks, method, radius)
+def parse_metrics(text: str | Sequence[str]) -> tuple[str, ...]:
+    """'l1,psnr,ssim,lpips,fid,is' (or a sequence) -> the names in table order, checked."""
+    names = [n.strip().lower() for n in (text.split(",") if isinstance(text, str) else text)]
+    names = [n for n in names if n]
+    unknown = sorted(set(names) - set(METRICS))
+    if unknown or not names:
+        raise ValueError(f"unknown metric(s) {unknown or names!r}: choose from "
+                         f"{','.join(METRICS)} (comma-separated)")
+    return tuple(n for n in METRICS if n in names)
 
 
 # ---------------------------------------------------------------------------- protocol
 
 def evaluate(inpaint: Inpainter, images: np.ndarray, test_masks: EvalMaskSet, *,
              batch_size: int = 8, psnr_cap: float = metrics.PSNR_CAP,
-             progress: bool = True) -> dict[str, np.ndarray]:
-    """Per-mask metrics: mask file j (j.png) filled on image j mod len(images).
+             metric_names: Sequence[str] = DEFAULT_METRICS,
+             learned: LearnedMetrics | None = None, progress: bool = True
+             ) -> dict[str, np.ndarray]:
+    """Per-mask values: mask file j (j.png) filled on image j mod len(images).
 
-    Returns {'l1', 'psnr', 'ssim', 'hole_ratio', 'image_index'}, each (M,) for M masks. Batches
-    are padded to `batch_size` (repeating the last pair) so the network compiles once.
+    Returns {'hole_ratio', 'image_index'} and, for each requested per-image metric, its
+    values, each (M,) for M masks; with FID or IS requested, also the Inception features
+    'inception_pool' (M, 2048) and 'inception_logits' (M, 1008) of the composites. Batches
+    are padded to `batch_size` (repeating the last pair) so the networks compile once.
     """
+    per_image = [n for n in metric_names if n not in SET_METRICS]
+    if (learned is None or learned.lpips is None) and "lpips" in metric_names:
+        raise ValueError("LPIPS requested without its network (LearnedMetrics.from_config)")
+    wants_features = any(n in SET_METRICS for n in metric_names)
+    if wants_features and (learned is None or learned.inception is None):
+        raise ValueError("FID / IS requested without the Inception network")
     num_masks, num_images = len(test_masks), len(images)
     size = images.shape[1:3]
-    out = {name: np.zeros(num_masks, np.float64) for name in METRICS + ("hole_ratio",)}
+    out = {name: np.zeros(num_masks, np.float64) for name in per_image + ["hole_ratio"]}
     out["image_index"] = test_masks.file_indices % num_images
     bar = tqdm(total=num_masks, unit="mask", desc="evaluating", file=sys.stderr,
                disable=not progress)
@@ -144,52 +168,121 @@ def evaluate(inpaint: Inpainter, images: np.ndarray, test_masks: EvalMaskSet, *,
         padded = np.concatenate([idx, np.full(batch_size - len(idx), idx[-1])])
         batch_masks = test_masks.load(padded, size)
         batch_images = images[out["image_index"][padded]]
-        filled = inpaint(batch_images, batch_masks)
-        values = metrics.image_metrics(filled, batch_images, psnr_cap=psnr_cap)
-        for name in METRICS:
+        filled = np.clip(inpaint(batch_images, batch_masks), 0.0, 1.0)
+        values = dict(metrics.image_metrics(filled, batch_images, psnr_cap=psnr_cap))
+        if "lpips" in per_image:
+            values["lpips"] = learned.lpips(filled, batch_images)
+        for name in per_image:
             out[name][idx] = np.asarray(values[name])[: len(idx)]
+        if wants_features:
+            for name, value in learned.features(filled).items():
+                out.setdefault(name, np.zeros((num_masks,) + value.shape[1:], np.float32))
+                out[name][idx] = value[: len(idx)]
         out["hole_ratio"][idx] = 1.0 - batch_masks[: len(idx)].mean(axis=(1, 2, 3))
         bar.update(len(idx))
     bar.close()
     return out
 
 
-def summarize(per_mask: dict[str, np.ndarray], test_masks: EvalMaskSet) -> dict[str, dict]:
-    """Table 1 cells: {cell name: {'count', 'l1', 'psnr', 'ssim'}}, plus 'all'."""
+def reference_features(images: np.ndarray, learned: LearnedMetrics | None,
+                       batch_size: int = 8) -> dict[str, np.ndarray]:
+    """The Inception features of the ground-truth images (FID's reference set), or {}."""
+    if learned is None or learned.inception is None:
+        return {}
+    parts = []
+    for start in range(0, len(images), batch_size):
+        batch = images[start:start + batch_size]
+        pad = batch_size - len(batch)  # one batch shape: one compilation
+        batch = np.concatenate([batch, np.repeat(batch[-1:], pad, 0)]) if pad else batch
+        parts.append(learned.features(batch)["inception_pool"][: batch_size - pad])
+    return {"inception_pool": np.concatenate(parts)}
+
+
+def summarize(per_mask: dict[str, np.ndarray], test_masks: EvalMaskSet,
+              metric_names: Sequence[str] = DEFAULT_METRICS,
+              learned: LearnedMetrics | None = None,
+              reference: dict[str, np.ndarray] | None = None) -> dict[str, dict]:
+    """Table 1 cells: {cell name: {'count', metric: value, ...}}, plus 'all'.
+
+    Per-image metrics are means over the cell's masks. FID (the composites against their
+    ground-truth images, each mask's own) and IS are computed over all masks, and per cell only
+    where a cell has at least `MIN_SET_METRIC_MASKS` masks (fewer give biased, noisy values);
+    other cells hold NaN.
+    """
     labels = np.asarray(test_masks.labels)
+    selections = {cell_name(b, label): (test_masks.bins == b) & (labels == label)
+                  for b in range(masks_lib.NUM_BINS) for label in LABELS}
+    selections["all"] = np.ones(len(test_masks), bool)
+    set_names = [n for n in metric_names if n in SET_METRICS]
     table = {}
-    for b in range(masks_lib.NUM_BINS):
-        for label in LABELS:
-            sel = (test_masks.bins == b) & (labels == label)
-            table[cell_name(b, label)] = _cell(per_mask, sel)
-    table["all"] = _cell(per_mask, np.ones(len(test_masks), bool))
+    for name, selected in selections.items():
+        count = int(selected.sum())
+        cell = {"count": count}
+        for metric in metric_names:
+            cell[metric] = math.nan
+            if metric not in SET_METRICS and count:
+                cell[metric] = float(per_mask[metric][selected].mean())
+        if set_names and count and (name == "all" or count >= MIN_SET_METRIC_MASKS):
+            cell.update(learned.set_scores(
+                set_names, per_mask["inception_pool"][selected],
+                per_mask["inception_logits"][selected],
+                reference["inception_pool"][per_mask["image_index"][selected]]))
+        table[name] = cell
     return table
 
 
-def _cell(per_mask: dict[str, np.ndarray], selected: np.ndarray) -> dict:
-    count = int(selected.sum())
-    cell = {"count": count}
-    for name in METRICS:
-        cell[name] = float(per_mask[name][selected].mean()) if count else math.nan
-    return cell
+def _format(metric: str, value: float) -> str:
+    return "–" if value is None or math.isnan(value) else _FORMATS[metric].format(value)
+
+
+def _set_metric_note(metric_names: Sequence[str]) -> list[str]:
+    shown = [METRIC_TITLES[n] for n in metric_names if n in SET_METRICS]
+    if not shown:
+        return []
+    return ["", f"{' and '.join(shown)}: over all masks, and per cell only where a cell has "
+                f"at least {MIN_SET_METRIC_MASKS:,} masks (–: fewer)."]
+
+
+def metric_names_of(table: dict[str, dict]) -> tuple[str, ...]:
+    """The metrics a summarized table holds, in table order."""
+    return tuple(n for n in METRICS if n in table["all"])
 
 
 def format_table(table: dict[str, dict], title: str = "") -> str:
     """A Markdown table shaped like the paper's Table 1 (rows metrics, columns bin x N/B)."""
     columns = list(table)
+    names = metric_names_of(table)
     lines = [f"**{title}**", ""] if title else []
     lines.append("| | " + " | ".join(columns) + " |")
     lines.append("|---|" + "---:|" * len(columns))
-    formats = {"l1": "{:.2f}", "psnr": "{:.2f}", "ssim": "{:.3f}"}
-    for name in METRICS:
-        row = [formats[name].format(table[c][name]) for c in columns]
+    for name in names:
+        row = [_format(name, table[c][name]) for c in columns]
         lines.append(f"| {METRIC_TITLES[name]} | " + " | ".join(row) + " |")
     lines.append("| masks | " + " | ".join(str(table[c]["count"]) for c in columns) + " |")
-    return "\n".join(lines)
+    return "\n".join(lines + _set_metric_note(names))
+
+
+def format_comparison(tables: dict[str, dict[str, dict]], title: str = "") -> str:
+    """The paper's layout: one block per metric, a row per method, columns bin x N/B."""
+    first = next(iter(tables.values()))
+    columns = list(first)
+    names = metric_names_of(first)
+    lines = [f"**{title}**", ""] if title else []
+    for name in names:
+        lines += [f"*{METRIC_TITLES[name]}*", "",
+                  "| method | " + " | ".join(columns) + " |",
+                  "|---|" + "---:|" * len(columns)]
+        for method, table in tables.items():
+            row = [_format(name, table[c][name]) for c in columns]
+            lines.append(f"| {method} | " + " | ".join(row) + " |")
+        lines.append("")
+    lines.append("Masks per column: " + ", ".join(
+        f"{c} {first[c]['count']}" for c in columns) + ".")
+    return "\n".join(lines + _set_metric_note(names))
 
 
 def results_name(method: str) -> str:
-    """'results' for the network, 'results_telea' / 'results_ns' for the baselines."""
+    """'results' for the network, 'results_<method>' for the baselines."""
     return "results" if method == "model" else f"results_{method}"
 
 
@@ -199,7 +292,7 @@ def write_results(results: dict, workdir: str, name: str = "results") -> None:
     with open(os.path.join(workdir, f"{name}.json"), "w") as f:
         json.dump(_nan_to_none(results), f, indent=1)
     with open(os.path.join(workdir, f"{name}.md"), "w") as f:
-        f.write(format_table(results["table"], results["title"]) + "\n")
+        f.write(results["markdown"] + "\n")
 
 
 def _nan_to_none(value):

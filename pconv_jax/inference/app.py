@@ -6,8 +6,9 @@
 
 Upload a photo (or pick a bundled example), paint over what should go, press Inpaint, download
 the PNG. The result has the photo's resolution and every pixel outside the holes is exactly the
-photo's. Each `--workdir` adds its trained network to the method selector; OpenCV's Telea and
-Navier-Stokes inpainting are always offered. A workdir without a checkpoint stops the start.
+photo's. Each `--workdir` adds its trained network to the method selector; PatchMatch and
+OpenCV's Telea and Navier-Stokes inpainting are always offered. A workdir without a checkpoint
+stops the start.
 
 The network runs on the same path as `inpaint.py` (`build_inpainter`, `inpaint_image`: mirror
 padding, composite). Two additions make it interactive:
@@ -35,6 +36,7 @@ import numpy as np
 
 from pconv_jax.cli import USER_ERRORS
 from pconv_jax.data import images, sources
+from pconv_jax.evaluation import baselines
 from pconv_jax.inference import inpaint
 from pconv_jax.network.unet import MASK_THRESHOLD
 
@@ -96,11 +98,11 @@ class Method:
 
 
 def classical_methods() -> list[Method]:
-    """OpenCV's two methods, always offered for comparison."""
+    """PatchMatch and OpenCV's two methods, always offered for comparison."""
     methods = []
-    for name, label in (("telea", "OpenCV Telea"), ("ns", "OpenCV Navier-Stokes")):
+    for name in baselines.CLASSICAL_METHODS:
         fill, multiple = inpaint.build_inpainter(name, None, None, None)
-        methods.append(Method(label, fill, multiple, compiled=False))
+        methods.append(Method(baselines.METHOD_TITLES[name], fill, multiple, compiled=False))
     return methods
 
 
@@ -110,7 +112,7 @@ def workdir_label(workdir: str, partial: bool, unique_names: bool) -> str:
 
 
 def load_methods(workdirs: Sequence[str]) -> list[Method]:
-    """The networks of `workdirs` (their latest checkpoints), then OpenCV's methods.
+    """The networks of `workdirs` (their latest checkpoints), then the classical methods.
 
     Raises FileNotFoundError naming a workdir without config.json or checkpoints.
     """

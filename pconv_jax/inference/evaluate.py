@@ -1,8 +1,10 @@
-"""Evaluating a method with the paper's Table 1 protocol: what `eval.py` runs.
+"""Evaluating methods with the paper's Table 1 protocol: what `eval.py` runs.
 
-The method is the workdir's network (restored from its checkpoint, unreached holes filled as
-`ModelInpainter` does) or one of OpenCV's classical methods; the protocol itself, which takes any
-inpainter callable, is `pconv_jax.evaluation.table1`.
+A method is the workdir's network ('model': restored from its checkpoint, unreached holes filled
+as `ModelInpainter` does), another training workdir's network (its path), or a classical method
+('patchmatch', 'telea', 'ns'). One method writes results[_<method>].json/.md; a comparison of
+several, on identical pairs, writes comparison.json/.md with a row per method. The protocol
+itself, which takes any inpainter callable, is `pconv_jax.evaluation.table1`.
 """
 
 from __future__ import annotations
@@ -11,65 +13,128 @@ import dataclasses
 import os
 import time
 import warnings
+from collections.abc import Sequence
 
 import ml_collections
 import numpy as np
 
 from pconv_jax.data import pipeline
-from pconv_jax.evaluation import table1
-from pconv_jax.inference.inpaint import ModelInpainter
+from pconv_jax.evaluation import baselines, table1
+from pconv_jax.evaluation.learned_metrics import LearnedMetrics
+from pconv_jax.inference.inpaint import ModelInpainter, workdir_config
 from pconv_jax.training import checkpoints
 from pconv_jax.training import workdir as workdir_lib
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, *, method: str | None = None,
-        checkpoint_step: int | None = None, progress: bool = True) -> dict:
-    """Evaluates `method` on the configured held-out pairs; writes results.json/.md to workdir.
+@dataclasses.dataclass
+class Candidate:
+    """One method of an evaluation: its name, its row label and its inpainter."""
+    method: str
+    label: str
+    inpaint: table1.Inpainter
+    step: int | None = None
 
-    `method`: 'model' (restores the latest checkpoint, or `checkpoint_step`), 'telea' or 'ns';
-    defaults to config.eval.method. Returns the results dictionary written to results.json
-    (results_telea.json / results_ns.json for the baselines, so they never overwrite the network's).
+
+def run(config: ml_collections.ConfigDict, workdir: str, *, method: str | None = None,
+        compare: Sequence[str] | None = None, metric_names: str | Sequence[str] | None = None,
+        checkpoint_step: int | None = None, progress: bool = True) -> dict:
+    """Evaluates one method, or compares several, on the configured held-out pairs.
+
+    Args:
+      method: 'model' (the workdir's latest checkpoint, or `checkpoint_step`), 'patchmatch',
+        'telea' or 'ns'; default config.eval.method. Writes results.json/.md (the network) or
+        results_<method>.json/.md into the workdir.
+      compare: methods as above, or paths of other training workdirs (their networks), to
+        evaluate on identical pairs; writes comparison.json/.md (a row per method).
+      metric_names: 'l1,psnr,ssim,lpips,fid,is' or a subset; default config.eval.metrics.
+
+    Returns the results dictionary written to the .json file.
     """
-    method = method or config.eval.method
-    if method not in table1.METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {table1.METHODS}")
+    names = table1.parse_metrics(metric_names or config.eval.metrics)
+    entries = list(compare) if compare else [method or config.eval.method]
+    _check_entries(entries)
     if checkpoint_step is None and config.eval.checkpoint_step >= 0:
         checkpoint_step = config.eval.checkpoint_step
-    step = None
-    if method == "model":
-        model, step = checkpoints.restore_model(config, workdir, step=checkpoint_step)
-        inpaint = ModelInpainter(model, warn=False)  # one summary warning below
-    else:
-        inpaint = table1.classical_inpainter(method, config.eval.inpaint_radius)
-    # Before the evaluation, not after it.
+    # Weights, checkpoints and the workdir are checked before the evaluation, not after it.
+    learned = LearnedMetrics.from_config(config, names)
+    candidates = [_candidate(config, workdir, entry, checkpoint_step) for entry in entries]
     workdir_lib.prepare_workdir(workdir, writing="the results into")
 
     images = np.asarray(pipeline.load_eval_images(config), np.float32)
     test_masks = table1.prepare_test_masks(config, workdir, images.shape[1:3])
-    start = time.time()
-    per_mask = table1.evaluate(inpaint, images, test_masks, batch_size=config.eval.batch_size,
-                               psnr_cap=config.eval.psnr_cap, progress=progress)
-    table = table1.summarize(per_mask, test_masks)
-    unreached = getattr(inpaint, "unreached_share", 0.0)
-    if unreached:
-        warnings.warn(f"{unreached:.2%} of the hole pixels lay beyond the network's reach and "
-                      f"were filled from downscaled copies", stacklevel=2)
-    name = method if method != "model" else config.get("experiment", "model")
-    title = (f"{name}" + (f" (step {step})" if step is not None else "")
-             + f": {len(test_masks)} masks on {len(images)} held-out images, "
-             f"{images.shape[1]}x{images.shape[2]}")
-    results = dict(
-        method=method, step=step, title=title, table=table,
-        num_masks=len(test_masks), num_images=len(images),
+    reference = table1.reference_features(images, learned, config.eval.batch_size)
+    rows = [_evaluate(config, candidate, images, test_masks, names, learned, reference,
+                      progress) for candidate in candidates]
+
+    setting = (f"{len(test_masks)} masks on {len(images)} held-out images, "
+               f"{images.shape[1]}x{images.shape[2]}")
+    common = dict(
+        metrics=list(names), num_masks=len(test_masks), num_images=len(images),
         resolution=list(images.shape[1:3]),
         test_masks=os.path.dirname(test_masks.records[0].path),
         left_out=[dataclasses.asdict(f) for f in test_masks.left_out],
-        unreached_hole_share=unreached,
         pairing="mask file j with held-out image j mod num_images",
-        seconds=round(time.time() - start, 2),
-        per_mask={name: per_mask[name].tolist() for name in per_mask},
     )
+    if compare:
+        title = f"{len(rows)} methods: {setting}"
+        markdown = table1.format_comparison({row["label"]: row["table"] for row in rows}, title)
+        results = dict(title=title, markdown=markdown, methods=rows, **common)
+        name = "comparison"
+    else:
+        title = f"{rows[0]['label']}: {setting}"
+        markdown = table1.format_table(rows[0]["table"], title)
+        results = dict(title=title, markdown=markdown, **rows[0], **common)
+        name = table1.results_name(rows[0]["method"])
     # The table first: a failed write still leaves it on screen.
-    print(table1.format_table(table, title))
-    table1.write_results(results, workdir, table1.results_name(method))
+    print(markdown)
+    table1.write_results(results, workdir, name)
     return results
+
+
+def _check_entries(entries: Sequence[str]) -> None:
+    for entry in entries:
+        if entry not in table1.METHODS and not os.path.isdir(entry):
+            raise ValueError(f"unknown method {entry!r}: choose from {', '.join(table1.METHODS)}"
+                             f", or give the path of a training workdir")
+    repeated = sorted({e for e in entries if entries.count(e) > 1})
+    if repeated:
+        raise ValueError(f"method(s) {repeated} named twice")
+
+
+def _candidate(config: ml_collections.ConfigDict, workdir: str, entry: str,
+               checkpoint_step: int | None) -> Candidate:
+    if entry in baselines.CLASSICAL_METHODS:
+        inpaint = baselines.classical_inpainter(
+            entry, radius=config.eval.inpaint_radius,
+            patch_radius=config.eval.patchmatch_patch_radius, seed=config.eval.patchmatch_seed)
+        return Candidate(entry, baselines.METHOD_TITLES[entry], inpaint)
+    if entry == "model":
+        model_config, model_dir, name = config, workdir, config.get("experiment", "model")
+    else:  # another training workdir: its own config and latest checkpoint
+        model_config, model_dir = workdir_config(entry), entry
+        name, checkpoint_step = os.path.basename(os.path.normpath(entry)), None
+    model, step = checkpoints.restore_model(model_config, model_dir, step=checkpoint_step)
+    kind = "partial" if model_config.model.partial else "ordinary"
+    return Candidate(entry, f"{name} ({kind} convolutions, step {step})",
+                     ModelInpainter(model, warn=False), step)  # one summary warning
+
+
+def _evaluate(config: ml_collections.ConfigDict, candidate: Candidate, images: np.ndarray,
+              test_masks: table1.EvalMaskSet, names: Sequence[str],
+              learned: LearnedMetrics, reference: dict[str, np.ndarray],
+              progress: bool) -> dict:
+    """One method's row: its table, per-mask values and timing."""
+    start = time.time()
+    per_mask = table1.evaluate(candidate.inpaint, images, test_masks,
+                               batch_size=config.eval.batch_size, psnr_cap=config.eval.psnr_cap,
+                               metric_names=names, learned=learned, progress=progress)
+    table = table1.summarize(per_mask, test_masks, names, learned, reference)
+    unreached = getattr(candidate.inpaint, "unreached_share", 0.0)
+    if unreached:
+        warnings.warn(f"{candidate.label}: {unreached:.2%} of the hole pixels lay beyond the "
+                      f"network's reach and were filled from downscaled copies", stacklevel=3)
+    return dict(
+        method=candidate.method, label=candidate.label, step=candidate.step, table=table,
+        unreached_hole_share=unreached, seconds=round(time.time() - start, 2),
+        per_mask={k: v.tolist() for k, v in per_mask.items() if v.ndim == 1},
+    )

@@ -1,4 +1,4 @@
-r"""Inpaint your own photos with a trained network (or OpenCV's classical methods).
+r"""Inpaint your own photos with a trained network (or PatchMatch, or OpenCV's methods).
 
 One image::
 
@@ -254,10 +254,11 @@ def _halve(images: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarra
 
 def build_inpainter(method: str, workdir: str | None, config_spec: str | None,
                     checkpoint: int | None, radius: int = 3):
-    """(inpainter, size multiple) for 'model' (restored from the workdir), 'telea' or 'ns'."""
-    from pconv_jax.evaluation import table1
+    """(inpainter, size multiple) for 'model' (restored from the workdir) or a classical method
+    ('patchmatch', 'telea', 'ns', with the evaluation's default settings)."""
+    from pconv_jax.evaluation import baselines
     if method != "model":
-        return table1.classical_inpainter(method, radius), 1
+        return baselines.classical_inpainter(method, radius=radius), 1
     if not workdir:
         raise ValueError("--workdir is required with --method model (it holds the checkpoints)")
     from pconv_jax.training import checkpoints
@@ -279,7 +280,7 @@ def define_flags() -> None:
     flags.DEFINE_string("panel", None, "single image: also write [input with holes | result | "
                         "original] to this file")
     flags.DEFINE_enum("method", "model", list(METHODS),
-                      "the network, or OpenCV's Telea / Navier-Stokes inpainting")
+                      "the network, PatchMatch, or OpenCV's Telea / Navier-Stokes inpainting")
 
 
 def main(argv: Sequence[str]) -> None:
