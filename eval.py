@@ -37,8 +37,8 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if _METHOD.value and _COMPARE.value:
-        raise app.UsageError("--method and --compare exclude each other: list the method in "
-                             "--compare")
+        raise ValueError("--method and --compare exclude each other: list the method in "
+                         "--compare")
     from pconv_jax import config as config_lib
     config = _CONFIG.value
     config_lib.validate(config)

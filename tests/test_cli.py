@@ -85,6 +85,21 @@ def test_eval_on_a_mask_folder_with_no_usable_mask(tmp_path):
     assert_one_line_error(result, rf"no usable masks in {masks} \(12 files left out: ")
 
 
+def test_eval_compare_and_its_mistakes(tmp_path):
+    workdir = tmp_path / "w"
+    common = ["eval.py", "--config", "configs/demo.py", "--workdir", str(workdir), *TINY,
+              "--config.eval.num_images=2", "--config.eval.masks_per_cell=1"]
+    result = run_command(*common, "--compare", "patchmatch,ns", "--metrics", "l1,ssim")
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = (workdir / "comparison.md").read_text()
+    assert "| PatchMatch |" in table and "| OpenCV Navier-Stokes |" in table
+    assert "*SSIM*" in table and "PSNR" not in table
+    result = run_command(*common, "--method", "ns", "--compare", "telea")
+    assert_one_line_error(result, r"--method and --compare exclude each other")
+    result = run_command(*common, "--method", "ns", "--metrics", "l1,fdi")
+    assert_one_line_error(result, r"unknown metric\(s\) \['fdi'\]")
+
+
 def test_training_on_unreadable_images_exits_promptly(tmp_path):
     images = tmp_path / "images"
     images.mkdir()

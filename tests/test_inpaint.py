@@ -45,6 +45,15 @@ def test_odd_sized_image_through_the_network_keeps_size_and_known_pixels(photo):
     assert not np.allclose(out[holes > 0], image[holes > 0])  # holes were replaced
 
 
+def test_command_with_patchmatch_fills_only_the_holes(photo):
+    tmp_path, rgb, holes = photo
+    run_inpaint(["--image", str(tmp_path / "photo.png"), "--mask", str(tmp_path / "mask.png"),
+                 "--method", "patchmatch", "--out", str(tmp_path / "pm.png")])
+    out = cv2.cvtColor(cv2.imread(str(tmp_path / "pm.png")), cv2.COLOR_BGR2RGB)
+    np.testing.assert_array_equal(out[holes == 0], rgb[holes == 0])
+    assert (out[holes > 0] != rgb[holes > 0]).any(axis=-1).mean() > 0.9
+
+
 def test_padding_mirrors_the_mask_too():
     image = np.arange(3 * 5 * 3, dtype=np.float32).reshape(3, 5, 3)
     mask = np.ones((3, 5, 1), np.float32)
