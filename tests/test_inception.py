@@ -152,11 +152,23 @@ def test_inception_score_refuses_too_few_images():
         fid.inception_score(np.zeros((5, 10)), splits=10)
 
 
-def test_random_inception_shapes():
-    params = inception.random_inception(jax.random.key(0))
-    pool, logits = jax.eval_shape(inception.inception_features, params,
+@pytest.fixture(scope="module")
+def random_params():
+    return inception.random_inception(jax.random.key(0))
+
+
+def test_random_inception_shapes(random_params):
+    pool, logits = jax.eval_shape(inception.inception_features, random_params,
                                   jax.ShapeDtypeStruct((3, 40, 50, 3), jnp.float32))
     assert pool.shape == (3, 2048) and logits.shape == (3, 1008)
+
+
+def test_inputs_must_be_float_rgb(random_params):
+    for shape, dtype, match in (((2, 8, 8, 3), jnp.uint8, "divide 8-bit images by 255"),
+                                ((2, 8, 8, 1), jnp.float32, r"RGB images \(N, H, W, 3\)")):
+        with pytest.raises(ValueError, match=match):
+            jax.eval_shape(inception.inception_features, random_params,
+                           jax.ShapeDtypeStruct(shape, dtype))
 
 
 def test_missing_file_names_the_url_and_the_setting(tmp_path):

@@ -158,6 +158,9 @@ def resize_and_scale(images: jax.Array) -> jax.Array:
     if images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError("inception_features expects RGB images (N, H, W, 3) in [0, 1]; "
                          f"got shape {images.shape}.")
+    if not jnp.issubdtype(images.dtype, jnp.floating):
+        raise ValueError(f"inception_features expects float images in [0, 1]; got dtype "
+                         f"{images.dtype} (divide 8-bit images by 255 first).")
     x = images.astype(jnp.float32)
     if x.shape[1:3] != (INPUT_SIZE, INPUT_SIZE):
         # jax.image.resize antialiases when downscaling unless told not to; torch never does.
