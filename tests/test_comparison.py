@@ -96,11 +96,11 @@ def test_fid_and_is_over_all_masks_and_per_cell_only_with_enough_masks(test_set,
     assert abs(table["all"]["fid"]) < 1e-3 and table["all"]["l1"] == 0
     assert all(np.isnan(table[c]["fid"]) and np.isnan(table[c]["is"])
                for c in table if c != "all")
-    per_mask, table = run(baselines.classical_inpainter("telea"))
+    per_mask, table = run(lambda i, m: i * m)  # black holes
     truth = reference["inception_pool"][per_mask["image_index"]]
     assert table["all"]["fid"] == pytest.approx(_fid(per_mask["inception_pool"], truth),
                                                 rel=1e-3)
-    assert table["all"]["fid"] > 1e-3 and table["all"]["is"] >= 1.0
+    assert table["all"]["fid"] > 0.01 and table["all"]["is"] >= 1.0
     monkeypatch.setattr(table1, "MIN_SET_METRIC_MASKS", 2)
     _, table = run(baselines.classical_inpainter("telea"))
     assert all(np.isfinite(table[c]["is"]) for c in table)

@@ -222,3 +222,30 @@ def test_code_in_the_file_is_refused(tmp_path):
         zf.writestr("archive/data.pkl", pickle.dumps({"fc.weight": RunsCode()}, protocol=2))
     with pytest.raises(pickle.UnpicklingError, match="Refusing to load global"):
         inception_files.load_inception(tmp_path / "evil.pth")
+
+
+def _eval_config(**eval_overrides):
+    from test_train_helpers import default_config
+    config = default_config()
+    config.data.image_size = 32
+    config.eval.update(masks_per_cell=1, num_images=5, batch_size=4, **eval_overrides)
+    return config
+
+
+def test_eval_reports_fid_and_is_from_the_named_weights_file(tmp_path, weights_file):
+    from pconv_jax.inference import evaluate
+    results = evaluate.run(_eval_config(inception_weights=str(weights_file), is_splits=4),
+                           str(tmp_path), method="telea", metric_names="l1,fid,is",
+                           progress=False)
+    table = results["table"]
+    assert table["all"]["fid"] > 0 and 1.0 <= table["all"]["is"] <= 4.0  # at most the splits' size
+    assert all(np.isnan(table[c]["fid"]) for c in table if c != "all")  # 1 mask per cell
+    assert "| FID |" in results["markdown"] and "at least 1,000 masks" in results["markdown"]
+
+
+def test_eval_without_the_inception_file_names_it_and_writes_nothing(tmp_path):
+    from pconv_jax.inference import evaluate
+    with pytest.raises(FileNotFoundError, match="pt_inception-2015-12-05.*inception_weights"):
+        evaluate.run(_eval_config(), str(tmp_path), method="telea", metric_names="psnr,is",
+                     progress=False)
+    assert not list(tmp_path.iterdir())

@@ -15,8 +15,8 @@
 Sample size: FID is biased upwards for small N (its expected value falls as N grows, and the
 covariance of 2048-d features is singular below 2,049 images), so FID values are comparable only
 at equal N, and need thousands of images to mean much. Report FID over all masks, and per table
-cell only for cells with at least `MIN_IMAGES_PER_CELL` images. IS is usually reported with 10
-splits over 5,000 or more images.
+cell only for cells with at least `table1.MIN_SET_METRIC_MASKS` (1,000) images. IS is usually
+reported with 10 splits over 5,000 or more images.
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ from scipy.special import log_softmax, logsumexp
 
 from pconv_jax.network.inception import InceptionParams, network, resize_and_scale
 
-MIN_IMAGES_PER_CELL = 1000  # the least images a table cell needs for its own FID
 SQRTM_EPS = 1e-6  # added to both covariances' diagonals when their product is singular
 IMAGINARY_TOLERANCE = 1e-3  # larger imaginary parts on sqrtm's diagonal are an error
 
