@@ -225,3 +225,15 @@ def test_mismatched_or_tiny_images_are_refused(metric):
         metric(a, jnp.zeros((1, 32, 33, 3)))
     with pytest.raises(ValueError, match="at least 16x16"):
         metric(jnp.zeros((1, 15, 32, 3)), jnp.zeros((1, 15, 32, 3)))
+
+
+@pytest.mark.multidevice
+def test_batch_sharded_pairs_give_the_same_values(metric):
+    rng = np.random.default_rng(3)
+    a, b = (rng.random((8, 32, 32, 3), np.float32) for _ in range(2))
+    mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Explicit,))
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    with jax.set_mesh(mesh):
+        got = metric(jax.device_put(a, sharding), jax.device_put(b, sharding))
+    assert got.sharding.spec == jax.sharding.PartitionSpec("data")
+    np.testing.assert_allclose(np.asarray(got), np.asarray(metric(a, b)), rtol=1e-5)
