@@ -219,10 +219,12 @@ def test_missing_vgg_file_is_the_loss_error(tmp_path):
         lpips.load_lpips(tmp_path / "vgg16.pth", os.path.join(LPIPS_DIR, "vgg_lin.pth"))
 
 
-def test_mismatched_or_tiny_images_are_refused(metric):
+def test_mismatched_integer_or_tiny_images_are_refused(metric):
     a = jnp.zeros((1, 32, 32, 3))
     with pytest.raises(ValueError, match="same shape"):
         metric(a, jnp.zeros((1, 32, 33, 3)))
+    with pytest.raises(ValueError, match="float images in"):
+        metric(jnp.zeros((1, 32, 32, 3), jnp.uint8), jnp.zeros((1, 32, 32, 3), jnp.uint8))
     with pytest.raises(ValueError, match="at least 16x16"):
         metric(jnp.zeros((1, 15, 32, 3)), jnp.zeros((1, 15, 32, 3)))
 

@@ -36,7 +36,7 @@ CHANNELS = (64, 128, 256, 512, 512)  # of relu1_2 .. relu5_3
 CALIBRATION_KEYS = tuple(f"lin{k}.model.1.weight" for k in range(len(CHANNELS)))
 PACKAGE_FILE = os.path.join("weights", "v0.1", "vgg.pth")  # inside the lpips package
 
-WEIGHTS_HELP = (
+CALIBRATION_HELP = (
     "LPIPS's calibration weights ship with the `lpips` pip package as "
     f"`lpips/{PACKAGE_FILE}` (`pip install --no-deps lpips` installs it without torch, and "
     "the file is then found by itself), or take the file `lpips/weights/v0.1/vgg.pth` of "
@@ -75,7 +75,7 @@ def load_lpips_calibration(path: str | os.PathLike | None = None) -> Calibration
     path = os.fspath(path) if path else default_lpips_weights()
     if not path or not os.path.isfile(path):
         where = f"{path!r} not found" if path else "no file named and no `lpips` package found"
-        raise FileNotFoundError(f"LPIPS calibration weights: {where}. {WEIGHTS_HELP}")
+        raise FileNotFoundError(f"LPIPS calibration weights: {where}. {CALIBRATION_HELP}")
     state = read_torch_file(path)
     if not isinstance(state, Mapping):
         raise checks.WeightsFileError(
@@ -155,6 +155,9 @@ def make_lpips(vgg: VGGParams, calibration: Calibration, precision: str = "highe
         if a.shape != b.shape or a.ndim != 4 or a.shape[-1] != 3:
             raise ValueError("LPIPS takes two RGB image batches of the same shape (N, H, W, 3); "
                              f"got {a.shape} and {b.shape}.")
+        if not (jnp.issubdtype(a.dtype, jnp.floating) and jnp.issubdtype(b.dtype, jnp.floating)):
+            raise ValueError(f"LPIPS takes float images in [0, 1]; got {a.dtype} and {b.dtype} "
+                             "(divide 8-bit images by 255).")
         if min(a.shape[1:3]) < 16:
             raise ValueError(f"LPIPS needs images of at least 16x16 pixels (VGG16 pools 4 "
                              f"times); got {a.shape[1]}x{a.shape[2]}.")
