@@ -20,21 +20,28 @@ from safetensors.numpy import save_file
 from pconv_jax.network import vgg16 as vgg
 from pconv_jax.weights import vgg16_files
 
-# (torchvision index, Keras layer, C_in, C_out) of VGG16 conv1_1 .. conv3_3, pools after 2, 4, 7.
-LAYERS = [(0, "block1_conv1", 3, 64), (2, "block1_conv2", 64, 64), (5, "block2_conv1", 64, 128),
-          (7, "block2_conv2", 128, 128), (10, "block3_conv1", 128, 256),
-          (12, "block3_conv2", 256, 256), (14, "block3_conv3", 256, 256)]
+# (torchvision index, Keras layer, C_in, C_out) of VGG16's 13 convs; blocks end after convs
+# 2, 4, 7, 10 and 13. The loss reads conv1_1 .. conv3_3 (LAYERS), LPIPS all 13 (ALL_LAYERS).
+ALL_LAYERS = [(0, "block1_conv1", 3, 64), (2, "block1_conv2", 64, 64),
+              (5, "block2_conv1", 64, 128), (7, "block2_conv2", 128, 128),
+              (10, "block3_conv1", 128, 256), (12, "block3_conv2", 256, 256),
+              (14, "block3_conv3", 256, 256), (17, "block4_conv1", 256, 512),
+              (19, "block4_conv2", 512, 512), (21, "block4_conv3", 512, 512),
+              (24, "block5_conv1", 512, 512), (26, "block5_conv2", 512, 512),
+              (28, "block5_conv3", 512, 512)]
+LAYERS = ALL_LAYERS[:7]
 POOL_AFTER = {1, 3, 6}
+BLOCK_ENDS = {1, 3, 6, 9, 12}
 
 
 # --------------------------------------------------------------------------- references
 
 
-def random_torch_state(seed=0):
+def random_torch_state(seed=0, layers=LAYERS):
     """A torchvision-style state_dict (OIHW float32) with random values and real shapes."""
     rng = np.random.default_rng(seed)
     state = collections.OrderedDict()
-    for index, _, c_in, c_out in LAYERS:
+    for index, _, c_in, c_out in layers:
         state[f"features.{index}.weight"] = (
             rng.standard_normal((c_out, c_in, 3, 3)) * np.sqrt(2 / (9 * c_in))).astype(np.float32)
         state[f"features.{index}.bias"] = (0.1 * rng.standard_normal(c_out)).astype(np.float32)
@@ -62,6 +69,26 @@ def reference_features(state, images, preprocessing="torch"):
             x = x.reshape(n, h // 2, 2, wd // 2, 2, c).max(axis=(2, 4))
             pools.append(x)
     return pools
+
+
+def reference_relus(state, inputs):
+    """NumPy float64 relu1_2 .. relu5_3 of inputs taken as they are (no preprocessing); torch's
+    2x2 max pool floors odd sizes."""
+    x = np.asarray(inputs, np.float64)
+    relus = []
+    for i, (index, _, _, _) in enumerate(ALL_LAYERS):
+        if i - 1 in BLOCK_ENDS:
+            n, h, wd, c = x.shape
+            x = x[:, : h // 2 * 2, : wd // 2 * 2].reshape(n, h // 2, 2, wd // 2, 2, c).max(
+                axis=(2, 4))
+        w = state[f"features.{index}.weight"].astype(np.float64)
+        b = state[f"features.{index}.bias"].astype(np.float64)
+        padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+        windows = np.lib.stride_tricks.sliding_window_view(padded, (3, 3), axis=(1, 2))
+        x = np.maximum(np.einsum("nhwcij,ocij->nhwo", windows, w) + b, 0.0)
+        if i in BLOCK_ENDS:
+            relus.append(x)
+    return relus
 
 
 def assert_features_match(params, state, preprocessing, images):
@@ -193,10 +220,11 @@ def write_torch_legacy(path, state):
 
 def write_keras_h5(path, state, keras2_names):
     """Keras layout: a group per layer, attribute weight_names -> [kernel HWIO, bias]."""
+    layers = [layer for layer in ALL_LAYERS if f"features.{layer[0]}.weight" in state]
     with h5py.File(path, "w") as f:
-        f.attrs["layer_names"] = [b"input_1"] + [layer.encode() for _, layer, _, _ in LAYERS]
+        f.attrs["layer_names"] = [b"input_1"] + [layer.encode() for _, layer, _, _ in layers]
         f.create_group("input_1").attrs["weight_names"] = np.array([], dtype="S1")
-        for index, layer, _, _ in LAYERS:
+        for index, layer, _, _ in layers:
             names = ([f"{layer}/kernel:0", f"{layer}/bias:0"] if keras2_names
                      else [f"{layer}_W_1:0", f"{layer}_b_1:0"])
             g = f.create_group(layer)
@@ -323,3 +351,104 @@ def test_unknown_format_is_an_error(tmp_path):
     (tmp_path / "w.bin").write_bytes(b"hello, not weights at all")
     with pytest.raises(ValueError, match="Cannot tell the format"):
         vgg16_files.load_vgg16(tmp_path / "w.bin")
+
+
+# --------------------------------------------------------------------------- conv4 / conv5 (LPIPS)
+
+
+@pytest.fixture(scope="module")
+def full_state():
+    """All 13 convs (59 MB float32), as torchvision's file holds them."""
+    return random_torch_state(5, ALL_LAYERS)
+
+
+@pytest.fixture(scope="module")
+def full_pth(tmp_path_factory, full_state):
+    path = tmp_path_factory.mktemp("vgg") / "vgg16-397923af.pth"
+    write_torch_legacy(path, full_state)
+    return path
+
+
+def test_relu_features_of_all_13_convs_match_reference(full_pth, full_state):
+    params = vgg16_files.load_vgg16(full_pth, blocks=5)
+    assert len(params.convs) == 13 and vgg.num_blocks(params) == 5
+    # 18 x 22 pools to 9 x 11, 4 x 5, 2 x 2, 1 x 1: odd sizes floor, as torch's pool.
+    inputs = np.random.default_rng(6).normal(size=(2, 18, 22, 3))
+    got = jax.jit(vgg.vgg16_relu_features)(params, jnp.asarray(inputs, jnp.float32))
+    want = reference_relus(full_state, inputs)
+    assert [g.shape for g in got] == [(2, 18, 22, 64), (2, 9, 11, 128), (2, 4, 5, 256),
+                                      (2, 2, 2, 512), (2, 1, 1, 512)]
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(np.asarray(g), w, rtol=2e-4, atol=2e-4 * np.abs(w).max())
+
+
+def test_loss_features_ignore_conv4_and_conv5(full_pth, images):
+    """The loss's default load reads conv1_1..conv3_3 only, and pool1..pool3 are the same
+    whether the params hold 7 convs or 13."""
+    loss_params = vgg16_files.load_vgg16(full_pth)
+    all_params = vgg16_files.load_vgg16(full_pth, blocks=5)
+    assert sorted(loss_params.convs) == sorted(name for name, *_ in vgg.block_convs(3))
+    x = jnp.asarray(images, jnp.float32)
+    for a, b in zip(vgg.vgg16_features(loss_params, x), vgg.vgg16_features(all_params, x)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize("fmt", ["zip", "safetensors", "h5"])
+def test_every_format_loads_blocks_4_and_5(tmp_path, full_state, fmt):
+    path = tmp_path / f"w.{fmt}"
+    if fmt == "zip":
+        write_torch_zip(path, full_state)
+    elif fmt == "safetensors":
+        save_file(dict(full_state), str(path))
+    else:
+        write_keras_h5(path, full_state, keras2_names=True)
+    params = vgg16_files.load_vgg16(path, blocks=5)
+    assert params.preprocessing == ("caffe" if fmt == "h5" else "torch")
+    for name, index, _, _, _ in vgg.VGG16_CONVS:
+        np.testing.assert_array_equal(np.asarray(params.convs[name]["kernel"]),
+                                      full_state[f"features.{index}.weight"].transpose(2, 3, 1, 0))
+        np.testing.assert_array_equal(np.asarray(params.convs[name]["bias"]),
+                                      full_state[f"features.{index}.bias"])
+
+
+def test_convert_keeps_all_13_convs(tmp_path, full_pth, capsys):
+    dst = tmp_path / "vgg16.npz"
+    vgg16_files.main(["vgg16_files", "convert", str(full_pth), str(dst)])
+    assert "blocks 1..5" in capsys.readouterr().out
+    original = vgg16_files.load_vgg16(full_pth, blocks=5)
+    converted = vgg16_files.load_vgg16(dst, blocks=5)
+    for a, b in zip(jax.tree_util.tree_leaves(original), jax.tree_util.tree_leaves(converted)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize("fmt", ["npz", "pth"])
+def test_a_file_without_conv4_and_conv5_is_a_clear_error_for_lpips(tmp_path, fmt):
+    # An .npz converted for the loss before conv4/conv5 were read holds conv1_1..conv3_3 only.
+    state = random_torch_state(7)
+    path = tmp_path / f"old.{fmt}"
+    if fmt == "npz":  # as `convert` wrote it from a file read for the loss
+        write_torch_zip(tmp_path / "src.pth", state)
+        vgg16_files.save_npz(vgg16_files.load_vgg16(tmp_path / "src.pth"), path)
+    else:
+        write_torch_zip(path, state)
+    assert vgg.num_blocks(vgg16_files.load_vgg16(path)) == 3  # still fine for the loss
+    with pytest.raises(KeyError) as err:
+        vgg16_files.load_vgg16(path, blocks=5)
+    message = str(err.value)
+    for needle in (str(path), "lacks conv4_1, conv4_2", "conv5_3", "convert",
+                   "vgg16-397923af.pth"):
+        assert needle in message
+
+
+def test_relu_features_of_more_blocks_than_loaded_is_an_error(images):
+    params = vgg.random_vgg16(jax.random.key(0))
+    assert vgg.num_blocks(params) == 3
+    with pytest.raises(ValueError, match=r"blocks 1\.\.3 only.*load_vgg16\(path, blocks=5\)"):
+        vgg.vgg16_relu_features(params, jnp.asarray(images, jnp.float32))
+    relus = vgg.vgg16_relu_features(params, jnp.asarray(images, jnp.float32), blocks=3)
+    assert [r.shape[-1] for r in relus] == [64, 128, 256]
+
+
+def test_blocks_out_of_range_is_an_error(full_pth):
+    with pytest.raises(ValueError, match=r"blocks 1\.\.5; got 6"):
+        vgg16_files.load_vgg16(full_pth, blocks=6)

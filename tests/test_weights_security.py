@@ -104,6 +104,8 @@ def write_npz(path, state):
     """Our .npz layout (as `convert` writes it), from a torchvision-layout state dict."""
     arrays = {}
     for name, index, _, _, _ in vgg16_files.VGG16_CONVS:
+        if f"features.{index}.weight" not in state:
+            continue
         arrays[f"{name}/kernel"] = state[f"features.{index}.weight"].transpose(2, 3, 1, 0)
         arrays[f"{name}/bias"] = state[f"features.{index}.bias"]
     np.savez(path, preprocessing=np.asarray("torch"), **arrays)

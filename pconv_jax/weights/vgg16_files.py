@@ -7,6 +7,10 @@ The format is detected from the file's content:
 - timm `vgg16.tv_in1k` `model.safetensors`;
 - Keras `vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5` (Caffe preprocessing);
 - our own `.npz` (write one with `python -m pconv_jax.weights.vgg16_files convert SRC DST.npz`).
+
+The loss needs blocks 1..3 (conv1_1..conv3_3), LPIPS all 5: `load_vgg16(path, blocks=5)`.
+torchvision's file, timm's and Keras' `notop` file hold all 13 convs; an `.npz` converted
+before conv4/conv5 were read holds blocks 1..3 only.
 """
 
 from __future__ import annotations
@@ -14,12 +18,20 @@ from __future__ import annotations
 import os
 import struct
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
 from absl import app
 
-from pconv_jax.network.vgg16 import VGG16_CONVS, VGGParams, make_params
+from pconv_jax.network.vgg16 import (
+    LOSS_BLOCKS,
+    NUM_BLOCKS,
+    VGG16_CONVS,
+    VGGParams,
+    block_convs,
+    make_params,
+    num_blocks,
+)
 from pconv_jax.weights import checks, torch_pickle
 
 WEIGHTS_HELP = (
@@ -69,18 +81,47 @@ def _missing(key: str, path: str) -> KeyError:
     return KeyError(f"VGG16 weights {path}: missing key '{key}' (is this a VGG16 checkpoint?).")
 
 
-def _torch_shapes() -> dict[str, tuple[int, ...]]:
+Conv = tuple[str, int, str, int, int]  # an entry of VGG16_CONVS
+
+
+def _convs_to_read(blocks: int | None, held: Collection[str], path: str) -> tuple[Conv, ...]:
+    """The convs of blocks 1..`blocks` (None: of every complete block the file holds, at
+    least the loss's 3); `held` names the convs the file holds. The loss's blocks are left
+    to the readers' missing-key errors; a file without the deeper blocks asked for gets an
+    error saying how to get them."""
+    if blocks is None:
+        blocks = LOSS_BLOCKS
+        while blocks < NUM_BLOCKS and all(c[0] in held for c in block_convs(blocks + 1)):
+            blocks += 1
+    convs = block_convs(blocks)
+    absent = [c[0] for c in convs[len(block_convs(LOSS_BLOCKS)):] if c[0] not in held]
+    if absent:
+        raise KeyError(
+            f"VGG16 weights {path}: blocks 1..{blocks} are needed but the file lacks "
+            f"{', '.join(absent)}. (An .npz converted for the loss by an older version holds "
+            "conv1_1..conv3_3 only.) Convert the full torchvision file again with `python -m "
+            "pconv_jax.weights.vgg16_files convert vgg16-397923af.pth DST.npz`, or name "
+            "torchvision's file itself.")
+    return convs
+
+
+def _torch_shapes(convs: Sequence[Conv]) -> dict[str, tuple[int, ...]]:
     """torchvision/timm layout: features.N.weight (OIHW), features.N.bias."""
     shapes = {}
-    for _, index, _, c_in, c_out in VGG16_CONVS:
+    for _, index, _, c_in, c_out in convs:
         shapes[f"features.{index}.weight"] = (c_out, c_in, 3, 3)
         shapes[f"features.{index}.bias"] = (c_out,)
     return shapes
 
 
-def _from_torch_layout(arrays: Mapping[str, np.ndarray], path: str) -> VGGParams:
+def _torch_held(keys: Collection[str]) -> set[str]:
+    return {name for name, index, *_ in VGG16_CONVS if f"features.{index}.weight" in keys}
+
+
+def _from_torch_layout(arrays: Mapping[str, np.ndarray], convs_to_read: Sequence[Conv],
+                       path: str) -> VGGParams:
     convs = {}
-    for name, index, _, _, _ in VGG16_CONVS:
+    for name, index, _, _, _ in convs_to_read:
         w_key, b_key = f"features.{index}.weight", f"features.{index}.bias"
         w, b = arrays[w_key], arrays[b_key]
         checks.check_weights(w_key, w, path)
@@ -89,8 +130,8 @@ def _from_torch_layout(arrays: Mapping[str, np.ndarray], path: str) -> VGGParams
     return make_params(convs, "torch")
 
 
-def _read_torch(path: str, fmt: str) -> VGGParams:
-    """Checks keys and shapes on the tensor records, then reads only the 14 tensors needed."""
+def _read_torch(path: str, fmt: str, blocks: int | None) -> VGGParams:
+    """Checks keys and shapes on the tensor records, then reads only the tensors needed."""
     if fmt == "torch_zip":
         state = torch_pickle.load_zip_records(path)
     else:
@@ -100,24 +141,26 @@ def _read_torch(path: str, fmt: str) -> VGGParams:
     if not isinstance(state, Mapping):
         raise ValueError(
             f"{path}: expected a state_dict (a mapping of tensors), got {type(state).__name__}.")
+    convs = _convs_to_read(blocks, _torch_held(state), path)
     records = {}
-    for key, shape in _torch_shapes().items():
+    for key, shape in _torch_shapes(convs).items():
         if key not in state:
             raise _missing(key, path)
         if not isinstance(state[key], torch_pickle.TensorRecord):
             raise checks.WeightsFileError(f"VGG16 weights {path}: '{key}' is not a tensor.")
         _check_shape(key, state[key].shape, shape, path)
         records[key] = state[key]
-    return _from_torch_layout(torch_pickle.materialize(records), path)
+    return _from_torch_layout(torch_pickle.materialize(records), convs, path)
 
 
-def _read_safetensors(path: str) -> VGGParams:
+def _read_safetensors(path: str, blocks: int | None) -> VGGParams:
     from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(path, "np") as f:
             keys = set(f.keys())
-            shapes = _torch_shapes()
+            convs = _convs_to_read(blocks, _torch_held(keys), path)
+            shapes = _torch_shapes(convs)
             for key, shape in shapes.items():
                 if key not in keys:
                     raise _missing(key, path)
@@ -125,7 +168,7 @@ def _read_safetensors(path: str) -> VGGParams:
             arrays = {key: f.get_tensor(key) for key in shapes}
     except SafetensorError as err:
         raise checks.WeightsFileError(f"{path}: not a valid safetensors file ({err}).") from None
-    return _from_torch_layout(arrays, path)
+    return _from_torch_layout(arrays, convs, path)
 
 
 def _h5_member(group, name: str, path: str):
@@ -165,7 +208,7 @@ def _h5_array(group, name: str, shape: tuple[int, ...], path: str) -> np.ndarray
     return array
 
 
-def _read_keras_h5(path: str) -> VGGParams:
+def _read_keras_h5(path: str, blocks: int | None) -> VGGParams:
     """Keras weights: a group per layer (block1_conv1, ...), its attribute `weight_names`
     listing [kernel (HWIO), bias] datasets relative to the group."""
     import h5py  # only needed for this format
@@ -175,7 +218,9 @@ def _read_keras_h5(path: str) -> VGGParams:
         # `name in group` would resolve an external link (open the other file): look at links.
         has_root = f.get("model_weights", getlink=True) is not None
         root = _h5_member(f, "model_weights", path) if has_root else f
-        for name, _, layer, c_in, c_out in VGG16_CONVS:
+        held = {name for name, _, layer, *_ in VGG16_CONVS
+                if root.get(layer, getlink=True) is not None}
+        for name, _, layer, c_in, c_out in _convs_to_read(blocks, held, path):
             if root.get(layer, getlink=True) is None:
                 raise KeyError(f"VGG16 weights {path}: missing layer group '{layer}'.")
             group = _h5_member(root, layer, path)
@@ -212,11 +257,13 @@ def _npz_array(zf: zipfile.ZipFile, key: str, shape: tuple[int, ...], kind: str,
         return np.lib.format.read_array(fp, allow_pickle=False)
 
 
-def _read_npz(path: str) -> VGGParams:
+def _read_npz(path: str, blocks: int | None) -> VGGParams:
     with checks.open_zip(path) as zf, checks.zip_read_errors(path):
         mode = str(_npz_array(zf, "preprocessing", (), "U", path))
+        members = set(zf.namelist())
+        held = {name for name, *_ in VGG16_CONVS if f"{name}/kernel.npy" in members}
         convs = {}
-        for name, _, _, c_in, c_out in VGG16_CONVS:
+        for name, _, _, c_in, c_out in _convs_to_read(blocks, held, path):
             convs[name] = {
                 "kernel": _npz_array(zf, f"{name}/kernel", (3, 3, c_in, c_out), "f", path),
                 "bias": _npz_array(zf, f"{name}/bias", (c_out,), "f", path),
@@ -227,8 +274,11 @@ def _read_npz(path: str) -> VGGParams:
     return make_params(convs, mode)
 
 
-def load_vgg16(path: str | os.PathLike) -> VGGParams:
-    """Loads VGG16 conv1_1..conv3_3 weights; the file format is detected from its content.
+def load_vgg16(path: str | os.PathLike, blocks: int | None = LOSS_BLOCKS) -> VGGParams:
+    """Loads the VGG16 convs of blocks 1..`blocks`; the file format is detected from its content.
+
+    `blocks`: 3 (conv1_1..conv3_3, what the loss needs), 5 (all 13 convs, for LPIPS), or
+    None for every complete block the file holds (at least 3).
 
     Raises FileNotFoundError (saying where to get the weights) for a missing file,
     KeyError naming the key for a missing weight, ValueError for a wrong shape, an
@@ -240,17 +290,20 @@ def load_vgg16(path: str | os.PathLike) -> VGGParams:
     if not path or not os.path.isfile(path):
         raise FileNotFoundError(f"VGG16 weights file not found: {path!r}. {WEIGHTS_HELP}")
     fmt = _detect_format(path)
+    if blocks is not None:
+        block_convs(blocks)  # checks the range
     if fmt == "keras_h5":
-        return _read_keras_h5(path)
+        return _read_keras_h5(path, blocks)
     if fmt == "npz":
-        return _read_npz(path)
+        return _read_npz(path, blocks)
     if fmt == "safetensors":
-        return _read_safetensors(path)
-    return _read_torch(path, fmt)
+        return _read_safetensors(path, blocks)
+    return _read_torch(path, fmt, blocks)
 
 
 def save_npz(params: VGGParams, path: str | os.PathLike) -> None:
-    """Writes params (and their preprocessing mode) to our `.npz` format."""
+    """Writes params (every conv they hold, and their preprocessing mode) to our `.npz`
+    format."""
     arrays = {f"{n}/{k}": np.asarray(v) for n, c in params.convs.items() for k, v in c.items()}
     with open(path, "wb") as f:  # a file object keeps np.savez from appending '.npz'
         np.savez(f, preprocessing=np.asarray(params.preprocessing), **arrays)
@@ -262,9 +315,10 @@ def main(argv: Sequence[str]) -> None:
         raise app.UsageError("usage: python -m pconv_jax.weights.vgg16_files convert SRC DST.npz "
                              "(SRC: a .pth, .safetensors, .h5 or .npz VGG16 file)")
     src, dst = argv[2], argv[3]
-    params = load_vgg16(src)
+    params = load_vgg16(src, blocks=None)  # every conv the file holds: the loss's and LPIPS's
     save_npz(params, dst)
-    print(f"wrote {dst} (preprocessing: {params.preprocessing})")
+    print(f"wrote {dst} (VGG16 blocks 1..{num_blocks(params)}, "
+          f"preprocessing: {params.preprocessing})")
 
 
 if __name__ == "__main__":
