@@ -239,3 +239,42 @@ def test_batch_sharded_pairs_give_the_same_values(metric):
         got = metric(jax.device_put(a, sharding), jax.device_put(b, sharding))
     assert got.sharding.spec == jax.sharding.PartitionSpec("data")
     np.testing.assert_allclose(np.asarray(got), np.asarray(metric(a, b)), rtol=1e-5)
+
+
+def _eval_config(**overrides):
+    from test_train_helpers import default_config
+    config = default_config()
+    config.data.image_size = 32
+    config.eval.update(masks_per_cell=1, num_images=5, batch_size=4)
+    config.update_from_flattened_dict(overrides)
+    return config
+
+
+def test_eval_reports_lpips_per_mask_with_the_named_files(tmp_path, backbone, metric):
+    from pconv_jax.data import pipeline
+    from pconv_jax.evaluation import baselines, table1
+    from pconv_jax.inference import evaluate
+    from pconv_jax.weights import vgg16_files
+    vgg16_files.save_npz(backbone, tmp_path / "vgg16.npz")
+    config = _eval_config(**{"loss.vgg_weights": str(tmp_path / "vgg16.npz"),
+                             "eval.lpips_weights": os.path.join(LPIPS_DIR, "vgg_lin.pth")})
+    results = evaluate.run(config, str(tmp_path / "w"), method="telea",
+                           metric_names="lpips,l1", progress=False)
+    # the same numbers as the metric on the same composites, computed here directly
+    images = np.asarray(pipeline.load_eval_images(config), np.float32)
+    test_masks = table1.EvalMaskSet.scan(results["test_masks"])
+    index = np.arange(len(test_masks))
+    composites = baselines.classical_inpainter("telea")(
+        images[index % len(images)], test_masks.load(index, images.shape[1:3]))
+    want = np.asarray(metric(composites, images[index % len(images)]))
+    np.testing.assert_allclose(results["per_mask"]["lpips"], want, rtol=1e-5)
+    assert results["table"]["all"]["lpips"] == pytest.approx(want.mean(), rel=1e-5)
+    assert "| LPIPS |" in results["markdown"]
+
+
+def test_eval_lpips_without_vgg_weights_names_the_setting(tmp_path):
+    from pconv_jax.inference import evaluate
+    with pytest.raises(FileNotFoundError, match="LPIPS needs VGG16 weights.*vgg_weights"):
+        evaluate.run(_eval_config(), str(tmp_path), method="ns", metric_names="lpips",
+                     progress=False)
+    assert not list(tmp_path.iterdir())

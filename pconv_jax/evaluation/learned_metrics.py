@@ -41,10 +41,7 @@ class LearnedMetrics:
                 raise FileNotFoundError(
                     "LPIPS needs VGG16 weights but `config.loss.vgg_weights` is empty. "
                     + vgg16_files.WEIGHTS_HELP)
-            backbone = vgg16_files.load_vgg16(config.loss.vgg_weights, layers="all")
-            calibration = lpips.load_calibration(
-                config.eval.lpips_weights or lpips.default_lpips_weights())
-            lpips_fn = lpips.make_lpips(backbone, calibration)
+            lpips_fn = lpips.load_lpips(config.loss.vgg_weights, config.eval.lpips_weights or None)
         if any(name in names for name in SET_METRICS):
             from pconv_jax.evaluation import fid
             from pconv_jax.weights import inception_files
