@@ -179,6 +179,20 @@ def test_end_to_end_tiny_checkpoint_eval_and_inpaint_command(tmp_path, compiled_
     assert all(np.isfinite(loaded["table"]["all"][m]) for m in table1.DEFAULT_METRICS)
     assert "| PSNR (dB) |" in (tmp_path / "run" / "results.md").read_text()
 
+    # --compare: this workdir's network, another workdir's (restored with its own config.json;
+    # of the same name, so the rows name their paths) and a baseline, on the same pairs
+    import shutil
+    other = tmp_path / "elsewhere" / "demo"  # named as the config's experiment
+    shutil.copytree(workdir, other)
+    compared = evaluate.run(config, workdir, compare=["model", str(other), "ns"],
+                            progress=False)
+    rows = compared["methods"]
+    assert [row["label"] for row in rows] == [
+        "model: demo (partial convolutions, step 2)",
+        f"{other}: demo (partial convolutions, step 2)", "OpenCV Navier-Stokes"]
+    assert rows[0]["table"] == rows[1]["table"] == loaded["table"]  # the same network
+    assert f"| {other}: demo (partial" in (tmp_path / "run" / "comparison.md").read_text()
+
     # the inpaint command rebuilds the model from the workdir's config.json
     rgb = np.random.default_rng(0).integers(0, 256, (21, 30, 3), np.uint8)
     cv2.imwrite(str(tmp_path / "photo.png"), rgb)

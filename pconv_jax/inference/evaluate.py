@@ -58,6 +58,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, method: str | None =
     # Weights, checkpoints and the workdir are checked before the evaluation, not after it.
     learned = LearnedMetrics.from_config(config, names)
     candidates = [_candidate(config, workdir, entry, checkpoint_step) for entry in entries]
+    labels = [c.label for c in candidates]
+    for candidate in candidates:  # two workdirs of one name: their rows name their paths
+        if labels.count(candidate.label) > 1:
+            candidate.label = f"{candidate.method}: {candidate.label}"
     workdir_lib.prepare_workdir(workdir, writing="the results into")
 
     images = np.asarray(pipeline.load_eval_images(config), np.float32)
