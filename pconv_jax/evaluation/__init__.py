@@ -1,1 +1,2 @@
-"""The paper's Table 1: metrics, protocol, classical baselines."""
+"""The paper's Table 1 and beyond: metrics (L1, PSNR, SSIM, LPIPS, FID, IS), the protocol,
+classical baselines."""

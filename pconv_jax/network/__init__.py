@@ -1,1 +1,2 @@
-"""The networks: the partial-convolution UNet and the VGG16 feature extractor."""
+"""The networks: the partial-convolution UNet, and the frozen VGG16 and Inception-v3 of the
+loss and the metrics."""

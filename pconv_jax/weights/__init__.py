@@ -1,1 +1,2 @@
-"""Reading weight files safely: PyTorch pickles without torch, VGG16 formats."""
+"""Reading weight files safely: PyTorch pickles without torch, VGG16 and Inception formats,
+public PConv checkpoints."""
