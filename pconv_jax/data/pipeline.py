@@ -97,7 +97,10 @@ class TrainPipeline:
         batches = grain.MapDataset.range(0, sys.maxsize // self.local_batch_size).map(batch_fn)
         options = grain.MultiprocessingOptions(num_workers=self.processes,
                                                per_worker_buffer_size=self.prefetch)
-        return iter(batches.to_iter_dataset().mp_prefetch(options))
+        # One thread per worker: grain's default (16 reader threads, 500 elements ahead) would
+        # have whole batches contend for the worker's GIL and hold hundreds of them in memory.
+        read = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
+        return iter(batches.to_iter_dataset(read).mp_prefetch(options))
 
     def __iter__(self) -> TrainPipeline:
         return self
