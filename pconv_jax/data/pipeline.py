@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 
@@ -100,7 +101,14 @@ class TrainPipeline:
         # One thread per worker: grain's default (16 reader threads, 500 elements ahead) would
         # have whole batches contend for the worker's GIL and hold hundreds of them in memory.
         read = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
-        return iter(batches.to_iter_dataset(read).mp_prefetch(options))
+        return iter(batches.to_iter_dataset(read).mp_prefetch(
+            options, worker_init_fn=_ignore_ctrl_c))
+
+    def parallelism(self) -> tuple[str, int]:
+        """The `config.data` setting that sets this pipeline's parallelism, and its count."""
+        if self.processes:
+            return "worker_processes", self.processes
+        return "workers", self.workers
 
     def __iter__(self) -> TrainPipeline:
         return self
@@ -108,7 +116,14 @@ class TrainPipeline:
     def __next__(self) -> Batch:
         if self._iterator is None:  # built lazily so that set_state() right after costs nothing
             self._iterator = self._make_iterator()
-        batch = next(self._iterator)
+        try:
+            batch = next(self._iterator)
+        except RuntimeError as err:
+            if self.processes and "terminated unexpectedly" in str(err):  # grain's words
+                raise RuntimeError(
+                    f"an input worker process died ({err}); if the system ran out of memory, "
+                    f"lower config.data.worker_processes or config.data.prefetch") from err
+            raise
         if _SKIPPED in batch:  # from a worker process: the unreadable files it met
             self._worker_skipped.update(map(str, batch.pop(_SKIPPED)))
         self._position += self.local_batch_size
@@ -145,6 +160,13 @@ class TrainPipeline:
 
 
 _SKIPPED = "_skipped_files"  # batch field carrying a worker process's unreadable files
+
+
+def _ignore_ctrl_c(worker_index: int, worker_count: int) -> None:
+    """In a worker process: Ctrl-C (SIGINT to the terminal's process group) is the parent's to
+    handle; it stops the workers when it closes the pipeline."""
+    del worker_index, worker_count
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _close(iterator) -> None:
