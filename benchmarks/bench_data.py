@@ -9,7 +9,8 @@ collects the batches, as train.py's does while the accelerator computes). One JS
 
   {"bench": "masks", "size": 256, "masks_per_s": ...}
   {"bench": "pipeline", "source": "folder", "size": 256, "images_per_s_1_core": ...,
-   "images_per_s_all_cores": ..., "scaling": ..., "rss_mb": ..., "cores_per_gpu": ...}
+   "images_per_s_all_cores": ..., "scaling": ..., "rss_mb": ..., "cores_per_gpu": ...,
+   "images_per_s_processes": ..., "scaling_processes": ..., "rss_mb_processes": ...}
 
 `cores_per_gpu` is the cores the pipeline needs to feed one GPU at `--target_images_per_s`
 (default 2000 at 256², the estimate for an H100/H200 at 40 % of its bfloat16 rate; scaled by
@@ -178,6 +179,7 @@ def main() -> None:
                 if "processes" in best:
                     fields.update(
                         images_per_s_processes=round(best["processes"]["images_per_s"], 1),
+                        scaling_processes=round(best["processes"]["images_per_s"] / one_rate, 2),
                         rss_mb_processes=round(best["processes"]["rss_mb"]))
                 report(**fields)
 
