@@ -66,7 +66,7 @@ def test_a_killed_worker_process_ends_the_run_with_an_error():
             next(run)
 
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        with pytest.raises(RuntimeError, match="input worker process died"):
+        with pytest.raises(ChildProcessError, match="input worker process died"):
             pool.submit(drain).result(timeout=60)  # an error, not a hang
     run.close()
     assert not _children(others)

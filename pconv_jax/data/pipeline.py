@@ -102,7 +102,7 @@ class TrainPipeline:
         # have whole batches contend for the worker's GIL and hold hundreds of them in memory.
         read = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
         return iter(batches.to_iter_dataset(read).mp_prefetch(
-            options, worker_init_fn=_ignore_ctrl_c))
+            options, worker_init_fn=_init_worker))
 
     def parallelism(self) -> tuple[str, int]:
         """The `config.data` setting that sets this pipeline's parallelism, and its count."""
@@ -120,7 +120,7 @@ class TrainPipeline:
             batch = next(self._iterator)
         except RuntimeError as err:
             if self.processes and "terminated unexpectedly" in str(err):  # grain's words
-                raise RuntimeError(
+                raise ChildProcessError(
                     f"an input worker process died ({err}); if the system ran out of memory, "
                     f"lower config.data.worker_processes or config.data.prefetch") from err
             raise
@@ -162,11 +162,13 @@ class TrainPipeline:
 _SKIPPED = "_skipped_files"  # batch field carrying a worker process's unreadable files
 
 
-def _ignore_ctrl_c(worker_index: int, worker_count: int) -> None:
+def _init_worker(worker_index: int, worker_count: int) -> None:
     """In a worker process: Ctrl-C (SIGINT to the terminal's process group) is the parent's to
-    handle; it stops the workers when it closes the pipeline."""
+    handle (it stops the workers when it closes the pipeline); OpenCV on one thread, as the
+    workers already share the cores."""
     del worker_index, worker_count
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    cv2.setNumThreads(1)
 
 
 def _close(iterator) -> None:
