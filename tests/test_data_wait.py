@@ -40,14 +40,16 @@ def test_data_wait_fraction_and_one_warning(caplog):
 
 
 def test_the_warning_names_the_setting_in_use(caplog):
-    from test_data import _config, _pipeline
+    from test_data import _config
+
+    from pconv_jax.data.pipeline import parallelism
     config = _config("demo", size=16, batch=2, workers=3)
-    assert _pipeline(config).parallelism() == ("workers", 3)
+    assert parallelism(config.data) == ("workers", 3)
     config.data.worker_processes = 2  # processes: the thread setting no longer matters
-    pipeline = _pipeline(config)  # (no worker starts before the first batch)
-    assert pipeline.parallelism() == ("worker_processes", 2)
+    assert parallelism(config.data) == ("worker_processes", 2)
     with caplog.at_level(logging.WARNING):
-        _window(logs.DataWait(*pipeline.parallelism()), _SlowPipeline(0.05), step_seconds=0.005)
+        _window(logs.DataWait(*parallelism(config.data)), _SlowPipeline(0.05),
+                step_seconds=0.005)
     assert "raise config.data.worker_processes (now 2)" in caplog.text
     assert "config.data.workers" not in caplog.text
 

@@ -53,6 +53,15 @@ def resolve_workers(count: int, setting: str = "workers") -> int:
     return count
 
 
+def parallelism(data_config: ml_collections.ConfigDict) -> tuple[str, int]:
+    """The `config.data` setting that sets the training pipeline's parallelism, and its count:
+    ('worker_processes', N) when it uses worker processes, else ('workers', threads)."""
+    processes = resolve_workers(data_config.worker_processes, "worker_processes")
+    if processes:
+        return "worker_processes", processes
+    return "workers", resolve_workers(data_config.workers)
+
+
 # ----------------------------------------------------------------------------- pipeline object
 
 class TrainPipeline:
@@ -103,12 +112,6 @@ class TrainPipeline:
         read = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
         return iter(batches.to_iter_dataset(read).mp_prefetch(
             options, worker_init_fn=_init_worker))
-
-    def parallelism(self) -> tuple[str, int]:
-        """The `config.data` setting that sets this pipeline's parallelism, and its count."""
-        if self.processes:
-            return "worker_processes", self.processes
-        return "workers", self.workers
 
     def __iter__(self) -> TrainPipeline:
         return self

@@ -95,7 +95,7 @@ class DataWait:
 
     `next(pipeline)` goes through `DataWait.next`; `measure` at log steps returns
     {'data_wait_fraction': ...} since the previous call, and warns once when it exceeds 10 %,
-    naming the pipeline's parallelism setting (`TrainPipeline.parallelism()`).
+    naming the pipeline's parallelism setting (`data.pipeline.parallelism`).
     """
 
     def __init__(self, setting: str, count: int):

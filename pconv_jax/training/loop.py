@@ -246,7 +246,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.M
         throughput = logs.Throughput(config.data.batch_size)
         throughput.measure(first_step - 1)
         window = MetricsWindow(first_step)
-        data_wait = logs.DataWait(*pipeline.parallelism())
+        data_wait = logs.DataWait(*data_pipeline.parallelism(config.data))
 
         # --- The loop.
         with jax.set_mesh(mesh), CtrlC() as ctrl_c:
