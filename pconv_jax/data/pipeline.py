@@ -8,8 +8,11 @@ dict that the training checkpoint stores; a resumed run sees exactly the batches
 uninterrupted one, whatever the number of workers.
 
 The per-example work (decoding, cropping, mask drawing) runs in `config.data.workers` threads
-of a grain pipeline: OpenCV and large NumPy operations release the GIL, so threads scale with
-the cores, and batches need no copy between processes.
+of a grain pipeline (OpenCV and large NumPy operations release the GIL; batches need no copy
+between processes), or, with `config.data.worker_processes` = N > 0, in N grain worker
+processes each making whole batches (the mask generator's Python holds the GIL, so threads
+alone cannot use many cores at 256²). Worker processes ignore Ctrl-C (the training process
+handles it and closes them); one that dies ends the run with a ChildProcessError.
 
 Batches are dicts of uint8 NumPy arrays, local to the process; they stay uint8 until they reach
 the device, where the train step turns them into float32:
