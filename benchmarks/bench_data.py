@@ -3,12 +3,14 @@
 For each source (demo, folder of generated JPEGs, TFDS on generated ArrayRecord files) and
 size, the pipeline runs in a child process pinned to one core, then to all cores, alternately
 (`--rounds` times, best kept), so that the two figures of a line share the machine's load.
-Threads (`config.data.workers`) do the per-example work; `--processes` also measures grain
-worker processes (`mp_prefetch`) on all cores. One JSON line per figure:
+Threads (`config.data.workers`) do the per-example work; `--processes` also measures the
+pipeline with `config.data.worker_processes` = all cores (grain's `mp_prefetch`; the parent only
+collects the batches, as train.py's does while the accelerator computes). One JSON line per figure:
 
   {"bench": "masks", "size": 256, "masks_per_s": ...}
   {"bench": "pipeline", "source": "folder", "size": 256, "images_per_s_1_core": ...,
-   "images_per_s_all_cores": ..., "scaling": ..., "rss_mb": ..., "cores_per_gpu": ...}
+   "images_per_s_all_cores": ..., "scaling": ..., "rss_mb": ..., "cores_per_gpu": ...,
+   "images_per_s_processes": ..., "scaling_processes": ..., "rss_mb_processes": ...}
 
 `cores_per_gpu` is the cores the pipeline needs to feed one GPU at `--target_images_per_s`
 (default 2000 at 256², the estimate for an H100/H200 at 40 % of its bfloat16 rate; scaled by
@@ -48,21 +50,10 @@ def _config(source: str, size: int, batch: int, workers: int, data_dir: str):
     return config
 
 
-def _batches(config, processes: bool):
-    """An iterator of batches: the pipeline (threads), or its examples in worker processes."""
-    import grain
-
+def _batches(config):
+    """The training pipeline of `config` (threads or worker processes, as it says)."""
     from pconv_jax.data import pipeline as data
-    pipeline = data.create_train_pipeline(config, seed=0, process_index=0, process_count=1)
-    if not processes:
-        return pipeline
-    from absl import flags
-    flags.FLAGS.mark_as_parsed()  # grain's workers read absl flags (train.py parses them)
-    read = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
-    options = grain.MultiprocessingOptions(num_workers=pipeline.workers,
-                                           per_worker_buffer_size=pipeline.prefetch)
-    batches = pipeline.examples().batch(pipeline.local_batch_size, drop_remainder=True)
-    return iter(batches.to_iter_dataset(read).mp_prefetch(options))
+    return data.create_train_pipeline(config, seed=0, process_index=0, process_count=1)
 
 
 def _resident_mb() -> float:
@@ -76,7 +67,9 @@ def child(args) -> None:
     """Measures one pipeline on the cores this process may use; prints one JSON line."""
     cores = len(os.sched_getaffinity(0))
     config = _config(args.source, args.size, args.batch, cores, args.data_dir)
-    batches = _batches(config, args.processes)
+    if args.processes:  # what train.py does with worker_processes = the cores
+        config.data.worker_processes = cores
+    batches = _batches(config)
     for _ in range(3):  # warm-up: worker start, first decodes
         next(batches)
     count, start = 0, time.perf_counter()
@@ -85,8 +78,7 @@ def child(args) -> None:
         count += args.batch
     rate = count / (time.perf_counter() - start)
     print(json.dumps({"images_per_s": rate, "rss_mb": _resident_mb()}), flush=True)
-    if hasattr(batches, "close"):
-        batches.close()
+    batches.close()
 
 
 def _run_child(args, source: str, size: int, cpus: set[int], processes: bool) -> dict:
@@ -187,6 +179,7 @@ def main() -> None:
                 if "processes" in best:
                     fields.update(
                         images_per_s_processes=round(best["processes"]["images_per_s"], 1),
+                        scaling_processes=round(best["processes"]["images_per_s"] / one_rate, 2),
                         rss_mb_processes=round(best["processes"]["rss_mb"]))
                 report(**fields)
 

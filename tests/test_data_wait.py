@@ -27,7 +27,7 @@ def _window(data_wait: logs.DataWait, pipeline, step_seconds: float, steps: int 
 
 
 def test_data_wait_fraction_and_one_warning(caplog):
-    data_wait = logs.DataWait(workers=3)
+    data_wait = logs.DataWait("workers", 3)
     with caplog.at_level(logging.WARNING):
         starved = _window(data_wait, _SlowPipeline(0.05), step_seconds=0.005)
         assert starved > 0.5
@@ -35,8 +35,23 @@ def test_data_wait_fraction_and_one_warning(caplog):
         caplog.clear()
         assert _window(data_wait, _SlowPipeline(0.05), step_seconds=0.005) > 0.5
         assert "config.data.workers" not in caplog.text  # warned once per run
-    fed = _window(logs.DataWait(workers=3), _SlowPipeline(0.0), step_seconds=0.05)
+    fed = _window(logs.DataWait("workers", 3), _SlowPipeline(0.0), step_seconds=0.05)
     assert fed < 0.2
+
+
+def test_the_warning_names_the_setting_in_use(caplog):
+    from test_data import _config
+
+    from pconv_jax.data.pipeline import parallelism
+    config = _config("demo", size=16, batch=2, workers=3)
+    assert parallelism(config.data) == ("workers", 3)
+    config.data.worker_processes = 2  # processes: the thread setting no longer matters
+    assert parallelism(config.data) == ("worker_processes", 2)
+    with caplog.at_level(logging.WARNING):
+        _window(logs.DataWait(*parallelism(config.data)), _SlowPipeline(0.05),
+                step_seconds=0.005)
+    assert "raise config.data.worker_processes (now 2)" in caplog.text
+    assert "config.data.workers" not in caplog.text
 
 
 def test_train_loop_logs_data_wait_fraction(tmp_path):

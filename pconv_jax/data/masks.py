@@ -16,8 +16,10 @@ Writing a test set with the NVIDIA test-set layout (PNG, white 255 = hole)::
 
 from __future__ import annotations
 
+import functools
+import itertools
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import cv2
@@ -98,37 +100,54 @@ def _point_near_border(rng: np.random.Generator, h: int, w: int) -> tuple[int, i
     return w - 1 - depth, int(rng.integers(h))
 
 
-def _draw_shape(canvas: np.ndarray, rng: np.random.Generator, scale: float,
-                start: tuple[int, int] | None) -> None:
-    """Draws one random stroke, circle or ellipse (value 1 = hole) into `canvas`."""
-    h, w = canvas.shape
+def _random_shape(rng: np.random.Generator, h: int, w: int, scale: float,
+                  start: tuple[int, int] | None) -> tuple[Callable[[np.ndarray], object],
+                                                          tuple[slice, slice]]:
+    """One random stroke, circle or ellipse: (draw, region), where `draw(canvas)` draws it
+    (value 1 = hole) into an (h, w) canvas and `region` bounds the pixels it can touch.
+
+    The arithmetic is on Python floats (the same IEEE doubles as NumPy's, without the per-call
+    overhead of NumPy on arrays of a few numbers); only cos and sin stay NumPy's.
+    """
     s = min(h, w) * scale
-    u = rng.random(8)  # one call: per-scalar Generator calls dominate the cost otherwise
+    u = rng.random(8).tolist()  # one call: per-scalar Generator calls would dominate the cost
     kind = 0 if start is not None or u[0] < 0.6 else (1 if u[0] < 0.8 else 2)
     if start is None:
         margin = 0.05 * min(h, w)
         start = (int(margin + u[1] * (w - 2 * margin)), int(margin + u[2] * (h - 2 * margin)))
+    x, y = start
     if kind == 0:  # random-walk stroke; OpenCV draws thick lines with round caps
         thickness = max(1, int((0.02 + 0.07 * u[3]) * s))
         steps = 1 + int(u[4] * 6)
-        # low + (high - low) * random(): what rng.uniform computes, without its call overhead
-        turns = -np.pi / 2 + (np.pi / 2 - -np.pi / 2) * rng.random(steps)
-        turns[0] = u[5] * 2 * np.pi
-        lengths = (0.05 + (0.3 - 0.05) * rng.random(steps)) * s
-        angles = np.cumsum(turns)
-        xs = start[0] + np.cumsum(lengths * np.cos(angles))
-        ys = start[1] + np.cumsum(lengths * np.sin(angles))
-        pts = np.empty((steps + 1, 2), np.int32)
-        pts[0] = start
-        # minimum/maximum: np.clip's own overhead is most of its cost on these short arrays
-        pts[1:, 0] = np.minimum(np.maximum(xs, 0), w - 1)
-        pts[1:, 1] = np.minimum(np.maximum(ys, 0), h - 1)
-        cv2.polylines(canvas, [pts], isClosed=False, color=1, thickness=thickness)
-    elif kind == 1:
-        cv2.circle(canvas, start, max(1, int((0.02 + 0.08 * u[3]) * s)), color=1, thickness=-1)
+        # Turns, then lengths: one call (the same numbers as two); low + (high - low) · random()
+        # is what rng.uniform computes.
+        r = rng.random(2 * steps).tolist()
+        turns = [u[5] * 2 * np.pi] + [-np.pi / 2 + (np.pi / 2 - -np.pi / 2) * t
+                                      for t in r[1:steps]]
+        angles = np.array(list(itertools.accumulate(turns)))  # left to right, as np.cumsum
+        cos, sin = np.cos(angles).tolist(), np.sin(angles).tolist()
+        xs, ys, px, py = [x], [y], float(x), float(y)
+        for t, c, si in zip(r[steps:], cos, sin):
+            length = (0.05 + (0.3 - 0.05) * t) * s
+            px, py = px + length * c, py + length * si
+            xs.append(int(min(max(px, 0.0), w - 1)))
+            ys.append(int(min(max(py, 0.0), h - 1)))
+        pts = np.array([xs, ys], np.int32).T.copy()
+        reach = thickness + 2
+        region = (slice(max(min(ys) - reach, 0), max(ys) + reach + 1),
+                  slice(max(min(xs) - reach, 0), max(xs) + reach + 1))
+        return functools.partial(cv2.polylines, pts=[pts], isClosed=False, color=1,
+                                 thickness=thickness), region
+    if kind == 1:
+        radius = max(1, int((0.02 + 0.08 * u[3]) * s))
+        draw = functools.partial(cv2.circle, center=start, radius=radius, color=1, thickness=-1)
     else:
         axes = (max(1, int((0.02 + 0.12 * u[3]) * s)), max(1, int((0.01 + 0.07 * u[4]) * s)))
-        cv2.ellipse(canvas, start, axes, 180 * u[5], 0, 360, color=1, thickness=-1)
+        radius = max(axes)
+        draw = functools.partial(cv2.ellipse, center=start, axes=axes, angle=180 * u[5],
+                                 startAngle=0, endAngle=360, color=1, thickness=-1)
+    reach = radius + 2
+    return draw, (slice(max(y - reach, 0), y + reach + 1), slice(max(x - reach, 0), x + reach + 1))
 
 
 def _draw_holes(rng: np.random.Generator, h: int, w: int, lo: float, hi: float,
@@ -139,16 +158,18 @@ def _draw_holes(rng: np.random.Generator, h: int, w: int, lo: float, hi: float,
     """
     target = rng.uniform(lo, hi)
     canvas = np.zeros((h, w), np.uint8)
-    backup = np.empty_like(canvas)
     holes = 0
     scale = 0.6 + 0.8 * target  # larger targets: larger shapes, fewer draws
     for _ in range(_MAX_SHAPES):
-        np.copyto(backup, canvas)
         start = _point_near_border(rng, h, w) if border == "touch" and holes == 0 else None
-        _draw_shape(canvas, rng, scale, start)
-        new_holes = int(np.count_nonzero(canvas))
+        draw, region = _random_shape(rng, h, w, scale, start)
+        # Only the shape's region can change: back up and count there, not the whole canvas.
+        patch = canvas[region]
+        backup = patch.copy()
+        draw(canvas)
+        new_holes = holes + int(np.count_nonzero(patch)) - int(np.count_nonzero(backup))
         if new_holes > hi * total:
-            np.copyto(canvas, backup)
+            patch[...] = backup
             scale = max(scale * 0.7, 0.02)
             continue
         holes = new_holes

@@ -8,8 +8,11 @@ dict that the training checkpoint stores; a resumed run sees exactly the batches
 uninterrupted one, whatever the number of workers.
 
 The per-example work (decoding, cropping, mask drawing) runs in `config.data.workers` threads
-of a grain pipeline: OpenCV and large NumPy operations release the GIL, so threads scale with
-the cores, and batches need no copy between processes.
+of a grain pipeline (OpenCV and large NumPy operations release the GIL; batches need no copy
+between processes), or, with `config.data.worker_processes` = N > 0, in N grain worker
+processes each making whole batches (the mask generator's Python holds the GIL, so threads
+alone cannot use many cores at 256²). Worker processes ignore Ctrl-C (the training process
+handles it and closes them); one that dies ends the run with a ChildProcessError.
 
 Batches are dicts of uint8 NumPy arrays, local to the process; they stay uint8 until they reach
 the device, where the train step turns them into float32:
@@ -22,6 +25,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 
@@ -50,6 +54,15 @@ def resolve_workers(count: int, setting: str = "workers") -> int:
     if count == -1:
         return max(1, len(os.sched_getaffinity(0)) - 1)
     return count
+
+
+def parallelism(data_config: ml_collections.ConfigDict) -> tuple[str, int]:
+    """The `config.data` setting that sets the training pipeline's parallelism, and its count:
+    ('worker_processes', N) when it uses worker processes, else ('workers', threads)."""
+    processes = resolve_workers(data_config.worker_processes, "worker_processes")
+    if processes:
+        return "worker_processes", processes
+    return "workers", resolve_workers(data_config.workers)
 
 
 # ----------------------------------------------------------------------------- pipeline object
@@ -97,7 +110,11 @@ class TrainPipeline:
         batches = grain.MapDataset.range(0, sys.maxsize // self.local_batch_size).map(batch_fn)
         options = grain.MultiprocessingOptions(num_workers=self.processes,
                                                per_worker_buffer_size=self.prefetch)
-        return iter(batches.to_iter_dataset().mp_prefetch(options))
+        # One thread per worker: grain's default (16 reader threads, 500 elements ahead) would
+        # have whole batches contend for the worker's GIL and hold hundreds of them in memory.
+        read = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
+        return iter(batches.to_iter_dataset(read).mp_prefetch(
+            options, worker_init_fn=_init_worker))
 
     def __iter__(self) -> TrainPipeline:
         return self
@@ -105,7 +122,14 @@ class TrainPipeline:
     def __next__(self) -> Batch:
         if self._iterator is None:  # built lazily so that set_state() right after costs nothing
             self._iterator = self._make_iterator()
-        batch = next(self._iterator)
+        try:
+            batch = next(self._iterator)
+        except RuntimeError as err:
+            if self.processes and "terminated unexpectedly" in str(err):  # grain's words
+                raise ChildProcessError(
+                    f"an input worker process died ({err}); if the system ran out of memory, "
+                    f"lower config.data.worker_processes or config.data.prefetch") from err
+            raise
         if _SKIPPED in batch:  # from a worker process: the unreadable files it met
             self._worker_skipped.update(map(str, batch.pop(_SKIPPED)))
         self._position += self.local_batch_size
@@ -142,6 +166,15 @@ class TrainPipeline:
 
 
 _SKIPPED = "_skipped_files"  # batch field carrying a worker process's unreadable files
+
+
+def _init_worker(worker_index: int, worker_count: int) -> None:
+    """In a worker process: Ctrl-C (SIGINT to the terminal's process group) is the parent's to
+    handle (it stops the workers when it closes the pipeline); OpenCV on one thread, as the
+    workers already share the cores."""
+    del worker_index, worker_count
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    cv2.setNumThreads(1)
 
 
 def _close(iterator) -> None:

@@ -94,11 +94,12 @@ class DataWait:
     """The fraction of wall-clock time the loop spent waiting for its next batch, per window.
 
     `next(pipeline)` goes through `DataWait.next`; `measure` at log steps returns
-    {'data_wait_fraction': ...} since the previous call, and warns once when it exceeds 10 %.
+    {'data_wait_fraction': ...} since the previous call, and warns once when it exceeds 10 %,
+    naming the pipeline's parallelism setting (`data.pipeline.parallelism`).
     """
 
-    def __init__(self, workers: int):
-        self.workers = workers
+    def __init__(self, setting: str, count: int):
+        self.setting, self.count = setting, count  # what the warning tells to raise
         self._waited, self._start, self._warned = 0.0, time.perf_counter(), False
 
     def next(self, pipeline):
@@ -115,8 +116,8 @@ class DataWait:
             self._warned = True
             logging.getLogger("absl").warning(
                 "the train step waited for data %.0f%% of the time up to step %d: the input "
-                "pipeline is the bottleneck: raise config.data.workers (now %d) if cores are "
-                "free, or give the run more cores", 100 * fraction, step, self.workers)
+                "pipeline is the bottleneck: raise config.data.%s (now %d) if cores are "
+                "free, or give the run more cores", 100 * fraction, step, self.setting, self.count)
         return {"data_wait_fraction": fraction}
 
 

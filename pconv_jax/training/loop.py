@@ -9,12 +9,16 @@ Resume order: the workdir's own latest checkpoint -> `config.train.init_from` (n
 e.g. fine-tuning from the train stage) -> a fresh initialisation.
 
 One run per workdir (a lock, see `workdir.py`); `config.json` is written only once the restore
-and its checks have passed. A preempted run (SIGTERM) saves, then ends with status 143.
+and its checks have passed. A preempted run (SIGTERM) saves, then ends with status 143. Ctrl-C
+(SIGINT) stops the run at the end of the current step without a final save (the checkpoints
+already written stay; a save in progress is completed); a second Ctrl-C interrupts at once.
 """
 
 from __future__ import annotations
 
 import os
+import signal
+import threading
 
 import jax
 import ml_collections
@@ -151,6 +155,40 @@ class MetricsWindow:
         return logs.mean_metrics(host)
 
 
+class CtrlC:
+    """Ctrl-C (SIGINT) noted and acted on between steps (`check`), a second one at once.
+
+    A KeyboardInterrupt raised wherever the main thread happens to be can land in a finalizer
+    (e.g. a batch's shared memory being released), where Python only prints it and the run goes
+    on; between steps it always stops the run.
+    """
+
+    def __init__(self):
+        self.pressed, self._previous = False, None
+
+    def __enter__(self) -> CtrlC:
+        if (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+            self._previous = signal.signal(signal.SIGINT, self._note)
+        return self
+
+    def _note(self, signum, frame) -> None:
+        del signum, frame
+        self.pressed = True
+        signal.signal(signal.SIGINT, self._previous)  # the next Ctrl-C interrupts at once
+
+    def __exit__(self, *exc_info) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+    def check(self, step: int) -> None:
+        """KeyboardInterrupt if Ctrl-C was pressed (before step `step`)."""
+        if self.pressed:
+            logging.warning("Ctrl-C: stopped before step %d without saving", step)
+            raise KeyboardInterrupt
+
+
 def _last_checkpoint_text(checkpointer: checkpoints.Checkpointer) -> str:
     return checkpointer.last_good_text()
 
@@ -208,11 +246,12 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.M
         throughput = logs.Throughput(config.data.batch_size)
         throughput.measure(first_step - 1)
         window = MetricsWindow(first_step)
-        data_wait = logs.DataWait(data_pipeline.resolve_workers(config.data.workers))
+        data_wait = logs.DataWait(*data_pipeline.parallelism(config.data))
 
         # --- The loop.
-        with jax.set_mesh(mesh):
+        with jax.set_mesh(mesh), CtrlC() as ctrl_c:
             for step in range(first_step, num_steps + 1):
+                ctrl_c.check(step)
                 batch = global_batch(data_wait.next(pipeline), mesh)  # uint8
                 state, metrics = train_step(state, batch, vgg)
                 window.add(metrics)
