@@ -31,6 +31,7 @@ from collections.abc import Callable, Sequence
 
 import cv2
 import grain
+import grain.multiprocessing as grain_multiprocessing
 import ml_collections
 import numpy as np
 from absl import flags, logging
@@ -173,8 +174,13 @@ def _init_worker(worker_index: int, worker_count: int) -> None:
     handle (it stops the workers when it closes the pipeline); OpenCV on one thread, as the
     workers already share the cores."""
     del worker_index, worker_count
+    global _in_worker_process
+    _in_worker_process = True
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     cv2.setNumThreads(1)
+
+
+_in_worker_process = False  # set by `_init_worker`: batches are then made in shared memory
 
 
 def _close(iterator) -> None:
@@ -199,9 +205,19 @@ class _BatchMaker:
     def __call__(self, index: int) -> Batch:
         first = self.start + index * self.batch_size
         examples = [self.example(p) for p in range(first, first + self.batch_size)]
-        batch = {key: np.stack([e[key] for e in examples]) for key in examples[0]}
+        batch = {key: _stack([e[key] for e in examples]) for key in examples[0]}
         batch[_SKIPPED] = np.array(sorted(self.skipped_names()), dtype=np.str_)
         return batch
+
+
+def _stack(arrays: list[np.ndarray]) -> np.ndarray:
+    """np.stack; in a worker process straight into shared memory, which grain then hands to
+    the parent without another copy (that copy cost a worker about an eighth of its time)."""
+    if not _in_worker_process:
+        return np.stack(arrays)
+    out = grain_multiprocessing.SharedMemoryArray((len(arrays),) + arrays[0].shape,
+                                                  arrays[0].dtype)
+    return np.stack(arrays, out=out)
 
 
 # ----------------------------------------------------------------------------- helpers
