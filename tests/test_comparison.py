@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from test_train_helpers import tiny_eval_config
 
 from pconv_jax.data import masks as masks_lib
 from pconv_jax.evaluation import baselines, table1
@@ -54,9 +55,9 @@ def test_unknown_method_and_metric_are_clear_errors(tmp_path):
     with pytest.raises(ValueError, match=r"unknown metric\(s\) \['psnrr'\].*l1,psnr,ssim"):
         table1.parse_metrics("l1,psnrr")
     with pytest.raises(ValueError, match="unknown method 'telae'.*path of a training workdir"):
-        evaluate.run(_config(), str(tmp_path), compare=["model", "telae"], progress=False)
+        evaluate.run(tiny_eval_config(), str(tmp_path), compare=["model", "telae"], progress=False)
     with pytest.raises(ValueError, match=r"named twice"):
-        evaluate.run(_config(), str(tmp_path), compare=["ns", "ns"], progress=False)
+        evaluate.run(tiny_eval_config(), str(tmp_path), compare=["ns", "ns"], progress=False)
     assert not list(tmp_path.iterdir())  # nothing was written
 
 
@@ -108,16 +109,8 @@ def test_fid_and_is_over_all_masks_and_per_cell_only_with_enough_masks(test_set,
     assert "| FID |" in text and "| IScore |" in text and "at least 2 masks" in text
 
 
-def _config(**eval_overrides):
-    from test_train_helpers import default_config
-    config = default_config()
-    config.data.image_size = 32
-    config.eval.update(masks_per_cell=1, num_images=5, batch_size=4, **eval_overrides)
-    return config
-
-
 def test_compare_writes_one_table_with_a_row_per_method_on_identical_pairs(tmp_path, capsys):
-    results = evaluate.run(_config(patchmatch_patch_radius=2), str(tmp_path),
+    results = evaluate.run(tiny_eval_config(patchmatch_patch_radius=2), str(tmp_path),
                            compare=["patchmatch", "telea"], metric_names="l1,psnr",
                            progress=False)
     out = capsys.readouterr().out
@@ -137,7 +130,7 @@ def test_compare_writes_one_table_with_a_row_per_method_on_identical_pairs(tmp_p
     all_l1 = saved["methods"][0]["table"]["all"]["l1"]
     assert rows[1].endswith(f"| {all_l1:.2f} |")
     # the same pairs as a single-method run
-    single = evaluate.run(_config(), str(tmp_path), method="telea", metric_names="l1,psnr",
+    single = evaluate.run(tiny_eval_config(), str(tmp_path), method="telea", metric_names="l1,psnr",
                           progress=False)
     assert single["table"] == saved["methods"][1]["table"]
     assert not (tmp_path / "results.json").exists()

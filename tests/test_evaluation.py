@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from test_train_helpers import tiny_eval_config
 
 from pconv_jax.data import images, masks
 from pconv_jax.evaluation import baselines, table1
@@ -87,16 +88,8 @@ def test_a_directory_that_is_not_a_test_set_is_a_clear_error(tmp_path):
         table1.EvalMaskSet.scan(str(tmp_path))
 
 
-def _demo_config(tmp_path, **eval_overrides):
-    from test_train_helpers import default_config
-    config = default_config()
-    config.data.image_size = 32
-    config.eval.update(masks_per_cell=1, num_images=5, batch_size=4, **eval_overrides)
-    return config
-
-
 def test_run_with_a_baseline_writes_its_own_results_files(tmp_path, capsys):
-    results = evaluate.run(_demo_config(tmp_path), str(tmp_path), method="ns", progress=False)
+    results = evaluate.run(tiny_eval_config(), str(tmp_path), method="ns", progress=False)
     assert results["num_masks"] == 12 and results["num_images"] == 5
     assert (tmp_path / "test_masks_32x32_k1_s0").is_dir()
     loaded = json.loads((tmp_path / "results_ns.json").read_text())
@@ -136,7 +129,7 @@ def test_unwritable_workdir_fails_before_evaluating(tmp_path, monkeypatch):
     monkeypatch.setattr(table1, "evaluate", must_not_run)
     (tmp_path / "a_file").write_text("")
     with pytest.raises(OSError, match="cannot write the results into the workdir"):
-        evaluate.run(_demo_config(tmp_path), str(tmp_path / "a_file" / "work"), method="telea",
+        evaluate.run(tiny_eval_config(), str(tmp_path / "a_file" / "work"), method="telea",
                    progress=False)
 
 
@@ -146,7 +139,7 @@ def test_table_is_printed_before_the_results_are_written(tmp_path, monkeypatch, 
 
     monkeypatch.setattr(table1, "write_results", disk_full)
     with pytest.raises(OSError, match="No space left"):
-        evaluate.run(_demo_config(tmp_path), str(tmp_path), method="telea", progress=False)
+        evaluate.run(tiny_eval_config(), str(tmp_path), method="telea", progress=False)
     assert "| PSNR (dB) |" in capsys.readouterr().out
 
 
@@ -222,7 +215,7 @@ def test_run_accepts_a_correctly_labelled_nvidia_layout_and_lists_left_out_files
             hole = np.roll(hole, 2 - int(np.flatnonzero(hole.any(axis=1))[0]), axis=0)
             assert masks.border_distance(hole) == 2
         images.write_mask(str(directory / f"{index:05d}.png"), (~hole)[..., None], "white")
-    config = _demo_config(tmp_path, test_masks=str(directory))
+    config = tiny_eval_config(test_masks=str(directory))
     results = evaluate.run(config, str(tmp_path), method="telea", progress=False)
     assert results["num_masks"] == 12 * k and results["left_out"] == []
     assert [results["table"][c]["count"] for c in results["table"]] == [k] * 12 + [12 * k]

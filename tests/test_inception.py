@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_train_helpers import tiny_eval_config
 from test_vgg import _pickle_with_storages, _Storage, _Tensor, fake_torch_modules
 
 from pconv_jax.evaluation import fid
@@ -224,17 +225,9 @@ def test_code_in_the_file_is_refused(tmp_path):
         inception_files.load_inception(tmp_path / "evil.pth")
 
 
-def _eval_config(**eval_overrides):
-    from test_train_helpers import default_config
-    config = default_config()
-    config.data.image_size = 32
-    config.eval.update(masks_per_cell=1, num_images=5, batch_size=4, **eval_overrides)
-    return config
-
-
 def test_eval_reports_fid_and_is_from_the_named_weights_file(tmp_path, weights_file):
     from pconv_jax.inference import evaluate
-    results = evaluate.run(_eval_config(inception_weights=str(weights_file), is_splits=4),
+    results = evaluate.run(tiny_eval_config(inception_weights=str(weights_file), is_splits=4),
                            str(tmp_path), method="telea", metric_names="l1,fid,is",
                            progress=False)
     table = results["table"]
@@ -246,6 +239,6 @@ def test_eval_reports_fid_and_is_from_the_named_weights_file(tmp_path, weights_f
 def test_eval_without_the_inception_file_names_it_and_writes_nothing(tmp_path):
     from pconv_jax.inference import evaluate
     with pytest.raises(FileNotFoundError, match="pt_inception-2015-12-05.*inception_weights"):
-        evaluate.run(_eval_config(), str(tmp_path), method="telea", metric_names="psnr,is",
+        evaluate.run(tiny_eval_config(), str(tmp_path), method="telea", metric_names="psnr,is",
                      progress=False)
     assert not list(tmp_path.iterdir())

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_train_helpers import tiny_eval_config
 from test_weights_security import Storage, Tensor, write_checkpoint
 
 from pconv_jax.evaluation import lpips
@@ -241,23 +242,14 @@ def test_batch_sharded_pairs_give_the_same_values(metric):
     np.testing.assert_allclose(np.asarray(got), np.asarray(metric(a, b)), rtol=1e-5)
 
 
-def _eval_config(**overrides):
-    from test_train_helpers import default_config
-    config = default_config()
-    config.data.image_size = 32
-    config.eval.update(masks_per_cell=1, num_images=5, batch_size=4)
-    config.update_from_flattened_dict(overrides)
-    return config
-
-
 def test_eval_reports_lpips_per_mask_with_the_named_files(tmp_path, backbone, metric):
     from pconv_jax.data import pipeline
     from pconv_jax.evaluation import baselines, table1
     from pconv_jax.inference import evaluate
     from pconv_jax.weights import vgg16_files
     vgg16_files.save_npz(backbone, tmp_path / "vgg16.npz")
-    config = _eval_config(**{"loss.vgg_weights": str(tmp_path / "vgg16.npz"),
-                             "eval.lpips_weights": os.path.join(LPIPS_DIR, "vgg_lin.pth")})
+    config = tiny_eval_config(lpips_weights=os.path.join(LPIPS_DIR, "vgg_lin.pth"))
+    config.loss.vgg_weights = str(tmp_path / "vgg16.npz")
     results = evaluate.run(config, str(tmp_path / "w"), method="telea",
                            metric_names="lpips,l1", progress=False)
     # the same numbers as the metric on the same composites, computed here directly
@@ -275,6 +267,6 @@ def test_eval_reports_lpips_per_mask_with_the_named_files(tmp_path, backbone, me
 def test_eval_lpips_without_vgg_weights_names_the_setting(tmp_path):
     from pconv_jax.inference import evaluate
     with pytest.raises(FileNotFoundError, match="LPIPS needs VGG16 weights.*vgg_weights"):
-        evaluate.run(_eval_config(), str(tmp_path), method="ns", metric_names="lpips",
+        evaluate.run(tiny_eval_config(), str(tmp_path), method="ns", metric_names="lpips",
                      progress=False)
     assert not list(tmp_path.iterdir())

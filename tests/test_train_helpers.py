@@ -58,6 +58,14 @@ def demo_config(arg: str = "train", **kwargs) -> ml_collections.ConfigDict:
     return shrink(load_config_file("demo", arg), **kwargs)
 
 
+def tiny_eval_config(**eval_overrides) -> ml_collections.ConfigDict:
+    """The default config evaluating on 32x32 images: 5 held-out images, 1 mask per cell."""
+    config = default_config()
+    config.data.image_size = 32
+    config.eval.update(masks_per_cell=1, num_images=5, batch_size=4, **eval_overrides)
+    return config
+
+
 def random_batch(n: int = 8, size: int = 32, seed: int = 0) -> dict[str, np.ndarray]:
     """Images in [0, 1] and binary masks (1 = valid) with about a third holes."""
     rng = np.random.default_rng(seed)
