@@ -5,10 +5,7 @@ The reference outputs come from pytorch-fid 0.3.0 on random weights
 rebuilt here from the same seeded recipe and written as a .pth without torch.
 """
 
-import collections
 import importlib.util
-import io
-import math
 import pickle
 import zipfile
 from pathlib import Path
@@ -18,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from test_train_helpers import tiny_eval_config
-from test_vgg import _pickle_with_storages, _Storage, _Tensor, fake_torch_modules
+from test_vgg import write_torch_zip
 
 from pconv_jax.evaluation import fid
 from pconv_jax.network import inception
@@ -34,24 +31,6 @@ def _recipe():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def write_state_zip(path, state):
-    """torch.save's zip layout for a flat {key: float32 array} state dict."""
-    with fake_torch_modules() as torch_mod:
-        tensors, storages = collections.OrderedDict(), []
-        for key, array in state.items():
-            storages.append(_Storage(str(len(storages)), array))
-            stride = [math.prod(array.shape[d + 1:]) for d in range(array.ndim)]
-            tensors[key] = _Tensor(storages[-1], 0, array.shape, stride, legacy=False)
-        buf = io.BytesIO()
-        _pickle_with_storages(tensors, torch_mod, False, buf)
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
-        zf.writestr("archive/data.pkl", buf.getvalue())
-        zf.writestr("archive/byteorder", "little")
-        for s in storages:
-            zf.writestr(f"archive/data/{s.key}", s.data.astype("<f4").tobytes())
-        zf.writestr("archive/version", "3\n")
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +52,7 @@ def seeded_state(reference):
 @pytest.fixture(scope="module")
 def weights_file(tmp_path_factory, seeded_state):
     path = tmp_path_factory.mktemp("inception") / "pt_inception.pth"
-    write_state_zip(path, seeded_state)
+    write_torch_zip(path, seeded_state)
     return path
 
 
@@ -192,7 +171,7 @@ def test_truncated_torch_file_names_the_first_missing_key(layout):
 def test_wrong_shape_is_named(tmp_path, seeded_state):
     state = dict(seeded_state)
     state["Mixed_6c.branch7x7_2.conv.weight"] = np.zeros((160, 160, 7, 1), np.float32)
-    write_state_zip(tmp_path / "w.pth", state)
+    write_torch_zip(tmp_path / "w.pth", state)
     with pytest.raises(ValueError, match=r"Mixed_6c\.branch7x7_2\.conv\.weight.*"
                                          r"\(160, 160, 7, 1\).*\(160, 160, 1, 7\)"):
         inception_files.load_inception(tmp_path / "w.pth")
@@ -201,7 +180,7 @@ def test_wrong_shape_is_named(tmp_path, seeded_state):
 def test_extra_key_is_named(tmp_path, seeded_state):
     state = dict(seeded_state)
     state["AuxLogits.fc.weight"] = np.zeros((1008, 768), np.float32)
-    write_state_zip(tmp_path / "w.pth", state)
+    write_torch_zip(tmp_path / "w.pth", state)
     with pytest.raises(KeyError, match=r"AuxLogits\.fc\.weight"):
         inception_files.load_inception(tmp_path / "w.pth")
 
@@ -209,7 +188,7 @@ def test_extra_key_is_named(tmp_path, seeded_state):
 def test_non_finite_weights_are_refused(tmp_path, seeded_state):
     state = dict(seeded_state)
     state["Mixed_7c.branch_pool.bn.running_var"] = np.full((192,), np.inf, np.float32)
-    write_state_zip(tmp_path / "w.pth", state)
+    write_torch_zip(tmp_path / "w.pth", state)
     with pytest.raises(ValueError, match=r"Mixed_7c\.branch_pool\.bn\.running_var.*non-finite"):
         inception_files.load_inception(tmp_path / "w.pth")
 

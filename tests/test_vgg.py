@@ -153,22 +153,25 @@ class _Tensor:
 
 
 def _tensors_for(state, legacy):
-    """Wraps arrays as pickled tensors. features.0.weight shares one storage with its bias
-    (offset 64) and is stored input-channel-major (non-trivial strides), like a view."""
+    """Wraps arrays as pickled tensors, one storage each. In a VGG16 state, features.0.weight
+    shares one storage with its bias (offset 64) and is stored input-channel-major
+    (non-trivial strides), like a view."""
+    view = "features.0.weight" in state
     tensors, storages = collections.OrderedDict(), []
     for name, array in state.items():
-        if name in ("features.0.weight", "features.0.bias"):
+        if view and name in ("features.0.weight", "features.0.bias"):
             continue
         storage = _Storage(str(len(storages)), array)
         storages.append(storage)
         stride = [int(np.prod(array.shape[d + 1:])) for d in range(array.ndim)]
         tensors[name] = _Tensor(storage, 0, array.shape, stride, legacy)
-    w = state["features.0.weight"]  # (64, 3, 3, 3)
-    shared = _Storage(str(len(storages)),
-                      np.concatenate([state["features.0.bias"], w.transpose(1, 0, 2, 3).ravel()]))
-    storages.append(shared)
-    tensors["features.0.weight"] = _Tensor(shared, 64, w.shape, (9, 64 * 9, 3, 1), legacy)
-    tensors["features.0.bias"] = _Tensor(shared, 0, (64,), (1,), legacy)
+    if view:
+        w = state["features.0.weight"]  # (64, 3, 3, 3)
+        shared = _Storage(str(len(storages)), np.concatenate(
+            [state["features.0.bias"], w.transpose(1, 0, 2, 3).ravel()]))
+        storages.append(shared)
+        tensors["features.0.weight"] = _Tensor(shared, 64, w.shape, (9, 64 * 9, 3, 1), legacy)
+        tensors["features.0.bias"] = _Tensor(shared, 0, (64,), (1,), legacy)
     tensors._metadata = collections.OrderedDict({"": {"version": 1}})  # as in real state_dicts
     return tensors, storages
 
@@ -393,15 +396,11 @@ def test_loss_features_ignore_conv4_and_conv5(full_pth, images):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-@pytest.mark.parametrize("fmt", ["zip", "safetensors", "h5"])
+@pytest.mark.parametrize("fmt", ["pth", "safetensors", "h5"])
 def test_every_format_loads_blocks_4_and_5(tmp_path, full_state, fmt):
+    from test_weights_security import write_format  # it imports this module
     path = tmp_path / f"w.{fmt}"
-    if fmt == "zip":
-        write_torch_zip(path, full_state)
-    elif fmt == "safetensors":
-        save_file(dict(full_state), str(path))
-    else:
-        write_keras_h5(path, full_state, keras2_names=True)
+    write_format(path, full_state, fmt)
     params = vgg16_files.load_vgg16(path, blocks=5)
     assert params.preprocessing == ("caffe" if fmt == "h5" else "torch")
     for name, index, _, _, _ in vgg.VGG16_CONVS:
