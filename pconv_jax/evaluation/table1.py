@@ -31,7 +31,7 @@ import json
 import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import ml_collections
 import numpy as np
@@ -163,9 +163,7 @@ def evaluate(inpaint: Inpainter, images: np.ndarray, test_masks: EvalMaskSet, *,
     out["image_index"] = test_masks.file_indices % num_images
     bar = tqdm(total=num_masks, unit="mask", desc="evaluating", file=sys.stderr,
                disable=not progress)
-    for start in range(0, num_masks, batch_size):
-        idx = np.arange(start, min(start + batch_size, num_masks))
-        padded = np.concatenate([idx, np.full(batch_size - len(idx), idx[-1])])
+    for idx, padded in _padded_batches(num_masks, batch_size):
         batch_masks = test_masks.load(padded, size)
         batch_images = images[out["image_index"][padded]]
         filled = np.clip(inpaint(batch_images, batch_masks), 0.0, 1.0)
@@ -189,13 +187,17 @@ def reference_features(images: np.ndarray, learned: LearnedMetrics | None,
     """The Inception features of the ground-truth images (FID's reference set), or {}."""
     if learned is None or learned.inception is None:
         return {}
-    parts = []
-    for start in range(0, len(images), batch_size):
-        batch = images[start:start + batch_size]
-        pad = batch_size - len(batch)  # one batch shape: one compilation
-        batch = np.concatenate([batch, np.repeat(batch[-1:], pad, 0)]) if pad else batch
-        parts.append(learned.features(batch)["inception_pool"][: batch_size - pad])
+    parts = [learned.features(images[padded])["inception_pool"][: len(idx)]
+             for idx, padded in _padded_batches(len(images), batch_size)]
     return {"inception_pool": np.concatenate(parts)}
+
+
+def _padded_batches(count: int, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(indices, the indices padded to `batch_size` by repeating the last) per batch of
+    range(count): one batch shape, so the networks compile once."""
+    for start in range(0, count, batch_size):
+        idx = np.arange(start, min(start + batch_size, count))
+        yield idx, np.concatenate([idx, np.full(batch_size - len(idx), idx[-1])])
 
 
 def summarize(per_mask: dict[str, np.ndarray], test_masks: EvalMaskSet,
