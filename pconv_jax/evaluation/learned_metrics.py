@@ -18,7 +18,9 @@ from collections.abc import Callable, Sequence
 import ml_collections
 import numpy as np
 
-LEARNED_METRICS = ("lpips", "fid", "is")
+from pconv_jax.evaluation import fid, lpips
+from pconv_jax.weights import inception_files, vgg16_files
+
 SET_METRICS = ("fid", "is")  # one value per set of images, not per image
 
 
@@ -35,16 +37,12 @@ class LearnedMetrics:
         """Loads the networks that `names` need (raises for a missing or bad weights file)."""
         lpips_fn = inception_fn = None
         if "lpips" in names:
-            from pconv_jax.evaluation import lpips
-            from pconv_jax.weights import vgg16_files
             if not config.loss.vgg_weights:
                 raise FileNotFoundError(
                     "LPIPS needs VGG16 weights but `config.loss.vgg_weights` is empty. "
                     + vgg16_files.WEIGHTS_HELP)
             lpips_fn = lpips.load_lpips(config.loss.vgg_weights, config.eval.lpips_weights or None)
         if any(name in names for name in SET_METRICS):
-            from pconv_jax.evaluation import fid
-            from pconv_jax.weights import inception_files
             params = inception_files.load_inception(config.eval.inception_weights)
             inception_fn = fid.make_inception_fn(params)
         return cls(lpips_fn, inception_fn, int(config.eval.is_splits))
@@ -60,7 +58,6 @@ class LearnedMetrics:
     def set_scores(self, names: Sequence[str], pool: np.ndarray, logits: np.ndarray,
                    reference_pool: np.ndarray) -> dict[str, float]:
         """FID of `pool` against `reference_pool` and IS of `logits`, as requested."""
-        from pconv_jax.evaluation import fid
         scores = {}
         if "fid" in names:
             scores["fid"] = float(fid.frechet_distance(pool, reference_pool))
