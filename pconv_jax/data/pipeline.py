@@ -269,11 +269,14 @@ def _fit(image: np.ndarray, size: int, mode: str) -> np.ndarray:
 
 def _train_image(image: np.ndarray, rng: np.random.Generator, size: int, mode: str
                  ) -> np.ndarray:
-    """Random crop and horizontal flip: uint8 (H, W, 3) -> uint8 (S, S, 3)."""
+    """Random crop and horizontal flip: uint8 (H, W, 3) -> uint8 (S, S, 3).
+
+    A view of the (scaled) image: stacking the batch is the only copy.
+    """
     image = _fit(image, size, mode)
     top, left, flip = rng.integers(0, [image.shape[0] - size + 1, image.shape[1] - size + 1, 2])
     crop = image[top:top + size, left:left + size]
-    return np.ascontiguousarray(crop[:, ::-1] if flip else crop)
+    return crop[:, ::-1] if flip else crop
 
 
 def _eval_image(image: np.ndarray, size: int, mode: str) -> np.ndarray:
