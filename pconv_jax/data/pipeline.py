@@ -10,9 +10,10 @@ uninterrupted one, whatever the number of workers.
 The per-example work (decoding, cropping, mask drawing) runs in `config.data.workers` threads
 of a grain pipeline (OpenCV and large NumPy operations release the GIL; batches need no copy
 between processes), or, with `config.data.worker_processes` = N > 0, in N grain worker
-processes each making whole batches (the mask generator's Python holds the GIL, so threads
-alone cannot use many cores at 256²). Worker processes ignore Ctrl-C (the training process
-handles it and closes them); one that dies ends the run with a ChildProcessError.
+processes each making whole batches in its shared-memory slots (`shared_batches`; the mask
+generator's Python holds the GIL, so threads alone cannot use many cores at 256²). Worker
+processes ignore Ctrl-C (the training process handles it and closes them); one that dies ends
+the run with a ChildProcessError.
 
 Batches are dicts of uint8 NumPy arrays, local to the process; they stay uint8 until they reach
 the device, where the train step turns them into float32:
@@ -31,7 +32,6 @@ from collections.abc import Callable, Sequence
 
 import cv2
 import grain
-import grain.multiprocessing as grain_multiprocessing
 import ml_collections
 import numpy as np
 from absl import flags, logging
@@ -40,6 +40,7 @@ from pconv_jax.data import sources as data_sources
 from pconv_jax.data.images import try_read_image
 from pconv_jax.data.masks import generate_mask
 from pconv_jax.data.nvidia_masks import NvidiaTrainMasks
+from pconv_jax.data.shared_batches import SharedBatchSlots
 
 DATASETS = ("demo", "folder") + data_sources.TFDS_NAMES
 Batch = dict[str, np.ndarray]
@@ -87,6 +88,7 @@ class TrainPipeline:
         self._worker_skipped: set[str] = set()  # unreadable files met by worker processes
         self._position = 0
         self._iterator = None
+        self._slots: SharedBatchSlots | None = None  # worker processes' batch slots
 
     def examples(self, start: int = 0) -> grain.MapDataset:
         """The example stream from position `start` on (endless), as a grain MapDataset."""
@@ -103,11 +105,16 @@ class TrainPipeline:
 
     def _make_process_iterator(self):
         # Batch b of the stream is made whole by one process (grain gives worker w the batches
-        # w, w + N, ... and interleaves them back in order): only uint8 batches cross processes.
+        # w, w + N, ... and interleaves them back in order), in one of its shared-memory slots.
         if not flags.FLAGS.is_parsed():  # grain reads absl flags; a library caller has none
             flags.FLAGS.mark_as_parsed()
+        first = self.example(self._position)  # the batch layout
+        layout = {key: ((self.local_batch_size,) + value.shape, value.dtype)
+                  for key, value in first.items()}
+        # Slots per worker: its grain queue, the parent's read-ahead, the one it is filling.
+        self._slots = SharedBatchSlots(self.processes, self.prefetch + 3, layout)
         batch_fn = _BatchMaker(self.example, self.local_batch_size, self._position,
-                               self._skipped_names)
+                               self._skipped_names, self._slots)
         batches = grain.MapDataset.range(0, sys.maxsize // self.local_batch_size).map(batch_fn)
         options = grain.MultiprocessingOptions(num_workers=self.processes,
                                                per_worker_buffer_size=self.prefetch)
@@ -131,8 +138,10 @@ class TrainPipeline:
                     f"an input worker process died ({err}); if the system ran out of memory, "
                     f"lower config.data.worker_processes or config.data.prefetch") from err
             raise
-        if _SKIPPED in batch:  # from a worker process: the unreadable files it met
+        if _SLOT in batch:  # from a worker process: the unreadable files it met, and the slot
             self._worker_skipped.update(map(str, batch.pop(_SKIPPED)))
+            worker, slot = batch.pop(_SLOT).tolist()
+            batch.update(self._slots.take(worker, slot))
         self._position += self.local_batch_size
         return batch
 
@@ -149,16 +158,25 @@ class TrainPipeline:
         self._position = position
 
     def close(self) -> None:
-        """Stops the worker threads (pending work is cancelled); `next` starts them again."""
-        if self._iterator is not None:
-            _close(self._iterator)
-            self._iterator = None
+        """Stops the worker threads or processes (pending work is cancelled); `next` starts
+        them again."""
+        self._stop()
         if self.skipped_files:
             logging.warning("%d unreadable image files were skipped so far", self.skipped_files)
 
+    def _stop(self) -> None:
+        if self._slots is not None:
+            self._slots.stop_workers()  # wakes a worker waiting for a free slot: it stops
+        if self._iterator is not None:
+            _close(self._iterator)
+            self._iterator = None
+        if self._slots is not None:  # once the workers have stopped
+            self._slots.close()
+            self._slots = None
+
     def __del__(self):
-        if getattr(self, "_iterator", None) is not None and _close is not None:
-            _close(self._iterator)  # (at interpreter exit the module may be gone)
+        if hasattr(self, "_slots") and _close is not None:  # (at interpreter exit the module
+            self._stop()                                     # may be gone)
 
     @property
     def skipped_files(self) -> int:
@@ -166,21 +184,22 @@ class TrainPipeline:
         return len(self._skipped_names() | self._worker_skipped)
 
 
-_SKIPPED = "_skipped_files"  # batch field carrying a worker process's unreadable files
+# Fields of what a worker process sends: the unreadable files it met, (worker, slot) of the batch.
+_SKIPPED, _SLOT = "_skipped_files", "_slot"
 
 
 def _init_worker(worker_index: int, worker_count: int) -> None:
     """In a worker process: Ctrl-C (SIGINT to the terminal's process group) is the parent's to
     handle (it stops the workers when it closes the pipeline); OpenCV on one thread, as the
     workers already share the cores."""
-    del worker_index, worker_count
-    global _in_worker_process
-    _in_worker_process = True
+    del worker_count
+    global _worker_index
+    _worker_index = worker_index
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     cv2.setNumThreads(1)
 
 
-_in_worker_process = False  # set by `_init_worker`: batches are then made in shared memory
+_worker_index = None  # this worker process's index, set by `_init_worker`
 
 
 def _close(iterator) -> None:
@@ -191,33 +210,25 @@ def _close(iterator) -> None:
 
 
 class _BatchMaker:
-    """Batch index b -> the batch of positions start + b·B ... (+ B - 1), in one process.
+    """Batch index b -> the batch of positions start + b·B ... (+ B - 1), in a worker process.
 
-    Picklable (it runs in worker processes); each batch also carries the unreadable files its
-    process has met so far, which the parent merges and strips.
+    Picklable; it stacks the batch into the worker's next free slot and returns only
+    {_SLOT: (worker, slot), _SKIPPED: the unreadable files the worker has met so far}, which
+    the parent turns back into the batch.
     """
 
     def __init__(self, example: Callable[[int], Example], batch_size: int, start: int,
-                 skipped_names: Callable[[], frozenset[str]]):
+                 skipped_names: Callable[[], frozenset[str]], slots: SharedBatchSlots):
         self.example, self.batch_size, self.start = example, batch_size, start
-        self.skipped_names = skipped_names
+        self.skipped_names, self.slots = skipped_names, slots
 
     def __call__(self, index: int) -> Batch:
         first = self.start + index * self.batch_size
         examples = [self.example(p) for p in range(first, first + self.batch_size)]
-        batch = {key: _stack([e[key] for e in examples]) for key in examples[0]}
-        batch[_SKIPPED] = np.array(sorted(self.skipped_names()), dtype=np.str_)
-        return batch
-
-
-def _stack(arrays: list[np.ndarray]) -> np.ndarray:
-    """np.stack; in a worker process straight into shared memory, which grain then hands to
-    the parent without another copy (that copy cost a worker about an eighth of its time)."""
-    if not _in_worker_process:
-        return np.stack(arrays)
-    out = grain_multiprocessing.SharedMemoryArray((len(arrays),) + arrays[0].shape,
-                                                  arrays[0].dtype)
-    return np.stack(arrays, out=out)
+        slot = self.slots.put(_worker_index, {key: [e[key] for e in examples]
+                                              for key in examples[0]})
+        return {_SLOT: np.array([_worker_index, slot]),
+                _SKIPPED: np.array(sorted(self.skipped_names()), dtype=np.str_)}
 
 
 # ----------------------------------------------------------------------------- helpers
