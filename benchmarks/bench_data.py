@@ -1,24 +1,22 @@
 """Throughput of the input pipelines and of the mask generator, and the cores a GPU needs.
 
 For each source (demo, folder of generated JPEGs, TFDS on generated ArrayRecord files) and
-size, the pipeline runs in a child process pinned to one core (one thread), then on all cores
-with threads (`config.data.workers`), then, with `--processes`, with `config.data.worker_processes`
-= all cores (grain's `mp_prefetch`; the parent only collects the batches, as train.py's does
-while the accelerator computes). The three alternate `--rounds` times, so that the figures of a
-round share the machine's load; each figure is the median over rounds, each scaling the median
-of the rounds' ratios. A shared virtual machine's cores also run other tenants' work: the
-`cpu_ceiling` line measures, in the same way, what the machine gives a pure CPU-bound Python
-loop from one process to one per core, the most any pipeline could scale there. Each run also
-reports the CPU time of its process tree per second (`cores_busy`), so that `efficiency`
-(images per CPU-second, all cores / one core) shows how much of the work parallel execution
-adds, whatever the machine's load. One JSON line per figure:
+size, the pipeline runs in a child process pinned to one core (one thread); on all cores with
+threads (`config.data.workers`); with `--processes`, on all cores with
+`config.data.worker_processes` = all cores (grain's `mp_prefetch`; the parent only collects the
+batches, as train.py's does while the accelerator computes); and as independent one-core
+children, one pinned to each core, all at once ("independent": what the machine gives this
+work on all cores with nothing shared, the ceiling of any pipeline; a shared virtual machine's
+cores also run other tenants' work). The runs alternate `--rounds` times, so that the figures
+of a round share the machine's load; each figure is the median over rounds, each scaling (all
+cores / one core) the median of the rounds' ratios. `cores_busy` is the CPU time of the run's
+process tree per second. One JSON line per figure:
 
   {"bench": "masks", "size": 256, "masks_per_s": ...}
-  {"bench": "cpu_ceiling", "scaling": ..., "scaling_rounds": [...]}
   {"bench": "pipeline", "source": "folder", "size": 256, "images_per_s_1_core": ...,
-   "images_per_s_all_cores": ..., "scaling": ..., "efficiency": ..., "rss_mb": ...,
-   "images_per_s_processes": ..., "scaling_processes": ..., "efficiency_processes": ...,
-   "scaling_processes_rounds": [...], "rss_mb_processes": ..., "cores_per_gpu": ...}
+   "images_per_s_all_cores": ..., "scaling": ..., "images_per_s_processes": ...,
+   "scaling_processes": ..., "images_per_s_independent": ..., "scaling_independent": ...,
+   "scaling_processes_rounds": [...], "rss_mb_processes": ..., "cores_per_gpu": ..., ...}
 
 `cores_per_gpu` is the cores the pipeline needs to feed one GPU at `--target_images_per_s`
 (default 2000 at 256², the estimate for an H100/H200 at 40 % of its bfloat16 rate; scaled by
@@ -98,34 +96,24 @@ def child(args) -> None:
     batches.close()
 
 
-def _run_child(args, source: str, size: int, cpus: set[int], processes: bool) -> dict:
+def _run_children(args, source: str, size: int, cpu_sets: list[set[int]], processes: bool
+                  ) -> dict:
+    """One child per set of cores, all at once: their images/s, CPU use and memory, summed."""
     command = [sys.executable, __file__, "--child", "--source", source, "--size", str(size),
                "--batch", str(args.batch), "--seconds", str(args.seconds),
                "--data_dir", args.data_dir] + (["--processes"] if processes else [])
-    result = subprocess.run(command, capture_output=True, text=True, check=False,
-                            preexec_fn=lambda: os.sched_setaffinity(0, cpus))
-    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
-    if result.returncode or not lines:
-        raise RuntimeError(f"benchmark child failed ({source}, {size}):\n{result.stderr[-3000:]}")
-    return json.loads(lines[-1])
-
-
-def spin(seconds: float) -> None:
-    """A pure CPU-bound Python loop for `seconds`; prints its iterations per second."""
-    count, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        for _ in range(10_000):
-            count += 1
-    print(count / (time.perf_counter() - start), flush=True)
-
-
-def _ceiling_round(cpus: set[int], seconds: float) -> float:
-    """Loop iterations per second of one `spin` per core in `cpus`, all at once."""
-    children = [subprocess.Popen([sys.executable, __file__, "--spin", "--seconds", str(seconds)],
-                                 stdout=subprocess.PIPE, text=True,
-                                 preexec_fn=lambda cpu=cpu: os.sched_setaffinity(0, {cpu}))
-                for cpu in sorted(cpus)]
-    return sum(float(child.communicate()[0]) for child in children)
+    children = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 text=True,
+                                 preexec_fn=lambda cpus=cpus: os.sched_setaffinity(0, cpus))
+                for cpus in cpu_sets]
+    results = []
+    for child in children:
+        stdout, stderr = child.communicate()
+        lines = [line for line in stdout.splitlines() if line.startswith("{")]
+        if child.returncode or not lines:
+            raise RuntimeError(f"benchmark child failed ({source}, {size}):\n{stderr[-3000:]}")
+        results.append(json.loads(lines[-1]))
+    return {key: sum(result[key] for result in results) for key in results[0]}
 
 
 def _mask_rate(size: int, seconds: float) -> float:
@@ -177,13 +165,10 @@ def main() -> None:
     parser.add_argument("--processes", action="store_true",
                         help="also measure grain worker processes on all cores")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--spin", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--source", help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--data_dir", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.spin:
-        return spin(args.seconds)
     if args.child:
         return child(args)
 
@@ -197,25 +182,23 @@ def main() -> None:
         report(bench="masks", size=size, masks_per_s=round(_mask_rate(size, args.seconds), 1),
                threads=1)
 
-    ceiling = [_ceiling_round(cpus, args.seconds) / _ceiling_round(one, args.seconds)
-               for _ in range(args.rounds)]
-    report(bench="cpu_ceiling", scaling=round(statistics.median(ceiling), 2),
-           scaling_rounds=[round(r, 2) for r in ceiling])
-
     with tempfile.TemporaryDirectory() as data_dir:
         args.data_dir = data_dir
         with contextlib.redirect_stdout(sys.stderr):  # TFDS' progress: stdout stays JSON
             _prepare(data_dir, args.sizes, args.sources)
-        modes = {"1_core": (one, False), "all_cores": (cpus, False)}
+        # mode -> (the cores of each child run at once, worker processes?)
+        modes = {"1_core": ([one], False), "all_cores": ([cpus], False),
+                 "independent": ([{cpu} for cpu in sorted(cpus)], False)}
         if args.processes:
-            modes["processes"] = (cpus, True)
+            modes["processes"] = ([cpus], True)
         for size in args.sizes:
             target = args.target_images_per_s * (256 / size) ** 2
             for source in args.sources:
                 runs = {mode: [] for mode in modes}
                 for _ in range(args.rounds):  # interleaved: a round's runs share the load
-                    for mode, (mode_cpus, processes) in modes.items():
-                        runs[mode].append(_run_child(args, source, size, mode_cpus, processes))
+                    for mode, (cpu_sets, processes) in modes.items():
+                        runs[mode].append(_run_children(args, source, size, cpu_sets,
+                                                        processes))
                 fields = dict(bench="pipeline", source=source, size=size, batch_size=args.batch,
                               target_images_per_s=round(target))
                 best_rate = 0.0
@@ -228,15 +211,12 @@ def main() -> None:
                         statistics.median(r["cores_busy"] for r in mode_runs), 2)
                     if mode == "1_core":
                         continue
-                    best_rate = max(best_rate, rate)
                     ratios = [r["images_per_s"] / o["images_per_s"]
                               for r, o in zip(mode_runs, runs["1_core"])]
                     fields[f"scaling{suffix}"] = round(statistics.median(ratios), 2)
                     fields[f"scaling{suffix}_rounds"] = [round(r, 2) for r in ratios]
-                    per_cpu_s = [(r["images_per_s"] / r["cores_busy"])
-                                 / (o["images_per_s"] / o["cores_busy"])
-                                 for r, o in zip(mode_runs, runs["1_core"])]
-                    fields[f"efficiency{suffix}"] = round(statistics.median(per_cpu_s), 2)
+                    if mode != "independent":  # a pipeline that feeds one training process
+                        best_rate = max(best_rate, rate)
                 fields["cores_per_gpu"] = round(target / (best_rate / cores), 1)
                 report(**fields)
 

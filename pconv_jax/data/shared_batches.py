@@ -1,8 +1,8 @@
 """Shared-memory slots that input worker processes stack their batches into, reused in turn.
 
 A fresh shared-memory block per batch (grain's `SharedMemoryArray`) makes the kernel allocate
-and zero every page of every batch, and the worker pay a page fault for each: on a 2-core
-virtual machine that was about a sixth of a worker's time at 256², more at 512². Here each
+and zero every page of every batch, and the worker pay a page fault for each: 3.6 ms for a 4 MB
+batch on a 2-core virtual machine, against 0.4 ms for stacking it into reused memory. Here each
 worker owns a few slots, allocated once by the parent, and fills them in turn; only the
 (worker, slot) pair travels through grain's queue. The parent copies a batch out of its slot
 (about 1 ms for a 4 MB batch there) and hands the slot back.
