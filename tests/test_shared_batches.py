@@ -79,3 +79,12 @@ def test_too_little_shared_memory_is_a_clear_error(monkeypatch):
     with pytest.raises(MemoryError, match=r"worker_processes or config.data.prefetch.*shm-size"):
         SharedBatchSlots(workers=8, slots=5, layout={"image": ((16, 256, 256, 3), np.uint8)})
 
+
+
+def test_a_worker_starting_after_close_stops_instead_of_waiting():
+    slots = SharedBatchSlots(workers=1, slots=1, layout=LAYOUT)
+    worker = _worker_side(slots)
+    slots.stop_workers()  # e.g. the pipeline closed while the worker was still starting
+    with pytest.raises(EOFError):
+        worker.put(0, _examples(1))
+    slots.close()

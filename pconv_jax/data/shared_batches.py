@@ -59,7 +59,7 @@ class SharedBatchSlots:
             fd = os.open(path, os.O_RDWR)  # read and write ends: opening never blocks
             os.write(fd, b"\0" * slots)  # every slot starts free
             self._fds.append(fd)
-        self._worker = None  # in a worker process: (blocks, fifo fd, slot count)
+        self._worker = None  # in a worker process: [blocks, FIFO fd, batches made]
 
     def __getstate__(self) -> dict:
         return {"layout": self.layout, "slots": self.slots, "names": self.names,
@@ -81,7 +81,10 @@ class SharedBatchSlots:
         examples into it, and returns the slot's index."""
         if self._worker is None:
             blocks = [shared_memory.SharedMemory(name) for name in self.names[worker]]
-            self._worker = [blocks, os.open(self.fifos[worker], os.O_RDONLY), 0]
+            # Non-blocking open: a FIFO the parent has already closed reads as its end.
+            fd = os.open(self.fifos[worker], os.O_RDONLY | os.O_NONBLOCK)
+            os.set_blocking(fd, True)
+            self._worker = [blocks, fd, 0]
         blocks, fd, made = self._worker
         if not os.read(fd, 1):
             raise EOFError("the process that reads the batches has gone")
