@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The GPU figures for README, in one short run:
 #  - partial/plain model timings at 256² and 512² (bench_model.py);
-#  - train-step images/s in float32 and bfloat16 at 256² batch 48 (depth 7) and 512² batch 12
-#    (depth 8) (bench_train.py);
+#  - train-step images/s of the partial-convolution network in float32 and bfloat16 at 256²
+#    batch 48 (depth 7) and 512² batch 12 (depth 8) (bench_train.py);
 #  - the input pipelines' images/s on this machine's cores: one core, all cores with threads and
 #    with worker processes (bench_data.py; demo and folder: preparing TFDS sets needs TensorFlow);
 #  - the data wait of configs/places2.py's train step fed by its own pipeline (worker processes
@@ -31,8 +31,8 @@ nproc
 
 "$python" benchmarks/bench_model.py --repeats 7 | tee -a "$log"
 for dtype in float32 bfloat16; do
-  "$python" benchmarks/bench_train.py --dtype "$dtype" --size 256 --depth 7 --batch 48 --steps 10 | tee -a "$log"
-  "$python" benchmarks/bench_train.py --dtype "$dtype" --size 512 --depth 8 --batch 12 --steps 10 | tee -a "$log"
+  "$python" benchmarks/bench_train.py --dtype "$dtype" --size 256 --depth 7 --batch 48 --steps 10 --variants pconv | tee -a "$log"
+  "$python" benchmarks/bench_train.py --dtype "$dtype" --size 512 --depth 8 --batch 12 --steps 10 --variants pconv | tee -a "$log"
 done
 "$python" benchmarks/bench_data.py --sizes 256 512 --sources demo folder --seconds 3 --rounds 1 \
   --processes | tee -a "$log"
