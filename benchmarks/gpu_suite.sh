@@ -11,9 +11,9 @@
 #   bash benchmarks/gpu_suite.sh [OUT_DIR]      # JSON lines in OUT_DIR/gpu_bench.jsonl
 #
 # Needs jax with a GPU backend, flax, optax, orbax-checkpoint, opencv, pillow, scikit-image,
-# psutil, h5py, safetensors, ml_collections and grain (not TensorFlow). On a machine that cannot
-# reach a package index, put the missing wheels in .wheels/ first, e.g.
-# `pip download ml_collections grain --no-deps -d .wheels` (and grain's missing dependencies);
+# psutil, h5py, safetensors, ml_collections and grain with its array_record and portpicker (not
+# TensorFlow). On a machine that cannot reach a package index, put the missing wheels in .wheels/
+# first, e.g. `pip download ml_collections grain array_record portpicker --no-deps -d .wheels`;
 # they are installed with --no-index.
 set -euo pipefail
 cd "$(dirname "$0")/.."
