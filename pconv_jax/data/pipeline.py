@@ -139,9 +139,9 @@ class TrainPipeline:
                     f"lower config.data.worker_processes or config.data.prefetch") from err
             raise
         if _SLOT in batch:  # from a worker process: the unreadable files it met, and the slot
-            self._worker_skipped.update(map(str, batch.pop(_SKIPPED)))
-            worker, slot = batch.pop(_SLOT).tolist()
-            batch.update(self._slots.take(worker, slot))
+            self._worker_skipped.update(batch.pop(_SKIPPED))
+            worker, slot = batch.pop(_SLOT)
+            batch = self._slots.take(worker, slot)
         self._position += self.local_batch_size
         return batch
 
@@ -227,8 +227,9 @@ class _BatchMaker:
         examples = [self.example(p) for p in range(first, first + self.batch_size)]
         slot = self.slots.put(_worker_index, {key: [e[key] for e in examples]
                                               for key in examples[0]})
-        return {_SLOT: np.array([_worker_index, slot]),
-                _SKIPPED: np.array(sorted(self.skipped_names()), dtype=np.str_)}
+        # Plain Python values: grain would put every NumPy array, however small, in a shared-
+        # memory block of its own.
+        return {_SLOT: (_worker_index, slot), _SKIPPED: tuple(sorted(self.skipped_names()))}
 
 
 # ----------------------------------------------------------------------------- helpers
