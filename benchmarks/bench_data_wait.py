@@ -76,6 +76,8 @@ def main() -> None:
     parser.add_argument("--generated", type=int, default=256,
                         help="read this many generated JPEGs as a folder (0: config's source)")
     args = parser.parse_args()
+    if args.steps < 1 or args.warmup < 0:
+        parser.error("--steps must be at least 1 and --warmup at least 0")
 
     from bench_data import write_jpegs
 

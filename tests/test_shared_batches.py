@@ -80,7 +80,6 @@ def test_too_little_shared_memory_is_a_clear_error(monkeypatch):
         SharedBatchSlots(workers=8, slots=5, layout={"image": ((16, 256, 256, 3), np.uint8)})
 
 
-
 def test_a_worker_starting_after_close_stops_instead_of_waiting():
     slots = SharedBatchSlots(workers=1, slots=1, layout=LAYOUT)
     worker = _worker_side(slots)

@@ -59,14 +59,15 @@ class SharedBatchSlots:
             fd = os.open(path, os.O_RDWR)  # read and write ends: opening never blocks
             os.write(fd, b"\0" * slots)  # every slot starts free
             self._fds.append(fd)
-        self._worker = None  # in a worker process: [blocks, FIFO fd, batches made]
+        self._attached = None  # in a worker process: (its blocks, its FIFO's read end)
+        self._made = 0  # in a worker process: batches made so far
 
     def __getstate__(self) -> dict:
         return {"layout": self.layout, "slots": self.slots, "names": self.names,
                 "fifos": self.fifos}
 
     def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state, _blocks=None, _fds=[], _dir=None, _worker=None)
+        self.__dict__.update(state, _blocks=None, _fds=[], _dir=None, _attached=None, _made=0)
 
     def views(self, block: shared_memory.SharedMemory) -> dict[str, np.ndarray]:
         """The batch fields laid out in a block."""
@@ -79,17 +80,17 @@ class SharedBatchSlots:
     def put(self, worker: int, fields: dict[str, list[np.ndarray]]) -> int:
         """In worker process `worker`: waits for its next slot to be free, stacks each field's
         examples into it, and returns the slot's index."""
-        if self._worker is None:
+        if self._attached is None:
             blocks = [shared_memory.SharedMemory(name) for name in self.names[worker]]
             # Non-blocking open: a FIFO the parent has already closed reads as its end.
             fd = os.open(self.fifos[worker], os.O_RDONLY | os.O_NONBLOCK)
             os.set_blocking(fd, True)
-            self._worker = [blocks, fd, 0]
-        blocks, fd, made = self._worker
+            self._attached = (blocks, fd)
+        blocks, fd = self._attached
         if not os.read(fd, 1):
             raise EOFError("the process that reads the batches has gone")
-        slot = made % self.slots
-        self._worker[2] = made + 1
+        slot = self._made % self.slots
+        self._made += 1
         for key, out in self.views(blocks[slot]).items():
             np.stack(fields[key], out=out)
         return slot
