@@ -16,7 +16,8 @@ process tree per second. One JSON line per figure:
   {"bench": "pipeline", "source": "folder", "size": 256, "images_per_s_1_core": ...,
    "images_per_s_all_cores": ..., "scaling": ..., "images_per_s_processes": ...,
    "scaling_processes": ..., "images_per_s_independent": ..., "scaling_independent": ...,
-   "scaling_processes_rounds": [...], "rss_mb_processes": ..., "cores_per_gpu": ..., ...}
+   "scaling_processes_rounds": [...], "rss_mb_processes": ..., "processes_of_independent": ...,
+   "cores_per_gpu": ..., ...}
 
 `cores_per_gpu` is the cores the pipeline needs to feed one GPU at `--target_images_per_s`
 (default 2000 at 256², the estimate for an H100/H200 at 40 % of its bfloat16 rate; scaled by
@@ -217,6 +218,10 @@ def main() -> None:
                     fields[f"scaling{suffix}_rounds"] = [round(r, 2) for r in ratios]
                     if mode != "independent":  # a pipeline that feeds one training process
                         best_rate = max(best_rate, rate)
+                if "processes" in runs:  # how close the pipeline comes to the machine's ceiling
+                    fields["processes_of_independent"] = round(statistics.median(
+                        p["images_per_s"] / i["images_per_s"]
+                        for p, i in zip(runs["processes"], runs["independent"])), 2)
                 fields["cores_per_gpu"] = round(target / (best_rate / cores), 1)
                 report(**fields)
 
