@@ -192,9 +192,8 @@ _SKIPPED, _SLOT = "_skipped_files", "_slot"
 def _init_worker(worker_index: int, worker_count: int) -> None:
     """In a worker process: Ctrl-C (SIGINT to the terminal's process group) is the parent's to
     handle (it stops the workers when it closes the pipeline); OpenCV on one thread, as the
-    workers already share the cores; what the worker has loaded (JAX, TFDS, the pipeline) lives
-    as long as it does, so it is kept out of the garbage collector's full passes (TFDS at 256²:
-    135 -> 8 ms each)."""
+    workers already share the cores; the modules imported by now live as long as the worker, so
+    they are kept out of the garbage collector's full passes (TFDS at 256²: 135 -> 8 ms each)."""
     del worker_count
     global _worker_index
     _worker_index = worker_index
