@@ -24,6 +24,7 @@ import math
 import os
 import shutil
 import tempfile
+import threading
 from multiprocessing import shared_memory
 
 import numpy as np
@@ -53,7 +54,7 @@ class SharedBatchSlots:
         self.names = [[block.name for block in row] for row in self._blocks]
         self._dir = tempfile.mkdtemp(prefix="pconv_jax_slots_")
         self.fifos = [os.path.join(self._dir, f"worker_{w}") for w in range(workers)]
-        self._fds = []
+        self._fds, self._fds_lock = [], threading.Lock()
         for path in self.fifos:
             os.mkfifo(path, 0o600)
             fd = os.open(path, os.O_RDWR)  # read and write ends: opening never blocks
@@ -98,15 +99,18 @@ class SharedBatchSlots:
     def take(self, worker: int, slot: int) -> dict[str, np.ndarray]:
         """In the parent: a copy of the batch in (worker, slot); the slot is free again."""
         batch = {key: view.copy() for key, view in self.views(self._blocks[worker][slot]).items()}
-        os.write(self._fds[worker], b"\0")
+        with self._fds_lock:  # (another thread may be closing them: never write to a reused fd)
+            if self._fds:
+                os.write(self._fds[worker], b"\0")
         return batch
 
     def stop_workers(self) -> None:
         """In the parent: closes the FIFOs' write ends, so that a worker waiting for a free
         slot reads their end and stops."""
-        for fd in self._fds:
-            os.close(fd)
-        self._fds = []
+        with self._fds_lock:
+            for fd in self._fds:
+                os.close(fd)
+            self._fds = []
 
     def close(self) -> None:
         """In the parent, once the workers are stopped: removes the blocks and the FIFOs."""
