@@ -116,6 +116,31 @@ def test_same_batches_whatever_the_worker_count_and_resume(tmp_path):
     assert len(set(levels[:10])) == 10 and set(levels) == set(levels[:10])
 
 
+def test_links_list_each_real_file_once_and_cannot_leak_held_out_images(tmp_path):
+    import os
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    _solid_folder(folder, range(10, 250, 20))  # 12 images in d0/ and d1/
+    plain = data_sources.list_image_files(str(folder))
+    split = data_sources.split_folder(plain, heldout_count=2)
+    os.symlink(".", folder / "loop")  # a loop: imgs/loop/loop/... is imgs again
+    os.symlink("d1", folder / "a_alias")  # sorts before d1: d1's files must keep their names
+    os.symlink("d0/000.png", folder / "copy.png")
+    (tmp_path / "outside").mkdir()
+    cv2.imwrite(str(tmp_path / "outside" / "x.png"), np.zeros((8, 8, 3), np.uint8))
+    os.symlink("../outside", folder / "ext")
+    listed = data_sources.list_image_files(str(folder))
+    assert listed == sorted(plain + [os.path.join("..", "outside", "x.png")])
+    train, heldout = data_sources.split_folder(listed, heldout_count=2)
+    assert heldout == split[1]  # the split of the unlinked files is unchanged
+    real = {p: os.path.realpath(folder / p) for p in listed}
+    assert not {real[p] for p in train} & {real[p] for p in heldout}
+    source = data_sources.folder_source(str(folder), "train", heldout_count=2)
+    assert len(source) == 11
+    assert [source.load(i).shape[:2] for i in range(11)] == [(8, 8)] + [(40, 50)] * 10
+    assert source.skipped == 0
+
+
 def test_workers_setting():
     import os
     cores = len(os.sched_getaffinity(0))

@@ -113,18 +113,41 @@ def demo_source(split: str) -> ImageSource:
 def list_image_files(folder: str) -> list[str]:
     """Sorted relative paths of the image files (`IMAGE_EXTENSIONS`) under `folder` (recursive).
 
-    Files are not paired by name, so `a.jpg` beside `a.png` are simply two images.
+    Each real file is listed once, by its resolved path relative to the resolved folder (a link
+    into another folder gives `../other/x.png`): a link loop or a second link to the same
+    folder or file adds nothing, so no image can fall into both splits. Without links these are
+    simply the files' relative paths. Files are not paired by name, so `a.jpg` beside `a.png`
+    are two images.
     """
     if not folder or not os.path.isdir(folder):
         raise FileNotFoundError(f"image folder {folder!r} does not exist; set config.data.folder "
                                 f"to a folder of {'/'.join(IMAGE_EXTENSIONS)} images.")
-    paths = []
-    for root, _, files in os.walk(folder, followlinks=True):
-        paths.extend(os.path.relpath(os.path.join(root, f), folder) for f in files
-                     if f.lower().endswith(IMAGE_EXTENSIONS))
-    if not paths:
+    top = os.path.realpath(folder)
+    found: set[str] = set()
+    visited: set[tuple[int, int]] = set()  # (st_dev, st_ino) of the folders walked
+    pending = [top]  # resolved folders
+    while pending:
+        directory = pending.pop()
+        status = os.stat(directory)
+        if (status.st_dev, status.st_ino) in visited:
+            continue
+        visited.add((status.st_dev, status.st_ino))
+        try:
+            with os.scandir(directory) as entries:
+                entries = list(entries)
+        except OSError as error:
+            _log.warning("skipping unreadable folder %s (%s)", directory, error)
+            continue
+        for entry in entries:
+            # A link is resolved; any other entry of a resolved folder already is.
+            path = os.path.realpath(entry.path) if entry.is_symlink() else entry.path
+            if entry.is_dir():
+                pending.append(path)
+            elif entry.name.lower().endswith(IMAGE_EXTENSIONS):
+                found.add(path)
+    if not found:
         raise FileNotFoundError(f"no {'/'.join(IMAGE_EXTENSIONS)} images under {folder!r}.")
-    return sorted(paths)
+    return sorted(os.path.relpath(path, top) for path in found)
 
 
 def split_folder(paths: Sequence[str], *, heldout_count: int = 0,
