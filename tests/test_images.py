@@ -1,9 +1,12 @@
 """Image and mask files: round trips, EXIF orientation, colour conversion, mask conventions."""
 
+import struct
+import zlib
+
 import cv2
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
 
 from pconv_jax.data import images
 
@@ -101,6 +104,68 @@ def test_truncated_corrupt_and_missing_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         images.read_image(str(tmp_path / "nope.png"))
     assert images.try_read_image(str(tmp_path / "nope.png")) is None
+
+
+def _blank_png(path, width, height):
+    """A black 16-bit gray PNG, written row by row (never the whole image in memory)."""
+    def chunk(kind, data):
+        crc = struct.pack(">I", zlib.crc32(kind + data))
+        return struct.pack(">I", len(data)) + kind + data + crc
+    row, stream = bytes(1 + 2 * width), zlib.compressobj(1)  # filter byte + 16-bit pixels
+    data = b"".join(stream.compress(row) for _ in range(height)) + stream.flush()
+    header = struct.pack(">IIBBBBB", width, height, 16, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data)
+                     + chunk(b"IEND", b""))
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # ours refuses it
+def test_huge_image_is_refused_from_its_header_before_decoding(tmp_path, monkeypatch):
+    _blank_png(tmp_path / "huge.png", 12000, 12000)  # 2.9 GB once decoded
+    assert (tmp_path / "huge.png").stat().st_size < 2_000_000
+
+    def decode(self):
+        raise AssertionError("the pixels were decoded")
+    monkeypatch.setattr(ImageFile.ImageFile, "load", decode)
+    refused = (r"huge\.png.* 12000x12000 pixels .*limit of 100000000 pixels"
+               r".*PCONV_MAX_PIXELS=144000000")
+    with pytest.raises(ValueError, match=refused):
+        images.read_image(str(tmp_path / "huge.png"))
+    with pytest.raises(ValueError, match=refused):  # masks too
+        images.read_mask(str(tmp_path / "huge.png"))
+
+
+def test_pixel_limit_is_a_keyword_or_the_environment_variable(tmp_path, monkeypatch):
+    images.write_image(str(tmp_path / "a.png"), np.zeros((30, 40, 3), np.uint8))
+    path = str(tmp_path / "a.png")
+    assert images.read_image(path, max_pixels=1200).shape == (30, 40, 3)
+    with pytest.raises(ValueError, match=r"a\.png.* 40x30 pixels .*limit of 1199 pixels"):
+        images.read_image(path, max_pixels=1199)
+    monkeypatch.setenv("PCONV_MAX_PIXELS", "1000")
+    assert images.pixel_limit() == 1000
+    with pytest.raises(ValueError, match="limit of 1000 pixels.*PCONV_MAX_PIXELS=1200"):
+        images.read_image(path)
+    assert images.try_read_image(path) is None
+    monkeypatch.setenv("PCONV_MAX_PIXELS", "many")
+    with pytest.raises(ValueError, match="PCONV_MAX_PIXELS must be a positive number"):
+        images.read_image(path)
+    monkeypatch.delenv("PCONV_MAX_PIXELS")
+    assert images.pixel_limit() == images.MAX_PIXELS == 100_000_000
+
+
+def test_floating_point_images_are_read_in_their_range_or_refused(tmp_path):
+    values = _smooth(20, 30)[..., 0]  # in [0, 1]
+    Image.fromarray(values, "F").save(tmp_path / "unit.tif")
+    np.testing.assert_array_equal(images.read_image(str(tmp_path / "unit.tif")),
+                                  np.repeat(np.round(values * 255).astype(np.uint8)[..., None],
+                                            3, -1))
+    Image.fromarray(values * 255, "F").save(tmp_path / "wide.tif")
+    with pytest.raises(ValueError, match=r"wide\.tif.* from 0 to 255; .*\[0, 1\]"):
+        images.read_image(str(tmp_path / "wide.tif"))
+    for bad in (np.nan, np.inf):
+        values[3, 4] = bad
+        Image.fromarray(values, "F").save(tmp_path / "bad.tif")
+        with pytest.raises(ValueError, match=r"bad\.tif.* NaN or infinite"):
+            images.read_image(str(tmp_path / "bad.tif"))
 
 
 def test_mask_conventions_white_and_black(tmp_path):

@@ -2,7 +2,9 @@
 
 Reading decodes with Pillow, which refuses truncated files (OpenCV fills the missing part with
 grey and says nothing), turns the pixels upright by the EXIF orientation tag, and converts
-grayscale, palette, RGBA, CMYK and 16-bit images to 8-bit RGB. Writing uses OpenCV, which also
+grayscale, palette, RGBA, CMYK, 16-bit and floating-point ([0, 1]) images to 8-bit RGB. Images
+larger than `pixel_limit()` (100 megapixels, or the environment variable `PCONV_MAX_PIXELS`)
+are refused from their header, before any decoding. Writing uses OpenCV, which also
 writes 16-bit colour PNGs.
 
 Mask files are read with an explicit convention: `holes='white'` (pixels >= 128 are holes: the
@@ -32,34 +34,87 @@ HOLE_CONVENTIONS = ("white", "black")
 
 # ----------------------------------------------------------------------------- reading
 
-def _decode(path: str) -> Image.Image:
-    """Opens and fully decodes an image file, upright; clear errors for anything unusable."""
+MAX_PIXELS = 100_000_000  # default limit on width × height of an image file read
+MAX_PIXELS_VARIABLE = "PCONV_MAX_PIXELS"  # the environment variable that changes it
+
+
+def pixel_limit() -> int:
+    """The largest width × height an image file may have: `PCONV_MAX_PIXELS` if set, else
+    `MAX_PIXELS`. A small file can hold a huge image (a 280 KB PNG decodes to 2.9 GB)."""
+    value = os.environ.get(MAX_PIXELS_VARIABLE, "").strip()
+    if not value:
+        return MAX_PIXELS
+    try:
+        limit = int(value)
+    except ValueError:
+        limit = 0
+    if limit < 1:
+        raise ValueError(f"the environment variable {MAX_PIXELS_VARIABLE} must be a positive "
+                         f"number of pixels (width × height), got {value!r}")
+    return limit
+
+
+def _check_size(path: str, size: tuple[int, int], max_pixels: int) -> None:
+    width, height = size
+    if width * height > max_pixels:
+        raise ValueError(
+            f"image {path!r} is {width}x{height} pixels ({width * height / 1e6:.1f} megapixels), "
+            f"above the limit of {max_pixels} pixels; to read it, raise the limit with the "
+            f"environment variable {MAX_PIXELS_VARIABLE} (e.g. "
+            f"{MAX_PIXELS_VARIABLE}={width * height})")
+
+
+def _decode(path: str, max_pixels: int | None = None) -> Image.Image:
+    """Opens and fully decodes an image file, upright; clear errors for anything unusable.
+
+    The size is checked from the header, before decoding: at most `max_pixels` pixels
+    (default `pixel_limit()`).
+    """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"image file {path!r} does not exist")
     if ImageFile.LOAD_TRUNCATED_IMAGES:
         raise RuntimeError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is set: truncated files would "
                            "pass as images; unset it")
+    max_pixels = pixel_limit() if max_pixels is None else max_pixels
+    corrupt = (OSError, SyntaxError, ValueError)  # SyntaxError: Pillow's broken-header error
     try:
-        with Image.open(path) as image:
-            image.load()  # raises OSError on a truncated file
-            return ImageOps.exif_transpose(image)
+        image = Image.open(path)  # reads the header only
     except UnidentifiedImageError as error:
         raise ValueError(f"cannot decode image {path!r}: not an image format Pillow "
                          f"reads") from error
-    except Image.DecompressionBombError as error:
-        raise ValueError(f"image {path!r} is too large to decode safely: {error}") from error
-    except (OSError, SyntaxError, ValueError) as error:  # SyntaxError: Pillow's broken-header
+    except Image.DecompressionBombError as error:  # Pillow's own limit, above ours by default
+        raise ValueError(f"image {path!r} is too large to decode safely: {error} (Pillow's "
+                         f"own limit, which {MAX_PIXELS_VARIABLE} cannot raise)") from error
+    except corrupt as error:
         raise ValueError(f"cannot decode image {path!r}: the file is truncated or corrupt "
                          f"({error})") from error
+    with image:
+        _check_size(path, image.size, max_pixels)
+        try:
+            image.load()  # raises OSError on a truncated file
+            return ImageOps.exif_transpose(image)
+        except corrupt as error:
+            raise ValueError(f"cannot decode image {path!r}: the file is truncated or corrupt "
+                             f"({error})") from error
 
 
-def _to_array(image: Image.Image) -> np.ndarray:
-    """Pixels of a decoded image: uint8 (H, W) or (H, W, C); 16-bit gray scaled to 8 bits."""
+def _to_array(image: Image.Image, path: str) -> np.ndarray:
+    """Pixels of a decoded image: uint8 (H, W) or (H, W, C); 16-bit gray scaled to 8 bits,
+    floating-point gray (which must lie in [0, 1]) to 0..255."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         pixels = np.asarray(image, np.int64)
         return (np.clip(pixels, 0, 65535) >> 8).astype(np.uint8)
     if image.mode == "F":
-        return np.clip(np.asarray(image), 0, 255).astype(np.uint8)
+        pixels = np.asarray(image, np.float32)
+        if not np.isfinite(pixels).all():
+            raise ValueError(f"image {path!r} has NaN or infinite pixel values; replace them "
+                             f"with numbers in [0, 1]")
+        low, high = float(pixels.min()), float(pixels.max())
+        if low < 0 or high > 1:
+            raise ValueError(f"image {path!r} has floating-point pixels from {low:g} to "
+                             f"{high:g}; floating-point images must lie in [0, 1]: scale it, "
+                             f"or save it with 8 or 16 bits")
+        return np.round(pixels * 255).astype(np.uint8)
     return np.asarray(image.convert("RGB") if image.mode not in ("L", "RGB") else image)
 
 
@@ -77,14 +132,18 @@ def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(image[..., :3])
 
 
-def read_image(path: str) -> np.ndarray:
+def read_image(path: str, *, max_pixels: int | None = None) -> np.ndarray:
     """An image file as upright uint8 RGB (H, W, 3).
+
+    `max_pixels`: the largest width × height read (checked before decoding); default
+    `pixel_limit()`, which the environment variable `PCONV_MAX_PIXELS` sets.
 
     Raises:
       FileNotFoundError: there is no such file.
-      ValueError: the file is not an image, or it is truncated or corrupt.
+      ValueError: the file is not an image, is larger than `max_pixels`, is truncated or
+        corrupt, or has floating-point pixels outside [0, 1].
     """
-    return to_rgb_uint8(_to_array(_decode(path)))
+    return to_rgb_uint8(_to_array(_decode(path, max_pixels), path))
 
 
 def try_read_image(path: str) -> np.ndarray | None:
@@ -128,7 +187,7 @@ def read_hole_map(path: str, holes: Holes = "white") -> np.ndarray:
     Colour masks are converted to gray first.
     """
     check_holes(holes)
-    pixels = _to_array(_decode(path))
+    pixels = _to_array(_decode(path), path)
     if pixels.ndim == 3:
         pixels = cv2.cvtColor(np.ascontiguousarray(pixels[..., :3]), cv2.COLOR_RGB2GRAY)
     white = pixels >= MASK_FILE_THRESHOLD
