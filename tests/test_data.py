@@ -192,6 +192,27 @@ def test_folder_with_odd_files(tmp_path, caplog):
     assert "2 unreadable image files were skipped" in caplog.text
 
 
+def test_oversized_folder_images_are_logged_skips(tmp_path, caplog, monkeypatch):
+    folder = _solid_folder(tmp_path, range(10, 250, 20))  # 12 images of 50x40
+    cv2.imwrite(str(tmp_path / "huge.png"), np.full((60, 70, 3), 5, np.uint8))
+    cv2.imwrite(str(tmp_path / "d0" / "big2.png"), np.full((60, 70, 3), 5, np.uint8))
+    monkeypatch.setenv("PCONV_MAX_PIXELS", "3000")
+    config = _config("folder", size=16, batch=4, folder=folder, heldout_count=4)
+    held_out = data_sources.split_folder(data_sources.list_image_files(folder),
+                                         heldout_count=4)[1]
+    assert held_out.index("huge.png") == 2 and "d0/big2.png" not in held_out
+    pipeline = _pipeline(config)
+    with caplog.at_level(logging.WARNING):
+        batches = [next(pipeline) for _ in range(3)]  # a whole epoch of 10 training images
+        pipeline.close()
+        evaluation = data.load_eval_images(config, 3)
+    assert 5 not in set().union(*map(_levels, batches))
+    assert pipeline.skipped_files == 1
+    assert "big2.png" in caplog.text and "70x60 pixels" in caplog.text
+    assert "held-out image" in caplog.text and "huge.png (" in caplog.text
+    assert (evaluation != 5 / 255).all()
+
+
 def test_nvidia_training_masks_in_pipeline(tmp_path):
     masks_dir = tmp_path / "disocclusion_img_mask"
     masks_dir.mkdir()

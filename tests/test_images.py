@@ -92,7 +92,6 @@ def test_truncated_corrupt_and_missing_files(tmp_path):
     (tmp_path / "cut.jpg").write_bytes(data[: len(data) * 2 // 3])
     with pytest.raises(ValueError, match=r"cut\.jpg.*truncated"):
         images.read_image(str(tmp_path / "cut.jpg"))
-    assert images.try_read_image(str(tmp_path / "cut.jpg")) is None
     images.write_image(str(tmp_path / "a.png"), (_smooth(200, 300) * 255).astype(np.uint8))
     data = (tmp_path / "a.png").read_bytes()
     (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
@@ -103,7 +102,6 @@ def test_truncated_corrupt_and_missing_files(tmp_path):
         images.read_image(str(tmp_path / "junk.png"))
     with pytest.raises(FileNotFoundError, match="does not exist"):
         images.read_image(str(tmp_path / "nope.png"))
-    assert images.try_read_image(str(tmp_path / "nope.png")) is None
 
 
 def _blank_png(path, width, height):
@@ -126,7 +124,7 @@ def test_huge_image_is_refused_from_its_header_before_decoding(tmp_path, monkeyp
     def decode(self):
         raise AssertionError("the pixels were decoded")
     monkeypatch.setattr(ImageFile.ImageFile, "load", decode)
-    refused = (r"huge\.png.* 12000x12000 pixels .*limit of 100000000 pixels"
+    refused = (r"huge\.png.* 12000x12000 pixels, above the limit of 100000000 pixels"
                r".*PCONV_MAX_PIXELS=144000000")
     with pytest.raises(ValueError, match=refused):
         images.read_image(str(tmp_path / "huge.png"))
@@ -138,13 +136,12 @@ def test_pixel_limit_is_a_keyword_or_the_environment_variable(tmp_path, monkeypa
     images.write_image(str(tmp_path / "a.png"), np.zeros((30, 40, 3), np.uint8))
     path = str(tmp_path / "a.png")
     assert images.read_image(path, max_pixels=1200).shape == (30, 40, 3)
-    with pytest.raises(ValueError, match=r"a\.png.* 40x30 pixels .*limit of 1199 pixels"):
+    with pytest.raises(ValueError, match=r"a\.png.* 40x30 pixels, above the limit of 1199 pixels"):
         images.read_image(path, max_pixels=1199)
     monkeypatch.setenv("PCONV_MAX_PIXELS", "1000")
     assert images.pixel_limit() == 1000
     with pytest.raises(ValueError, match="limit of 1000 pixels.*PCONV_MAX_PIXELS=1200"):
         images.read_image(path)
-    assert images.try_read_image(path) is None
     monkeypatch.setenv("PCONV_MAX_PIXELS", "many")
     with pytest.raises(ValueError, match="PCONV_MAX_PIXELS must be a positive number"):
         images.read_image(path)

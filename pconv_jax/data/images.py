@@ -58,10 +58,9 @@ def _check_size(path: str, size: tuple[int, int], max_pixels: int) -> None:
     width, height = size
     if width * height > max_pixels:
         raise ValueError(
-            f"image {path!r} is {width}x{height} pixels ({width * height / 1e6:.1f} megapixels), "
-            f"above the limit of {max_pixels} pixels; to read it, raise the limit with the "
-            f"environment variable {MAX_PIXELS_VARIABLE} (e.g. "
-            f"{MAX_PIXELS_VARIABLE}={width * height})")
+            f"image {path!r} is {width}x{height} pixels, above the limit of {max_pixels} "
+            f"pixels; to read it, raise the limit with the environment variable "
+            f"{MAX_PIXELS_VARIABLE} (e.g. {MAX_PIXELS_VARIABLE}={width * height})")
 
 
 def _decode(path: str, max_pixels: int | None = None) -> Image.Image:
@@ -144,14 +143,6 @@ def read_image(path: str, *, max_pixels: int | None = None) -> np.ndarray:
         corrupt, or has floating-point pixels outside [0, 1].
     """
     return to_rgb_uint8(_to_array(_decode(path, max_pixels), path))
-
-
-def try_read_image(path: str) -> np.ndarray | None:
-    """`read_image`, or None for a missing, unreadable, truncated or corrupt file."""
-    try:
-        return read_image(path)
-    except (OSError, ValueError):
-        return None
 
 
 def decode_image_bytes(data: bytes) -> np.ndarray | None:

@@ -39,7 +39,7 @@ import numpy as np
 from absl import flags, logging
 
 from pconv_jax.data import sources as data_sources
-from pconv_jax.data.images import try_read_image
+from pconv_jax.data.images import read_image
 from pconv_jax.data.masks import generate_mask
 from pconv_jax.data.nvidia_masks import NvidiaTrainMasks
 from pconv_jax.data.shared_batches import SharedBatchSlots
@@ -466,9 +466,10 @@ def load_eval_images(config: ml_collections.ConfigDict, count: int | None = None
         for path in source.names:
             if len(images) == count:
                 break
-            image = try_read_image(path)
-            if image is not None:
-                images.append(image)
+            try:
+                images.append(read_image(path))
+            except (OSError, ValueError) as error:
+                logging.warning("skipping unreadable held-out image %s (%s)", path, error)
     elif data.name in data_sources.TFDS_NAMES:
         _, heldout_split = data_sources.tfds_splits(data.name, data.heldout_count)
         source = data_sources.tfds_source(data.name, heldout_split, data_dir=data.tfds_data_dir,

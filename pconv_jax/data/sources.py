@@ -33,8 +33,10 @@ TFDS_NAMES = ("places365_small", "celeb_a_hq/256", "celeb_a_hq/512")
 class ImageSource:
     """A random-access list of images; `load(i)` returns uint8 (H, W, 3) RGB.
 
-    Items that cannot be decoded are replaced by the next readable item (so a batch stays a pure
-    function of its position), counted in `skipped` and announced once each with a warning.
+    Items that cannot be used (the loader returns None, or raises OSError or ValueError: a
+    missing, corrupt or oversized file) are replaced by the next readable item (so a batch stays
+    a pure function of its position), counted in `skipped` and announced once each with a
+    warning that gives the reason.
     """
 
     def __init__(self, names: Sequence, loader: Callable[[Any], np.ndarray | None]):
@@ -63,14 +65,17 @@ class ImageSource:
     def load(self, index: int) -> np.ndarray:
         for offset in range(len(self.names)):
             name = self.names[(index + offset) % len(self.names)]
-            image = self._loader(name)
+            try:
+                image, reason = self._loader(name), "it does not decode"
+            except (OSError, ValueError) as error:
+                image, reason = None, str(error)
             if image is not None:
                 return image
             with self._lock:
                 if name not in self._bad:
                     self._bad.add(name)
-                    _log.warning("skipping unreadable image %s (%d skipped so far)",
-                                 name, len(self._bad))
+                    _log.warning("skipping unreadable image %s (%s; %d skipped so far)",
+                                 name, reason, len(self._bad))
         raise ValueError(f"none of the {len(self.names)} images could be read.")
 
     def __getstate__(self) -> dict:  # picklable for worker processes (a lock is not)
@@ -174,8 +179,8 @@ def folder_source(folder: str, split: str, *, heldout_count: int = 0,
     train, heldout = split_folder(list_image_files(folder), heldout_count=heldout_count,
                                   heldout_fraction=heldout_fraction)
     names = {"train": train, "heldout": heldout}[split]
-    # Unreadable, truncated or corrupt files are skipped and counted by the source.
-    return ImageSource([os.path.join(folder, p) for p in names], images.try_read_image)
+    # Unreadable, truncated, corrupt or oversized files are skipped and counted by the source.
+    return ImageSource([os.path.join(folder, p) for p in names], images.read_image)
 
 
 # ----------------------------------------------------------------------------- TFDS
