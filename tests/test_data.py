@@ -211,6 +211,9 @@ def test_oversized_folder_images_are_logged_skips(tmp_path, caplog, monkeypatch)
     assert "big2.png" in caplog.text and "70x60 pixels" in caplog.text
     assert "held-out image" in caplog.text and "huge.png (" in caplog.text
     assert (evaluation != 5 / 255).all()
+    monkeypatch.setenv("PCONV_MAX_PIXELS", "-1")
+    with pytest.raises(ValueError, match="PCONV_MAX_PIXELS must be a positive number"):
+        _pipeline(config)
 
 
 def test_thin_images_are_cropped_before_scaling_in_bounded_memory():

@@ -176,6 +176,7 @@ def split_folder(paths: Sequence[str], *, heldout_count: int = 0,
 def folder_source(folder: str, split: str, *, heldout_count: int = 0,
                   heldout_fraction: float = 0.0) -> ImageSource:
     """The images of `split` ('train' or 'heldout') of an image folder, decoded on demand."""
+    images.pixel_limit()  # a bad PCONV_MAX_PIXELS fails here, not as a skip of every file
     train, heldout = split_folder(list_image_files(folder), heldout_count=heldout_count,
                                   heldout_fraction=heldout_fraction)
     names = {"train": train, "heldout": heldout}[split]
