@@ -49,6 +49,8 @@ MIN_CONTEXT = 48
 # The editor gets a copy no larger than this (painting does not need more); the mask painted on
 # it is scaled back to the photo nearest-neighbour.
 DISPLAY_MAX_SIDE = 2048
+# A large photo is filled in at most this many crops (one network or PatchMatch call each).
+MAX_CROPS = 64
 MAX_PIXELS = 100_000_000  # decoded photos above this are refused (a small file can hold a huge one)
 EXAMPLES = ("coffee", "chelsea", "astronaut", "rocket", "flower.jpg")
 
@@ -135,32 +137,60 @@ def load_methods(workdirs: Sequence[str]) -> list[Method]:
 
 # ----------------------------------------------------------------------------- filling
 
-def hole_boxes(holes: np.ndarray) -> list[tuple[int, int, int, int]]:
-    """(y0, x0, y1, x1) boxes around the hole regions with context, merged where they overlap.
+def grouped_boxes(boxes: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """The bounding boxes (y0, x0, y1, x1) of the groups of `boxes` that overlap or touch, in one
+    pass over the image: the boxes are painted (corner marks, summed up), the painting labelled."""
+    marks = np.zeros((shape[0] + 1, shape[1] + 1), np.int32)
+    y0, x0, y1, x1 = boxes.T
+    for ys, xs, sign in ((y0, x0, 1), (y0, x1, -1), (y1, x0, -1), (y1, x1, 1)):
+        np.add.at(marks, (ys, xs), sign)
+    np.cumsum(marks, axis=0, out=marks)
+    np.cumsum(marks, axis=1, out=marks)
+    painted = (marks[:-1, :-1] > 0).astype(np.uint8)
+    count, _, stats, _ = cv2.connectedComponentsWithStats(painted, connectivity=4)
+    x, y, w, h = stats[1:count, :4].T.astype(np.int64)
+    return np.stack([y, x, y + h, x + w], axis=1)
 
-    Every hole pixel lies in exactly one box, and a box holds whole hole regions only.
+
+def merge_overlapping(boxes: Sequence[Sequence[int]]) -> list[tuple[int, int, int, int]]:
+    """Unites overlapping boxes until none overlap (pairwise: meant for a few boxes)."""
+    boxes = [tuple(int(v) for v in box) for box in boxes]
+    merged = True
+    while merged:
+        merged, kept = False, []
+        for a in boxes:
+            for i, b in enumerate(kept):
+                if a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]:
+                    kept[i] = (min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3]))
+                    merged = True
+                    break
+            else:
+                kept.append(a)
+        boxes = kept
+    return boxes
+
+
+def hole_boxes(holes: np.ndarray, max_boxes: int = MAX_CROPS) -> list[tuple[int, int, int, int]]:
+    """At most `max_boxes` (y0, x0, y1, x1) boxes around the hole regions with context, merged
+    where they overlap.
+
+    Every hole pixel lies in exactly one box, and a box holds whole hole regions with at least
+    their context. The work is linear in the image size: the regions' boxes are grouped on a
+    painted map, not pair by pair. When the groups are more than `max_boxes` (a speckled mask),
+    the context doubles until they are not, which bounds the crops one photo costs.
     """
     h, w = holes.shape
     count, _, stats, _ = cv2.connectedComponentsWithStats(holes.astype(np.uint8), connectivity=8)
-    boxes = []
-    for x, y, bw, bh, _ in stats[1:count]:
-        margin = max(MIN_CONTEXT, max(bw, bh) // 2)
-        boxes.append((max(0, y - margin), max(0, x - margin),
-                      min(h, y + bh + margin), min(w, x + bw + margin)))
-    merged = True
-    while merged:  # union overlapping boxes until none overlap
-        merged = False
-        for i in range(len(boxes)):
-            for j in range(i + 1, len(boxes)):
-                a, b = boxes[i], boxes[j]
-                if a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]:
-                    boxes[i] = (min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3]))
-                    del boxes[j]
-                    merged = True
-                    break
-            if merged:
-                break
-    return boxes
+    x, y, bw, bh = stats[1:count, :4].T.astype(np.int64)
+    context = MIN_CONTEXT
+    while True:
+        margin = np.maximum(context, np.maximum(bw, bh) // 2)
+        boxes = np.stack([np.maximum(y - margin, 0), np.maximum(x - margin, 0),
+                          np.minimum(y + bh + margin, h), np.minimum(x + bw + margin, w)], axis=1)
+        groups = grouped_boxes(boxes, (h, w))
+        if len(groups) <= max_boxes:  # a context as large as the image leaves one group
+            return merge_overlapping(groups)
+        context *= 2
 
 
 def fill_downscaled(method: Method, image: np.ndarray, valid: np.ndarray,
