@@ -7,6 +7,8 @@ import importlib.util
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import time
 
 import cv2
@@ -18,6 +20,7 @@ from pconv_jax.inference import app
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium"
                                         if os.path.exists("/usr/bin/chromium") else None)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXTRAS = all(importlib.util.find_spec(m) for m in ("gradio", "playwright"))
 BRUSH = 6  # brush radius in the tests' app, in photo pixels
 
@@ -177,6 +180,23 @@ def test_workdir_without_checkpoint_stops_the_start(tmp_path):
         app.load_methods([str(tmp_path / "empty")])
 
 
+def test_busy_port_is_one_error_line_naming_the_port_and_nothing_says_serving():
+    if importlib.util.find_spec("gradio") is None:
+        pytest.skip("gradio is missing: pip install -e '.[app]'")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run([sys.executable, "app.py", "--port", str(port)], cwd=ROOT,
+                              capture_output=True, text=True, timeout=600)
+    assert done.returncode != 0
+    assert "serving on" not in done.stdout + done.stderr
+    errors = [line for line in (done.stdout + done.stderr).splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and errors[0].startswith("error:"), done.stdout + done.stderr
+    assert f"127.0.0.1:{port}" in errors[0] and "--port" in errors[0], errors[0]
+    assert "GRADIO_SERVER_PORT" not in errors[0] and "already in use" in errors[0], errors[0]
+
+
 # ----------------------------------------------------------------------------- in a browser
 
 def _browser_available() -> None:
@@ -202,7 +222,7 @@ def served(tmp_path_factory):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    app.launch(demo, port=port, block=False)
+    app.launch(demo, port=port)
     yield f"http://127.0.0.1:{port}", [m.label for m in methods]
     demo.close()
 

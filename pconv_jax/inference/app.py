@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import os
+import socket
 import sys
 import tempfile
 import time
@@ -432,13 +433,29 @@ def build_app(methods: Sequence[Method], *, max_side: int = 1024, max_upload_mb:
     return demo
 
 
-def launch(demo, *, host: str = "127.0.0.1", port: int = 7860, max_upload_mb: float = 50,
-           block: bool = True):
-    """Serves the app (never a public share link)."""
-    demo.queue(default_concurrency_limit=1)  # one request at a time on the accelerator
-    return demo.launch(server_name=host, server_port=port, share=False, inbrowser=False,
-                       max_file_size=f"{int(max_upload_mb * 1024)}kb",
-                       prevent_thread_lock=not block, show_error=True, quiet=True)
+def launch(demo, *, host: str = "127.0.0.1", port: int = 7860, max_upload_mb: float = 50):
+    """Starts serving the app in the background (never a public share link); returns once it
+    serves. OSError naming `--port` when (host, port) cannot be bound."""
+    demo.queue(default_concurrency_limit=1)
+    try:
+        demo.launch(server_name=host, server_port=port, share=False, inbrowser=False,
+                    max_file_size=f"{int(max_upload_mb * 1024)}kb", prevent_thread_lock=True,
+                    show_error=True, quiet=True)
+    except OSError:  # gradio's message advises its own settings, not this command's flags
+        raise OSError(f"cannot serve on {host}:{port} ({bind_problem(host, port)}): pass a free "
+                      f"--port (or another --host)") from None
+
+
+def bind_problem(host: str, port: int) -> str:
+    """Why (host, port) cannot be bound, in the system's words."""
+    try:
+        family = socket.getaddrinfo(host, port)[0][0]
+        with socket.socket(family) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does
+            probe.bind((host, port))
+    except OSError as err:
+        return err.strerror or str(err)
+    return "the server did not start"
 
 
 # ----------------------------------------------------------------------------- command
@@ -459,8 +476,9 @@ def main(argv: Sequence[str]) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # gradio's own start-up requests
     methods = load_methods(options.workdir)  # before serving: a bad workdir stops the start
     demo = build_app(methods, max_side=options.max_side, max_upload_mb=options.max_upload_mb)
-    print(f"serving on http://{options.host}:{options.port} (Ctrl+C stops)", flush=True)
     launch(demo, host=options.host, port=options.port, max_upload_mb=options.max_upload_mb)
+    print(f"serving on http://{options.host}:{options.port} (Ctrl+C stops)", flush=True)
+    demo.block_thread()
 
 
 def define_flags() -> None:
