@@ -18,7 +18,10 @@ padding, composite). Two additions make it interactive:
   around them), or from a downscaled copy where a hole region is itself larger than
   `--max_side`; only the hole pixels are pasted into the full-resolution photo.
 
-The server binds 127.0.0.1 unless `--host` says otherwise and never makes a public link.
+The server binds 127.0.0.1 unless `--host` says otherwise and never makes a public link. It
+serves the requests that decode or fill pixels (upload, example, Inpaint) one at a time, whichever
+client sent them, fills a photo in at most MAX_CROPS crops, deletes the files it made for the
+page an hour or two after it made them, and shows no server path in the page.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import os
+import re
+import shutil
 import socket
 import sys
 import tempfile
@@ -53,6 +58,10 @@ DISPLAY_MAX_SIDE = 2048
 # A large photo is filled in at most this many crops (one network or PatchMatch call each).
 MAX_CROPS = 64
 MAX_PIXELS = 100_000_000  # decoded photos above this are refused (a small file can hold a huge one)
+KEPT_RESULTS = 2  # result PNGs kept in the output folder
+# Files gradio keeps for the page (uploads, shown images, results) are deleted this long after
+# they were made, checked as often.
+FILE_LIFETIME_S = 3600
 EXAMPLES = ("coffee", "chelsea", "astronaut", "rocket", "flower.jpg")
 
 Fill = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -60,6 +69,17 @@ Fill = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 class InputError(ValueError):
     """Bad input from the page: its message is shown there."""
+
+
+# An absolute path's folders (POSIX or Windows, separators doubled in a repr), not those of a URL
+# or a relative path.
+_FOLDERS = re.compile(r"(?<![\w:./\\])(?:[A-Za-z]:)?[\\/]+(?:[^\s'\"\\/]+[\\/]+)+")
+
+
+def page_error(err: BaseException) -> str:
+    """The status line for an error: its message with every absolute path cut to its file name
+    (the server's folders, its temporary ones above all, are not the page's business)."""
+    return f"**Error:** {_FOLDERS.sub('', str(err))}"
 
 
 # ----------------------------------------------------------------------------- methods
@@ -314,10 +334,17 @@ def respond(method: Method, photo: np.ndarray, stem: str, editor_value: Mapping 
 
 
 def write_png(directory: str, stem: str, image: np.ndarray) -> str:
-    """Writes uint8 RGB `image` as `<directory>/<n>/<stem>_inpainted.png` (a fresh folder each)."""
+    """Writes uint8 RGB `image` as `<directory>/<n>/<stem>_inpainted.png` (a fresh folder each)
+    and deletes the folders of all but the KEPT_RESULTS newest results (gradio serves its own
+    copy of each, made before the next request runs)."""
     folder = tempfile.mkdtemp(dir=directory)
     path = os.path.join(folder, f"{stem}_inpainted.png")
     images.write_image(path, image)
+    folders = sorted((entry for entry in os.scandir(directory) if entry.is_dir()),
+                     key=lambda entry: entry.stat().st_mtime_ns, reverse=True)
+    for old in folders[KEPT_RESULTS:]:
+        if old.path != folder:
+            shutil.rmtree(old.path, ignore_errors=True)
     return path
 
 
@@ -340,8 +367,10 @@ def example_photo(name: str) -> np.ndarray:
 # ----------------------------------------------------------------------------- the page
 
 def build_app(methods: Sequence[Method], *, max_side: int = 1024, max_upload_mb: float = 50,
-              output_dir: str | None = None, brush_size: int | str = "auto"):
-    """The gradio Blocks of the app (not launched); `brush_size`: the initial brush radius."""
+              output_dir: str | None = None, brush_size: int | str = "auto",
+              file_lifetime_s: int = FILE_LIFETIME_S):
+    """The gradio Blocks of the app (not launched); `brush_size`: the initial brush radius;
+    files made for the page are deleted `file_lifetime_s` to twice that after they were made."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     import gradio as gr
 
@@ -362,8 +391,8 @@ def build_app(methods: Sequence[Method], *, max_side: int = 1024, max_upload_mb:
         return ((photo, name), editor, None, gr.update(value=None, interactive=False), status,
                 None, example_choice)
 
-    def failed(message: str):
-        return unchanged[:4] + (f"**Error:** {message}",) + unchanged[5:]
+    def failed(err: BaseException):
+        return unchanged[:4] + (page_error(err),) + unchanged[5:]
 
     def on_upload(path):
         if not path:
@@ -374,7 +403,7 @@ def build_app(methods: Sequence[Method], *, max_side: int = 1024, max_upload_mb:
                                  f"of {max_upload_mb:g} MB")
             photo = decode_photo(path)
         except USER_ERRORS as err:
-            return failed(str(err))
+            return failed(err)
         return show_photo(photo, os.path.splitext(os.path.basename(path))[0])
 
     def on_example(name):
@@ -392,10 +421,11 @@ def build_app(methods: Sequence[Method], *, max_side: int = 1024, max_upload_mb:
             path, status = respond(by_label[label], *original, editor_value, mask_path,
                                    max_side=max_side, output_dir=output_dir)
         except USER_ERRORS as err:  # bad input, a full disk: said in the page, the app goes on
-            return gr.update(), gr.update(), f"**Error:** {err}"
+            return gr.update(), gr.update(), page_error(err)
         return path, gr.update(value=path, interactive=True), status
 
-    with gr.Blocks(title="pconv_jax inpainting") as demo:
+    with gr.Blocks(title="pconv_jax inpainting",
+                   delete_cache=(file_lifetime_s, file_lifetime_s)) as demo:
         gr.Markdown("## Inpainting with partial convolutions\nUpload a photo or pick an example, "
                     "paint over what should go, press **Inpaint**.")
         original = gr.State(None)
@@ -427,20 +457,28 @@ def build_app(methods: Sequence[Method], *, max_side: int = 1024, max_upload_mb:
                 status = gr.Markdown("Upload a photo or pick an example.", elem_id="status")
 
         photo_outputs = [original, editor, result, download, status, photo_file, example]
-        photo_file.upload(on_upload, photo_file, photo_outputs)
-        example.input(on_example, example, photo_outputs)
-        run.click(on_inpaint, [original, editor, mask_file, method], [result, download, status])
+        # Every event that decodes or fills pixels waits for the one before, whichever client
+        # sent it: one photo's memory and one network or PatchMatch run at a time.
+        one_at_a_time = {"concurrency_id": "pixels", "concurrency_limit": 1}
+        photo_file.upload(on_upload, photo_file, photo_outputs, **one_at_a_time)
+        example.input(on_example, example, photo_outputs, **one_at_a_time)
+        run.click(on_inpaint, [original, editor, mask_file, method], [result, download, status],
+                  **one_at_a_time)
     return demo
 
 
 def launch(demo, *, host: str = "127.0.0.1", port: int = 7860, max_upload_mb: float = 50):
     """Starts serving the app in the background (never a public share link); returns once it
-    serves. OSError naming `--port` when (host, port) cannot be bound."""
+    serves. OSError naming `--port` when (host, port) cannot be bound.
+
+    An unexpected error is "Error" in the page, its message and traceback only in the server's
+    log (it could name server paths); errors a user can cause are said in the status line.
+    """
     demo.queue(default_concurrency_limit=1)
     try:
         demo.launch(server_name=host, server_port=port, share=False, inbrowser=False,
                     max_file_size=f"{int(max_upload_mb * 1024)}kb", prevent_thread_lock=True,
-                    show_error=True, quiet=True)
+                    show_error=False, quiet=True)
     except OSError:  # gradio's message advises its own settings, not this command's flags
         raise OSError(f"cannot serve on {host}:{port} ({bind_problem(host, port)}): pass a free "
                       f"--port (or another --host)") from None
