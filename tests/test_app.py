@@ -7,6 +7,10 @@ import importlib.util
 import os
 import shutil
 import socket
+import subprocess
+import sys
+import threading
+import time
 
 import cv2
 import numpy as np
@@ -17,6 +21,7 @@ from pconv_jax.inference import app
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium"
                                         if os.path.exists("/usr/bin/chromium") else None)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXTRAS = all(importlib.util.find_spec(m) for m in ("gradio", "playwright"))
 BRUSH = 6  # brush radius in the tests' app, in photo pixels
 
@@ -121,6 +126,49 @@ def test_boxes_merge_where_their_context_overlaps():
     assert (covered[holes] == 1).all()  # every hole pixel in exactly one box
 
 
+def _assert_boxes_hold_regions_with_context(holes, boxes) -> None:
+    """Boxes don't overlap, and each holds whole hole regions with at least MIN_CONTEXT around."""
+    painted = np.zeros(holes.shape, int)
+    for y0, x0, y1, x1 in boxes:
+        painted[y0:y1, x0:x1] += 1
+    assert painted.max() == 1  # no two boxes overlap
+    box_of = np.zeros(holes.shape, int)
+    for i, (y0, x0, y1, x1) in enumerate(boxes):
+        box_of[y0:y1, x0:x1] = i + 1
+    count, _, stats, _ = cv2.connectedComponentsWithStats(holes.astype(np.uint8), connectivity=8)
+    c = app.MIN_CONTEXT
+    for x, y, w, h, _ in stats[1:count]:
+        around = box_of[max(0, y - c):y + h + c, max(0, x - c):x + w + c]
+        assert (around == around.flat[0]).all() and around.flat[0] > 0
+
+
+def test_speckled_mask_is_grouped_in_linear_time():
+    holes = np.zeros((1100, 1100), bool)
+    holes[200::8, ::8] = True  # 15,594 separated dots (a 1.3 % fill)
+    holes[0, 0] = True         # and one far from them: the pairwise merge rescanned all after it
+    start = time.perf_counter()
+    boxes = app.hole_boxes(holes)
+    seconds = time.perf_counter() - start
+    assert sorted(boxes) == [(0, 0, 49, 49), (152, 0, 1100, 1100)]
+    _assert_boxes_hold_regions_with_context(holes, boxes)
+    assert seconds < 5, seconds  # about 0.05 s; the pairwise merge took 14 s to 70 s
+
+
+def test_many_distant_holes_are_filled_in_a_bounded_number_of_crops():
+    holes = np.zeros((1100, 1100), bool)
+    holes[5::100, 5::100] = True  # 121 dots, their contexts apart: one crop each before
+    boxes = app.hole_boxes(holes)
+    assert 1 <= len(boxes) <= app.MAX_CROPS
+    _assert_boxes_hold_regions_with_context(holes, boxes)
+    seen: list[tuple[int, ...]] = []
+    photo = np.random.default_rng(2).integers(0, 256, (1100, 1100, 3), np.uint8)
+    valid = (~holes).astype(np.float32)[..., None]
+    result = app.inpaint_photo(_fake_method(seen), photo, valid, max_side=1024)
+    assert 1 <= len(seen) <= app.MAX_CROPS
+    np.testing.assert_array_equal(result[~holes], photo[~holes])
+    assert (result[holes] != photo[holes]).any()
+
+
 def test_workdir_without_checkpoint_stops_the_start(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing_here"):
         app.load_methods([str(tmp_path / "nothing_here")])
@@ -131,6 +179,155 @@ def test_workdir_without_checkpoint_stops_the_start(tmp_path):
     (tmp_path / "empty" / "checkpoints").mkdir()
     with pytest.raises(FileNotFoundError, match="no checkpoint in .*empty"):
         app.load_methods([str(tmp_path / "empty")])
+
+
+def test_busy_port_is_one_error_line_naming_the_port_and_nothing_says_serving():
+    if importlib.util.find_spec("gradio") is None:
+        pytest.skip("gradio is missing: pip install -e '.[app]'")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run([sys.executable, "app.py", "--port", str(port)], cwd=ROOT,
+                              capture_output=True, text=True, timeout=600)
+    assert done.returncode != 0
+    assert "serving on" not in done.stdout + done.stderr
+    errors = [line for line in (done.stdout + done.stderr).splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and errors[0].startswith("error:"), done.stdout + done.stderr
+    assert f"127.0.0.1:{port}" in errors[0] and "--port" in errors[0], errors[0]
+    assert "GRADIO_SERVER_PORT" not in errors[0] and "already in use" in errors[0], errors[0]
+
+
+def test_page_errors_cut_paths_to_file_names():
+    err = OSError(28, "No space left on device", "/tmp/pconv_app_1/tmpab/cat_inpainted.png")
+    assert app.page_error(err) == ("**Error:** [Errno 28] No space left on device: "
+                                   "'cat_inpainted.png'")
+    err = OSError(2, "No such file", "C:\\Users\\me\\AppData\\Local\\Temp\\gradio\\cat.png")
+    assert app.page_error(err) == "**Error:** [Errno 2] No such file: 'cat.png'"
+    kept = "mask 'm.png' is 30x20 but the photo is 40x20; see http://host:7860/a and docs/app.md"
+    assert app.page_error(app.InputError(kept)) == f"**Error:** {kept}"
+
+
+# ----------------------------------------------------------------------------- over HTTP
+
+class _Gate:
+    """A method that waits at a gate: `started` once it runs, it fills when `opened` is set, or
+    raises `error` when one is given."""
+
+    def __init__(self):
+        self.started, self.opened, self.error = threading.Event(), threading.Event(), None
+        self.method = app.Method("gated", self._fill, 8, compiled=False)
+
+    def _fill(self, images, masks):
+        self.started.set()
+        assert self.opened.wait(300)
+        if self.error:
+            raise self.error
+        return np.where(masks > 0.5, images, 0.5)
+
+
+@pytest.fixture
+def serve_gated(tmp_path):
+    """Serves the app with one gated method on a free port: (its URL, the gate, the output
+    folder) for a given lifetime of the page's files."""
+    if importlib.util.find_spec("gradio") is None:
+        pytest.skip("gradio is missing: pip install -e '.[app]'")
+    served = []
+
+    def serve(file_lifetime_s: int = app.FILE_LIFETIME_S):
+        gate, out, port = _Gate(), tmp_path / "out", _free_port()
+        demo = app.build_app([gate.method], output_dir=str(out), file_lifetime_s=file_lifetime_s)
+        app.launch(demo, port=port)
+        served.append((demo, gate))
+        return f"http://127.0.0.1:{port}", gate, out
+    yield serve
+    for demo, gate in served:
+        gate.opened.set()
+        demo.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _photo_and_mask(tmp_path) -> tuple[str, str]:
+    """A 60x40 photo file and a mask file (white = hole) for it."""
+    photo = np.random.default_rng(3).integers(0, 256, (40, 60, 3), np.uint8)
+    mask = np.zeros((40, 60), np.uint8)
+    mask[10:20, 15:30] = 255
+    cv2.imwrite(str(tmp_path / "photo.png"), photo)
+    cv2.imwrite(str(tmp_path / "mask.png"), mask)
+    return str(tmp_path / "photo.png"), str(tmp_path / "mask.png")
+
+
+def _client(url):
+    """A client that leaves the files it is given on the server (the paths are the server's)."""
+    from gradio_client import Client
+    return Client(url, verbose=False, download_files=False)
+
+
+def test_an_upload_waits_while_another_clients_inpaint_runs(serve_gated, tmp_path):
+    from gradio_client import handle_file
+    url, gate, _ = serve_gated()
+    photo, mask = _photo_and_mask(tmp_path)
+    first = _client(url)
+    first.predict(handle_file(photo), api_name="/on_upload")
+    inpaint = first.submit(None, handle_file(mask), "gated", api_name="/on_inpaint")
+    assert gate.started.wait(300)
+    upload = _client(url).submit(handle_file(photo), api_name="/on_upload")
+    time.sleep(3)  # ample for a 60x40 upload, were it served beside the Inpaint
+    assert not upload.done(), upload.status()
+    gate.opened.set()
+    assert "Filled" in inpaint.result(timeout=300)[2]
+    assert "60x40" in upload.result(timeout=300)[3]
+
+
+def test_errors_in_the_page_name_no_server_path(serve_gated, tmp_path):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+    url, gate, out = serve_gated()
+    photo, mask = _photo_and_mask(tmp_path)
+    (tmp_path / "notes.txt").write_text("not pixels")
+    client = _client(url)
+    status = client.predict(handle_file(str(tmp_path / "notes.txt")), api_name="/on_upload")[3]
+    assert "'notes.txt' is not an image" in status and "/" not in status, status
+    client.predict(handle_file(photo), api_name="/on_upload")
+    gate.opened.set()
+    shutil.rmtree(out)
+    out.write_text("a file where the results folder was: writing a result fails")
+    status = client.predict(None, handle_file(mask), "gated", api_name="/on_inpaint")[2]
+    assert "Error" in status and "Not a directory" in status and "/" not in status, status
+    gate.error = RuntimeError(f"a bug, in {tmp_path}")  # not a user's error: no message at all
+    with pytest.raises(AppError) as raised:
+        client.predict(None, handle_file(mask), "gated", api_name="/on_inpaint")
+    assert str(tmp_path) not in str(raised.value), raised.value
+
+
+def test_results_and_shown_photos_are_deleted_after_their_lifetime(serve_gated, tmp_path):
+    from gradio_client import handle_file
+    url, gate, out = serve_gated(file_lifetime_s=5)
+    photo, _ = _photo_and_mask(tmp_path)
+    gate.opened.set()
+    client = _client(url)
+    shown = client.predict(handle_file(photo), api_name="/on_upload")[0]["background"]["path"]
+    assert os.path.isfile(shown)  # on this machine: the server is local
+    served = [shown]
+    for i in range(app.KEPT_RESULTS + 2):
+        mask = np.zeros((40, 60), np.uint8)
+        mask[i:i + 10, 15:30] = 255  # another result each time (gradio keeps one per content)
+        cv2.imwrite(str(tmp_path / "mask.png"), mask)
+        result = client.predict(None, handle_file(str(tmp_path / "mask.png")), "gated",
+                                api_name="/on_inpaint")
+        served.append(result[0]["path"])  # gradio's copy
+        assert os.path.isfile(served[-1])
+    assert len(os.listdir(out)) == app.KEPT_RESULTS  # the output folder keeps the newest only
+    assert len(set(served)) == len(served), served
+    deadline = time.monotonic() + 120
+    while any(os.path.exists(path) for path in served) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not any(os.path.exists(path) for path in served), served
 
 
 # ----------------------------------------------------------------------------- in a browser
@@ -155,10 +352,8 @@ def served(tmp_path_factory):
     shutil.copytree(root / "net_a", root / "net_b")
     methods = app.load_methods([str(root / "net_a"), str(root / "net_b")])
     demo = app.build_app(methods, brush_size=BRUSH, output_dir=str(root / "out"))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    app.launch(demo, port=port, block=False)
+    port = _free_port()
+    app.launch(demo, port=port)
     yield f"http://127.0.0.1:{port}", [m.label for m in methods]
     demo.close()
 

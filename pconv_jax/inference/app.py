@@ -18,7 +18,10 @@ padding, composite). Two additions make it interactive:
   around them), or from a downscaled copy where a hole region is itself larger than
   `--max_side`; only the hole pixels are pasted into the full-resolution photo.
 
-The server binds 127.0.0.1 unless `--host` says otherwise and never makes a public link.
+The server binds 127.0.0.1 unless `--host` says otherwise and never makes a public link. It
+serves the requests that decode or fill pixels (upload, example, Inpaint) one at a time, whichever
+client sent them, fills a photo in at most MAX_CROPS crops, deletes the files it made for the
+page an hour or two after it made them, and shows no server path in the page.
 """
 
 from __future__ import annotations
@@ -26,6 +29,9 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import os
+import re
+import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -49,7 +55,13 @@ MIN_CONTEXT = 48
 # The editor gets a copy no larger than this (painting does not need more); the mask painted on
 # it is scaled back to the photo nearest-neighbour.
 DISPLAY_MAX_SIDE = 2048
+# A large photo is filled in at most this many crops (one network or PatchMatch call each).
+MAX_CROPS = 64
 MAX_PIXELS = 100_000_000  # decoded photos above this are refused (a small file can hold a huge one)
+KEPT_RESULTS = 2  # result PNGs kept in the output folder
+# Files gradio keeps for the page (uploads, shown images, results) are deleted this long after
+# they were made, checked as often.
+FILE_LIFETIME_S = 3600
 EXAMPLES = ("coffee", "chelsea", "astronaut", "rocket", "flower.jpg")
 
 Fill = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -57,6 +69,17 @@ Fill = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 class InputError(ValueError):
     """Bad input from the page: its message is shown there."""
+
+
+# An absolute path's folders (POSIX or Windows, separators doubled in a repr), not those of a URL
+# or a relative path.
+_FOLDERS = re.compile(r"(?<![\w:./\\])(?:[A-Za-z]:)?[\\/]+(?:[^\s'\"\\/]+[\\/]+)+")
+
+
+def page_error(err: BaseException) -> str:
+    """The status line for an error: its message with every absolute path cut to its file name
+    (the server's folders, its temporary ones above all, are not the page's business)."""
+    return f"**Error:** {_FOLDERS.sub('', str(err))}"
 
 
 # ----------------------------------------------------------------------------- methods
@@ -135,32 +158,60 @@ def load_methods(workdirs: Sequence[str]) -> list[Method]:
 
 # ----------------------------------------------------------------------------- filling
 
-def hole_boxes(holes: np.ndarray) -> list[tuple[int, int, int, int]]:
-    """(y0, x0, y1, x1) boxes around the hole regions with context, merged where they overlap.
+def grouped_boxes(boxes: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """The bounding boxes (y0, x0, y1, x1) of the groups of `boxes` that overlap or touch, in one
+    pass over the image: the boxes are painted (corner marks, summed up), the painting labelled."""
+    marks = np.zeros((shape[0] + 1, shape[1] + 1), np.int32)
+    y0, x0, y1, x1 = boxes.T
+    for ys, xs, sign in ((y0, x0, 1), (y0, x1, -1), (y1, x0, -1), (y1, x1, 1)):
+        np.add.at(marks, (ys, xs), sign)
+    np.cumsum(marks, axis=0, out=marks)
+    np.cumsum(marks, axis=1, out=marks)
+    painted = (marks[:-1, :-1] > 0).astype(np.uint8)
+    count, _, stats, _ = cv2.connectedComponentsWithStats(painted, connectivity=4)
+    x, y, w, h = stats[1:count, :4].T.astype(np.int64)
+    return np.stack([y, x, y + h, x + w], axis=1)
 
-    Every hole pixel lies in exactly one box, and a box holds whole hole regions only.
+
+def merge_overlapping(boxes: Sequence[Sequence[int]]) -> list[tuple[int, int, int, int]]:
+    """Unites overlapping boxes until none overlap (pairwise: meant for a few boxes)."""
+    boxes = [tuple(int(v) for v in box) for box in boxes]
+    merged = True
+    while merged:
+        merged, kept = False, []
+        for a in boxes:
+            for i, b in enumerate(kept):
+                if a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]:
+                    kept[i] = (min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3]))
+                    merged = True
+                    break
+            else:
+                kept.append(a)
+        boxes = kept
+    return boxes
+
+
+def hole_boxes(holes: np.ndarray, max_boxes: int = MAX_CROPS) -> list[tuple[int, int, int, int]]:
+    """At most `max_boxes` (y0, x0, y1, x1) boxes around the hole regions with context, merged
+    where they overlap.
+
+    Every hole pixel lies in exactly one box, and a box holds whole hole regions with at least
+    their context. The work is linear in the image size: the regions' boxes are grouped on a
+    painted map, not pair by pair. When the groups are more than `max_boxes` (a speckled mask),
+    the context doubles until they are not, which bounds the crops one photo costs.
     """
     h, w = holes.shape
     count, _, stats, _ = cv2.connectedComponentsWithStats(holes.astype(np.uint8), connectivity=8)
-    boxes = []
-    for x, y, bw, bh, _ in stats[1:count]:
-        margin = max(MIN_CONTEXT, max(bw, bh) // 2)
-        boxes.append((max(0, y - margin), max(0, x - margin),
-                      min(h, y + bh + margin), min(w, x + bw + margin)))
-    merged = True
-    while merged:  # union overlapping boxes until none overlap
-        merged = False
-        for i in range(len(boxes)):
-            for j in range(i + 1, len(boxes)):
-                a, b = boxes[i], boxes[j]
-                if a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]:
-                    boxes[i] = (min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3]))
-                    del boxes[j]
-                    merged = True
-                    break
-            if merged:
-                break
-    return boxes
+    x, y, bw, bh = stats[1:count, :4].T.astype(np.int64)
+    context = MIN_CONTEXT
+    while True:
+        margin = np.maximum(context, np.maximum(bw, bh) // 2)
+        boxes = np.stack([np.maximum(y - margin, 0), np.maximum(x - margin, 0),
+                          np.minimum(y + bh + margin, h), np.minimum(x + bw + margin, w)], axis=1)
+        groups = grouped_boxes(boxes, (h, w))
+        if len(groups) <= max_boxes:  # a context as large as the image leaves one group
+            return merge_overlapping(groups)
+        context *= 2
 
 
 def fill_downscaled(method: Method, image: np.ndarray, valid: np.ndarray,
@@ -283,10 +334,17 @@ def respond(method: Method, photo: np.ndarray, stem: str, editor_value: Mapping 
 
 
 def write_png(directory: str, stem: str, image: np.ndarray) -> str:
-    """Writes uint8 RGB `image` as `<directory>/<n>/<stem>_inpainted.png` (a fresh folder each)."""
+    """Writes uint8 RGB `image` as `<directory>/<n>/<stem>_inpainted.png` (a fresh folder each)
+    and deletes the folders of all but the KEPT_RESULTS newest results (gradio serves its own
+    copy of each, made before the next request runs)."""
     folder = tempfile.mkdtemp(dir=directory)
     path = os.path.join(folder, f"{stem}_inpainted.png")
     images.write_image(path, image)
+    folders = sorted((entry for entry in os.scandir(directory) if entry.is_dir()),
+                     key=lambda entry: entry.stat().st_mtime_ns, reverse=True)
+    for old in folders[KEPT_RESULTS:]:
+        if old.path != folder:
+            shutil.rmtree(old.path, ignore_errors=True)
     return path
 
 
@@ -309,8 +367,10 @@ def example_photo(name: str) -> np.ndarray:
 # ----------------------------------------------------------------------------- the page
 
 def build_app(methods: Sequence[Method], *, max_side: int = 1024, max_upload_mb: float = 50,
-              output_dir: str | None = None, brush_size: int | str = "auto"):
-    """The gradio Blocks of the app (not launched); `brush_size`: the initial brush radius."""
+              output_dir: str | None = None, brush_size: int | str = "auto",
+              file_lifetime_s: int = FILE_LIFETIME_S):
+    """The gradio Blocks of the app (not launched); `brush_size`: the initial brush radius;
+    files made for the page are deleted `file_lifetime_s` to twice that after they were made."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     import gradio as gr
 
@@ -331,8 +391,8 @@ def build_app(methods: Sequence[Method], *, max_side: int = 1024, max_upload_mb:
         return ((photo, name), editor, None, gr.update(value=None, interactive=False), status,
                 None, example_choice)
 
-    def failed(message: str):
-        return unchanged[:4] + (f"**Error:** {message}",) + unchanged[5:]
+    def failed(err: BaseException):
+        return unchanged[:4] + (page_error(err),) + unchanged[5:]
 
     def on_upload(path):
         if not path:
@@ -343,7 +403,7 @@ def build_app(methods: Sequence[Method], *, max_side: int = 1024, max_upload_mb:
                                  f"of {max_upload_mb:g} MB")
             photo = decode_photo(path)
         except USER_ERRORS as err:
-            return failed(str(err))
+            return failed(err)
         return show_photo(photo, os.path.splitext(os.path.basename(path))[0])
 
     def on_example(name):
@@ -361,10 +421,11 @@ def build_app(methods: Sequence[Method], *, max_side: int = 1024, max_upload_mb:
             path, status = respond(by_label[label], *original, editor_value, mask_path,
                                    max_side=max_side, output_dir=output_dir)
         except USER_ERRORS as err:  # bad input, a full disk: said in the page, the app goes on
-            return gr.update(), gr.update(), f"**Error:** {err}"
+            return gr.update(), gr.update(), page_error(err)
         return path, gr.update(value=path, interactive=True), status
 
-    with gr.Blocks(title="pconv_jax inpainting") as demo:
+    with gr.Blocks(title="pconv_jax inpainting",
+                   delete_cache=(file_lifetime_s, file_lifetime_s)) as demo:
         gr.Markdown("## Inpainting with partial convolutions\nUpload a photo or pick an example, "
                     "paint over what should go, press **Inpaint**.")
         original = gr.State(None)
@@ -396,19 +457,43 @@ def build_app(methods: Sequence[Method], *, max_side: int = 1024, max_upload_mb:
                 status = gr.Markdown("Upload a photo or pick an example.", elem_id="status")
 
         photo_outputs = [original, editor, result, download, status, photo_file, example]
-        photo_file.upload(on_upload, photo_file, photo_outputs)
-        example.input(on_example, example, photo_outputs)
-        run.click(on_inpaint, [original, editor, mask_file, method], [result, download, status])
+        # Every event that decodes or fills pixels waits for the one before, whichever client
+        # sent it: one photo's memory and one network or PatchMatch run at a time.
+        one_at_a_time = {"concurrency_id": "pixels", "concurrency_limit": 1}
+        photo_file.upload(on_upload, photo_file, photo_outputs, **one_at_a_time)
+        example.input(on_example, example, photo_outputs, **one_at_a_time)
+        run.click(on_inpaint, [original, editor, mask_file, method], [result, download, status],
+                  **one_at_a_time)
     return demo
 
 
-def launch(demo, *, host: str = "127.0.0.1", port: int = 7860, max_upload_mb: float = 50,
-           block: bool = True):
-    """Serves the app (never a public share link)."""
-    demo.queue(default_concurrency_limit=1)  # one request at a time on the accelerator
-    return demo.launch(server_name=host, server_port=port, share=False, inbrowser=False,
-                       max_file_size=f"{int(max_upload_mb * 1024)}kb",
-                       prevent_thread_lock=not block, show_error=True, quiet=True)
+def launch(demo, *, host: str = "127.0.0.1", port: int = 7860, max_upload_mb: float = 50):
+    """Starts serving the app in the background (never a public share link); returns once it
+    serves. OSError naming `--port` when (host, port) cannot be bound.
+
+    An unexpected error is "Error" in the page, its message and traceback only in the server's
+    log (it could name server paths); errors a user can cause are said in the status line.
+    """
+    demo.queue(default_concurrency_limit=1)
+    try:
+        demo.launch(server_name=host, server_port=port, share=False, inbrowser=False,
+                    max_file_size=f"{int(max_upload_mb * 1024)}kb", prevent_thread_lock=True,
+                    show_error=False, quiet=True)
+    except OSError:  # gradio's message advises its own settings, not this command's flags
+        raise OSError(f"cannot serve on {host}:{port} ({bind_problem(host, port)}): pass a free "
+                      f"--port (or another --host)") from None
+
+
+def bind_problem(host: str, port: int) -> str:
+    """Why (host, port) cannot be bound, in the system's words."""
+    try:
+        family = socket.getaddrinfo(host, port)[0][0]
+        with socket.socket(family) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does
+            probe.bind((host, port))
+    except OSError as err:
+        return err.strerror or str(err)
+    return "the server did not start"
 
 
 # ----------------------------------------------------------------------------- command
@@ -429,8 +514,9 @@ def main(argv: Sequence[str]) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # gradio's own start-up requests
     methods = load_methods(options.workdir)  # before serving: a bad workdir stops the start
     demo = build_app(methods, max_side=options.max_side, max_upload_mb=options.max_upload_mb)
-    print(f"serving on http://{options.host}:{options.port} (Ctrl+C stops)", flush=True)
     launch(demo, host=options.host, port=options.port, max_upload_mb=options.max_upload_mb)
+    print(f"serving on http://{options.host}:{options.port} (Ctrl+C stops)", flush=True)
+    demo.block_thread()
 
 
 def define_flags() -> None:
