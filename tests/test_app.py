@@ -14,6 +14,7 @@ import time
 
 import cv2
 import numpy as np
+import PIL.Image
 import pytest
 from test_train_helpers import demo_config
 
@@ -78,6 +79,19 @@ def test_mask_file_adds_holes_and_bad_masks_are_page_errors(tmp_path):
     with pytest.raises(app.InputError, match="above the limit"):
         cv2.imwrite(str(tmp_path / "big.png"), np.zeros((50, 50, 3), np.uint8))
         app.decode_photo(str(tmp_path / "big.png"), max_pixels=2000)
+
+
+def test_uploads_obey_the_readers_pixel_limit_before_decoding(tmp_path, monkeypatch):
+    """The app's limit is the reader's (`PCONV_MAX_PIXELS` raises it), checked from the header."""
+    path = str(tmp_path / "photo.png")
+    cv2.imwrite(path, np.zeros((40, 50, 3), np.uint8))
+    monkeypatch.setenv("PCONV_MAX_PIXELS", "1999")
+    monkeypatch.setattr(PIL.Image.Image, "load", lambda self: pytest.fail("decoded"))
+    with pytest.raises(app.InputError, match=r"'photo.png' is 50x40 pixels, above the limit"):
+        app.decode_photo(path)
+    monkeypatch.undo()
+    monkeypatch.setenv("PCONV_MAX_PIXELS", "2000")
+    assert app.decode_photo(path).shape == (40, 50, 3)
 
 
 def test_similar_sizes_share_a_padded_shape():

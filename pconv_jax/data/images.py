@@ -54,10 +54,14 @@ def pixel_limit() -> int:
     return limit
 
 
+class ImageTooLargeError(ValueError):
+    """A readable image file above the pixel limit."""
+
+
 def _check_size(path: str, size: tuple[int, int], max_pixels: int) -> None:
     width, height = size
     if width * height > max_pixels:
-        raise ValueError(
+        raise ImageTooLargeError(
             f"image {path!r} is {width}x{height} pixels, above the limit of {max_pixels} "
             f"pixels; to read it, raise the limit with the environment variable "
             f"{MAX_PIXELS_VARIABLE} (e.g. {MAX_PIXELS_VARIABLE}={width * height})")

@@ -57,7 +57,6 @@ MIN_CONTEXT = 48
 DISPLAY_MAX_SIDE = 2048
 # A large photo is filled in at most this many crops (one network or PatchMatch call each).
 MAX_CROPS = 64
-MAX_PIXELS = 100_000_000  # decoded photos above this are refused (a small file can hold a huge one)
 KEPT_RESULTS = 2  # result PNGs kept in the output folder
 # Files gradio keeps for the page (uploads, shown images, results) are deleted this long after
 # they were made, checked as often.
@@ -247,22 +246,23 @@ def fill_photo(method: Method, image: np.ndarray, valid: np.ndarray,
 
 # ----------------------------------------------------------------------------- page input
 
-def decode_photo(path: str | None, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """uint8 RGB (H, W, 3) of an uploaded file; InputError when it is not a usable image."""
+def decode_photo(path: str | None, max_pixels: int | None = None) -> np.ndarray:
+    """uint8 RGB (H, W, 3) of an uploaded file; InputError when it is not a usable image.
+
+    `max_pixels` defaults to `images.pixel_limit()`; the reader checks it from the file's header,
+    before decoding (a small file can hold a huge image)."""
     if not path:
         raise InputError("upload a photo or pick an example first")
     name = os.path.basename(path)
     if os.path.getsize(path) == 0:
         raise InputError(f"{name!r} is empty: upload a PNG, JPEG, WebP, BMP or TIFF image")
     try:
-        image = images.read_image(path)
+        return images.read_image(path, max_pixels=max_pixels)
+    except images.ImageTooLargeError as error:
+        raise InputError(page_error(error)) from error
     except (OSError, ValueError) as error:
-        raise InputError(f"{name!r} is not an image this app can read ({error}): upload a "
-                         f"PNG, JPEG, WebP, BMP or TIFF image") from error
-    if image.shape[0] * image.shape[1] > max_pixels:
-        raise InputError(f"{name!r} is {image.shape[1]}x{image.shape[0]} pixels, above the "
-                         f"limit of {max_pixels / 1e6:.0f} megapixels")
-    return image
+        raise InputError(f"{name!r} is not an image this app can read ({page_error(error)}): "
+                         f"upload a PNG, JPEG, WebP, BMP or TIFF image") from error
 
 
 def painted_holes(editor_value: Mapping | None, size: tuple[int, int]) -> np.ndarray:
