@@ -424,8 +424,6 @@ def main(argv: Sequence[str]) -> None:
         raise app.UsageError("the app needs gradio: pip install -e '.[app]'")
     import logging
 
-    from pconv_jax.training.logs import quiet_library_logs
-    quiet_library_logs()
     logging.getLogger("httpx").setLevel(logging.WARNING)  # gradio's own start-up requests
     methods = load_methods(options.workdir)  # before serving: a bad workdir stops the start
     demo = build_app(methods, max_side=options.max_side, max_upload_mb=options.max_upload_mb)

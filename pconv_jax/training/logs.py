@@ -15,22 +15,6 @@ if TYPE_CHECKING:  # clu's writers pull in TensorFlow: imported only where a run
     from clu import metric_writers, periodic_actions
 
 
-class _LibraryInfoFilter(logging.Filter):
-    """Drops the INFO chatter of libraries (Orbax logs every save step by step)."""
-
-    _NOISY = ("/orbax/", "/jax/_src/xla_bridge", "/jax/_src/distributed")
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.WARNING or not any(
-            part in record.pathname for part in self._NOISY)
-
-
-def quiet_library_logs() -> None:
-    """Keeps the console to our progress, metrics and warnings."""
-    logging.getLogger("absl").addFilter(_LibraryInfoFilter())
-    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no TPU found"
-
-
 def create_writer(workdir: str) -> metric_writers.MetricWriter:
     """TensorBoard (in `workdir`) + console writer on process 0; console-only logging elsewhere."""
     import tensorflow as tf
