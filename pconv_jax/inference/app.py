@@ -127,9 +127,11 @@ def load_methods(workdirs: Sequence[str]) -> list[Method]:
             raise FileNotFoundError(f"workdir {workdir!r} has no checkpoints/ folder: train a "
                                     f"model there first, or pass another --workdir")
         config = inpaint.workdir_config(workdir)
-        fill, multiple = inpaint.build_inpainter("model", workdir, None, None)
+        # The network pads to the buckets itself, so that it counts only the photo's pixels.
+        fill, multiple = inpaint.build_inpainter("model", workdir, None, None,
+                                                 pad_side=bucket_side)
         label = workdir_label(workdir, bool(config.model.get("partial", True)), unique)
-        methods.append(Method(label, fill, multiple, compiled=True))
+        methods.append(Method(label, fill, multiple, compiled=False))
     return methods + classical_methods()
 
 
