@@ -23,11 +23,10 @@ an input (`--out` or `--panel` equal to `--image` or `--mask`, or inside an inpu
 loaded.
 
 Any image size: the network needs sides that are multiples of 2**depth, so the image *and its
-mask* are mirror-padded (symmetric) up to a padded side and the result is cropped back. A padded
+mask* are mirror-padded (symmetric) up to the next multiple and the result is cropped back. A padded
 pixel is thus valid exactly where the pixel it mirrors is valid, so the network sees plausible
-context at the border and never has to invent the padding. The padded sides are the web app's
-few buckets (`app.bucket_side`), so photos and crops of similar sizes share one compilation. The
-output is the composite: the known pixels are the input's, the holes the network's.
+context at the border and never has to invent the padding. The output is the composite: the
+known pixels are the input's, the holes the network's.
 
 Large photos: a photo with a side above `--max_side` (default 1024, as the web app) is filled
 crop by crop around its holes, with context around each, as the web app does
@@ -344,10 +343,8 @@ def main(argv: Sequence[str]) -> None:
     if args.max_side < 64:
         raise ValueError(f"--max_side must be at least 64, got {args.max_side}")
 
-    # The web app's buckets and crop-around-holes path.
-    from pconv_jax.inference import app as web_app
-    fill, multiple = build_inpainter(args.method, args.workdir, args.config, args.checkpoint,
-                                     pad_side=web_app.bucket_side)
+    from pconv_jax.inference import app as web_app  # its crop-around-holes path
+    fill, multiple = build_inpainter(args.method, args.workdir, args.config, args.checkpoint)
     method = functools.partial(inpaint_image, fill, multiple=multiple)
     for image_path, mask_path in tqdm(pairs, unit="image", file=sys.stderr,
                                       disable=not folder_mode):
