@@ -159,7 +159,7 @@ def quiet_library_logs() -> None:
     """Hides the libraries' log (see `_LibraryLogFilter`) and TensorFlow's C++ start-up lines."""
     # Read when TensorFlow loads (no command imports it before `main`): INFO lines off, and the
     # oneDNN notice, which TensorFlow prints before its log level applies (TensorFlow only
-    # writes event files here, so its oneDNN kernels do not matter).
+    # writes event files and reads records here: its oneDNN math kernels do not matter).
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     for handler in logging.getLogger().handlers:  # absl's handler: every logger ends there

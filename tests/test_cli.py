@@ -176,3 +176,21 @@ def test_inpaint_shows_no_library_log_unless_verbose(tmp_path):
     verbose = run_command(*args, "--verbose")
     assert verbose.returncode == 0, verbose.stderr[-3000:]
     assert re.search(r"^I\d{4} .*(orbax|checkpoint)", verbose.stderr, re.MULTILINE | re.I)
+
+
+def test_the_library_log_filter_keeps_the_projects_records_and_library_errors():
+    import logging
+
+    def passes(path: str, level: int) -> bool:
+        record = logging.LogRecord("absl", level, path, 1, "message", None, None)
+        return cli._LibraryLogFilter().filter(record)
+
+    lib = "/venv/lib/python3.12/site-packages"
+    assert passes(f"{REPO}/pconv_jax/training/logs.py", logging.INFO)
+    assert passes(f"{REPO}/train.py", logging.INFO)
+    assert passes(f"{lib}/pconv_jax/training/loop.py", logging.INFO)  # installed as a wheel
+    assert passes(f"{lib}/clu/metric_writers/logging_writer.py", logging.INFO)  # the metrics
+    assert not passes(f"{lib}/jax/_src/xla_bridge.py", logging.INFO)  # "Failed to open libtpu"
+    assert passes(f"{lib}/jax/_src/xla_bridge.py", logging.WARNING)
+    assert not passes(f"{lib}/orbax/checkpoint/checkpoint_manager.py", logging.WARNING)
+    assert passes(f"{lib}/orbax/checkpoint/checkpoint_manager.py", logging.ERROR)
