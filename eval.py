@@ -43,8 +43,6 @@ def main(argv):
     config = _CONFIG.value
     config_lib.validate(config)
     from pconv_jax.inference import evaluate
-    from pconv_jax.training.logs import quiet_library_logs
-    quiet_library_logs()
     workdir = _WORKDIR.value or config_lib.default_workdir(config.experiment, config.stage)
     evaluate.run(config, workdir, method=_METHOD.value, compare=_COMPARE.value,
                  metric_names=_METRICS.value, checkpoint_step=_CHECKPOINT.value)

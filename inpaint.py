@@ -4,5 +4,6 @@ from pconv_jax import cli
 from pconv_jax.inference import inpaint
 
 if __name__ == "__main__":
+    __doc__ = inpaint.__doc__  # --help shows the command's documentation
     inpaint.define_flags()
     cli.run(inpaint.main)

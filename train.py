@@ -33,8 +33,6 @@ def main(argv):
     config = _CONFIG.value
     config_lib.validate(config)  # before JAX, TensorFlow or the workdir
     from pconv_jax.training import loop, mesh  # after absl parsed the flags
-    from pconv_jax.training.logs import quiet_library_logs
-    quiet_library_logs()
     mesh.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     workdir = _WORKDIR.value or config_lib.default_workdir(config.experiment, config.stage)
     logging.info("workdir: %s", workdir)

@@ -5,10 +5,16 @@ defines its flags with `absl.flags` and starts with `cli.run(main)`. Errors a us
 bad config value, a missing or unreadable file, an incompatible checkpoint, a non-finite loss, a
 bad weight file, a full disk) print one line, `error: <message>`, and exit with status 1;
 `--debug` or `PCONV_JAX_DEBUG=1` shows the traceback instead.
+
+`--help` lists the flags the command defines (also those defined in the project's modules, e.g.
+`--debug`). The console shows the command's own output and warnings only: the libraries' log
+(JAX, Orbax, TensorFlow, grain: INFO lines, TensorFlow's start-up lines, Orbax's notes) is
+hidden unless `--verbose` is given; their errors always show.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import sys
@@ -19,6 +25,8 @@ from collections.abc import Callable, Sequence
 from absl import app, flags
 
 _DEBUG = flags.DEFINE_bool("debug", False, "show the full traceback of an error")
+_VERBOSE = flags.DEFINE_bool("verbose", False, "also show the libraries' log (JAX, Orbax, "
+                             "TensorFlow, grain)")
 
 # The error types a user's input or machine can cause; anything else is a bug and keeps its
 # traceback. OSError covers missing files, permissions and a full disk; ArithmeticError the
@@ -111,9 +119,59 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
         fail(_flag_error_text(err, argv))
 
 
+def _list_own_flags_in_help() -> None:
+    """Makes every flag the project defines a key flag of the main module (what `--help` lists).
+
+    absl lists only flags defined in the main module: not those a command defines in a library
+    module (`inpaint.py` runs `pconv_jax.inference.inpaint`'s flags) nor `--debug`/`--verbose`.
+    """
+    main_module = sys.argv[0]
+    for module, module_flags in flags.FLAGS.flags_by_module_dict().items():
+        if module == main_module or module.split(".")[0] == "pconv_jax":
+            for flag in module_flags:
+                flags.FLAGS.register_key_flag_for_module(main_module, flag)
+
+
+def _library_name(path: str) -> str | None:
+    """The installed package a source file belongs to; None for the project and scripts."""
+    parts = path.replace(os.sep, "/").split("/")
+    for folder in ("site-packages", "dist-packages"):
+        if folder in parts[:-1]:
+            return parts[parts.index(folder) + 1]
+    return None
+
+
+class _LibraryLogFilter(logging.Filter):
+    """Drops the libraries' log records below ERROR (Orbax's) or below WARNING (the others).
+
+    The project's records pass, and clu's: it writes the training's metrics and progress lines.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        library = _library_name(record.pathname)
+        if library in (None, "pconv_jax", "clu") or record.levelno >= logging.ERROR:
+            return True
+        # Orbax warns about options set on purpose (e.g. "read only" on every restore).
+        return record.levelno >= logging.WARNING and not library.startswith("orbax")
+
+
+def quiet_library_logs() -> None:
+    """Hides the libraries' log (see `_LibraryLogFilter`) and TensorFlow's C++ start-up lines."""
+    # Read when TensorFlow loads (no command imports it before `main`): INFO lines off, and the
+    # oneDNN notice, which TensorFlow prints before its log level applies (TensorFlow only
+    # writes event files and reads records here: its oneDNN math kernels do not matter).
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+    for handler in logging.getLogger().handlers:  # absl's handler: every logger ends there
+        if not any(isinstance(f, _LibraryLogFilter) for f in handler.filters):
+            handler.addFilter(_LibraryLogFilter())
+
+
 def run(main: Callable[[Sequence[str]], None]) -> None:
     """`absl.app.run(main)` with the error handler above, for flag parsing and `main` alike."""
     def guarded(argv: Sequence[str]) -> None:
+        if not _VERBOSE.value:
+            quiet_library_logs()
         try:
             main(argv)
         except app.UsageError:
@@ -123,4 +181,5 @@ def run(main: Callable[[Sequence[str]], None]) -> None:
                 fail(error_message(err).removeprefix("error: "))
             traceback.print_exc()  # a bug (or --debug): the traceback, then a prompt exit too
             exit_now(EXIT_ERROR)
+    _list_own_flags_in_help()
     app.run(guarded, flags_parser=parse_flags)

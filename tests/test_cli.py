@@ -119,3 +119,78 @@ def test_error_message_and_debug(monkeypatch):
     assert cli.debug_enabled()
     monkeypatch.setenv("PCONV_JAX_DEBUG", "0")
     assert not cli.debug_enabled()
+
+
+HELP_FLAGS = {  # a command -> flags its --help must list (its own, and the shared ones)
+    ("train.py",): ["--config", "--workdir", "--debug", "--verbose"],
+    ("eval.py",): ["--config", "--compare", "--metrics", "--debug", "--verbose"],
+    ("inpaint.py",): ["--image", "--mask", "--out", "--workdir", "--debug", "--verbose"],
+    ("app.py",): ["--workdir", "--max_side", "--port", "--debug", "--verbose"],
+    ("-m", "pconv_jax.inference.convert"): ["--force", "--channel_order", "--verbose"],
+    ("-m", "pconv_jax.data.masks"): ["--per-cell", "--size", "--verbose"],
+}
+
+
+def _listed_flags(help_text: str) -> set[str]:
+    return set(re.findall(r"^  --(?:\[no\])?([\w-]+)", help_text, re.MULTILINE))
+
+
+def test_help_lists_each_commands_own_flags():
+    for command, expected in HELP_FLAGS.items():
+        result = run_command(*command, "--help", timeout=120)  # absl's --help exits with 1
+        assert "Traceback" not in result.stderr, result.stderr[-3000:]
+        listed = _listed_flags(result.stdout)
+        assert {f.removeprefix("--") for f in expected} <= listed, (command, result.stdout)
+    script = run_command("inpaint.py", "--help").stdout
+    module = run_command("-m", "pconv_jax.inference.inpaint", "--help").stdout
+    assert _listed_flags(script) == _listed_flags(module)
+
+
+def _tiny_workdir(workdir) -> None:
+    """A workdir with config.json and a step-0 checkpoint of a tiny network (no training)."""
+    from pconv_jax import config as config_lib
+    from pconv_jax.inference import convert
+    from pconv_jax.training.step import create_model
+    config = config_lib.default_config()
+    config.model.depth, config.model.base_width, config.model.max_width = 2, 4, 8
+    workdir.mkdir()
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+    convert.write_checkpoint(config, create_model(config), str(workdir))
+
+
+def test_inpaint_shows_no_library_log_unless_verbose(tmp_path):
+    _tiny_workdir(tmp_path / "w")
+    cv2.imwrite(str(tmp_path / "photo.png"), np.full((48, 64, 3), 90, np.uint8))
+    holes = np.zeros((48, 64), np.uint8)
+    holes[6:42, 8:56] = 255  # beyond a depth-2 network's reach: our own warning must show
+    cv2.imwrite(str(tmp_path / "mask.png"), holes)
+    args = ["inpaint.py", "--workdir", str(tmp_path / "w"), "--image", str(tmp_path / "photo.png"),
+            "--mask", str(tmp_path / "mask.png"), "--out", str(tmp_path / "out.png")]
+    result = run_command(*args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == f"wrote {tmp_path / 'out.png'}"
+    log = [line for line in result.stderr.splitlines()
+           if re.match(r"[IWE]\d{4} |WARNING: All log messages", line) or "libtpu" in line]
+    assert not log, result.stderr[-3000:]
+    assert "beyond the network's reach" in result.stderr  # the project's warning still shows
+    verbose = run_command(*args, "--verbose")
+    assert verbose.returncode == 0, verbose.stderr[-3000:]
+    assert re.search(r"^I\d{4} .*(orbax|checkpoint)", verbose.stderr, re.MULTILINE | re.I)
+
+
+def test_the_library_log_filter_keeps_the_projects_records_and_library_errors():
+    import logging
+
+    def passes(path: str, level: int) -> bool:
+        record = logging.LogRecord("absl", level, path, 1, "message", None, None)
+        return cli._LibraryLogFilter().filter(record)
+
+    lib = "/venv/lib/python3.12/site-packages"
+    assert passes(f"{REPO}/pconv_jax/training/logs.py", logging.INFO)
+    assert passes(f"{REPO}/train.py", logging.INFO)
+    assert passes(f"{lib}/pconv_jax/training/loop.py", logging.INFO)  # installed as a wheel
+    assert passes(f"{lib}/clu/metric_writers/logging_writer.py", logging.INFO)  # the metrics
+    assert not passes(f"{lib}/jax/_src/xla_bridge.py", logging.INFO)  # "Failed to open libtpu"
+    assert passes(f"{lib}/jax/_src/xla_bridge.py", logging.WARNING)
+    assert not passes(f"{lib}/orbax/checkpoint/checkpoint_manager.py", logging.WARNING)
+    assert passes(f"{lib}/orbax/checkpoint/checkpoint_manager.py", logging.ERROR)

@@ -232,3 +232,89 @@ def test_no_warning_and_identical_result_when_every_hole_is_reached(photo):
     raw = np.clip(np.asarray(model(image[None], mask[None]))[0], 0, 1)
     np.testing.assert_allclose(out, np.where(mask > 0, image, raw), atol=1e-6)
     assert fill.unreached_pixels == 0
+
+
+def test_the_photo_as_its_own_mask_is_refused(photo):
+    tmp_path, _, _ = photo
+    photo_png = tmp_path / "photo.png"
+    with pytest.raises(ValueError, match=r"--mask .*photo.png' is the --image .* itself"):
+        _telea(photo_png, photo_png, tmp_path / "out.png")
+    (tmp_path / "link.png").symlink_to(photo_png)
+    with pytest.raises(ValueError, match="is the --image .* itself"):
+        _telea(photo_png, tmp_path / "link.png", tmp_path / "out.png")
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "imgs" / "a.png").write_bytes(photo_png.read_bytes())
+    with pytest.raises(ValueError, match=r"imgs' is the --image .* itself: .* mask folder"):
+        _telea(tmp_path / "imgs", tmp_path / "imgs" / ".", tmp_path / "results")
+    assert not (tmp_path / "out.png").exists() and not (tmp_path / "results").exists()
+
+
+def test_a_mask_without_any_hole_is_refused(photo):
+    tmp_path, _, holes = photo
+    cv2.imwrite(str(tmp_path / "none.png"), np.zeros_like(holes))  # all black, white = hole
+    with pytest.raises(ValueError, match=r"none.png' has no hole pixel \(white = hole\)"):
+        _telea(tmp_path / "photo.png", tmp_path / "none.png", tmp_path / "out.png")
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_the_unreached_share_counts_the_photos_hole_pixels_only():
+    # A 1-pixel-high photo padded to a 128-row bucket: the padding mirrors its holes 127 times.
+    from pconv_jax.inference import app
+    model = PConvUNet(depth=2, widths=(4, 8), rngs=nnx.Rngs(0))
+    image = np.random.default_rng(0).random((1, 300, 3), np.float32)
+    mask = np.ones((1, 300, 1), np.float32)
+    mask[0, 100:200] = 0  # 100 hole pixels, most beyond a depth-2 network's reach
+    fill = inpaint.ModelInpainter(model, pad_side=app.bucket_side)
+    with pytest.warns(UserWarning, match=r"of the hole pixels \((\d+) px\)") as record:
+        out = inpaint.inpaint_image(fill, image, mask)
+    assert fill.hole_pixels == 100
+    assert 0 < fill.unreached_pixels < 100
+    assert f"({fill.unreached_pixels} px)" in str(record[0].message)
+    np.testing.assert_array_equal(out[mask[..., 0] > 0], image[mask[..., 0] > 0])
+
+
+def _large_photo(tmp_path):
+    y, x = np.mgrid[0:180, 0:260]
+    rgb = np.stack([x * 255 / 259, y * 255 / 179, 128 + 60 * np.sin(x / 9.0)], -1)
+    _write_rgb(tmp_path / "big.png", rgb.astype(np.uint8))
+    holes = np.zeros((180, 260), np.uint8)
+    holes[30:42, 40:55] = 255
+    holes[120:128, 200:230] = 255
+    cv2.imwrite(str(tmp_path / "big_mask.png"), holes)
+    return holes > 0
+
+
+def test_a_photo_above_max_side_is_filled_crop_by_crop_around_its_holes(tmp_path, monkeypatch):
+    hole = _large_photo(tmp_path)
+    common = ["--image", str(tmp_path / "big.png"), "--mask", str(tmp_path / "big_mask.png"),
+              "--method", "telea"]
+    run_inpaint(common + ["--out", str(tmp_path / "whole.png")])  # 260 px <= 1024: whole
+    build = inpaint.build_inpainter
+    seen = []
+
+    def spy(*args, **kwargs):  # the classical method, recording the sizes it is given
+        fill, multiple = build(*args, **kwargs)
+        return (lambda images, masks: seen.append(images.shape[1:3]) or fill(images, masks),
+                multiple)
+
+    monkeypatch.setattr(inpaint, "build_inpainter", spy)
+    run_inpaint(common + ["--out", str(tmp_path / "crops.png"), "--max_side", "128"])
+    assert len(seen) == 2 and max(max(size) for size in seen) <= 128  # one crop per hole
+    whole, crops = (images.read_image(str(tmp_path / name)) for name in ("whole.png", "crops.png"))
+    original = images.read_image(str(tmp_path / "big.png"))
+    np.testing.assert_array_equal(crops[~hole], original[~hole])
+    # Telea fills from the hole's border: the crop's context holds all it reads.
+    assert np.abs(crops.astype(int) - whole.astype(int)).max() <= 2
+
+
+def test_a_large_photo_through_the_network_changes_only_its_holes(tmp_path):
+    from test_cli import _tiny_workdir
+    hole = _large_photo(tmp_path)
+    _tiny_workdir(tmp_path / "w")
+    run_inpaint(["--workdir", str(tmp_path / "w"), "--image", str(tmp_path / "big.png"),
+                 "--mask", str(tmp_path / "big_mask.png"), "--out", str(tmp_path / "out.png"),
+                 "--max_side", "64"])
+    out, original = (images.read_image(str(tmp_path / n)) for n in ("out.png", "big.png"))
+    assert out.shape == original.shape
+    np.testing.assert_array_equal(out[~hole], original[~hole])
+    assert (out[hole] != original[hole]).any()

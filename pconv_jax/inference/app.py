@@ -149,9 +149,11 @@ def load_methods(workdirs: Sequence[str]) -> list[Method]:
             raise FileNotFoundError(f"workdir {workdir!r} has no checkpoints/ folder: train a "
                                     f"model there first, or pass another --workdir")
         config = inpaint.workdir_config(workdir)
-        fill, multiple = inpaint.build_inpainter("model", workdir, None, None)
+        # The network pads to the buckets itself, so that it counts only the photo's pixels.
+        fill, multiple = inpaint.build_inpainter("model", workdir, None, None,
+                                                 pad_side=bucket_side)
         label = workdir_label(workdir, bool(config.model.get("partial", True)), unique)
-        methods.append(Method(label, fill, multiple, compiled=True))
+        methods.append(Method(label, fill, multiple, compiled=False))
     return methods + classical_methods()
 
 
@@ -509,8 +511,6 @@ def main(argv: Sequence[str]) -> None:
         raise app.UsageError("the app needs gradio: pip install -e '.[app]'")
     import logging
 
-    from pconv_jax.training.logs import quiet_library_logs
-    quiet_library_logs()
     logging.getLogger("httpx").setLevel(logging.WARNING)  # gradio's own start-up requests
     methods = load_methods(options.workdir)  # before serving: a bad workdir stops the start
     demo = build_app(methods, max_side=options.max_side, max_upload_mb=options.max_upload_mb)

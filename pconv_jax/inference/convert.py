@@ -144,8 +144,6 @@ def main(argv: Sequence[str]) -> None:
     if source not in pconv_checkpoints.SOURCES:
         raise ValueError(f"unknown source {source!r}: use one of "
                          f"{', '.join(pconv_checkpoints.SOURCES)}; {USAGE}")
-    from pconv_jax.training.logs import quiet_library_logs
-    quiet_library_logs()
     workdir = convert_to_workdir(source, path, workdir, force=flags.FLAGS.force,
                                  channel_order=flags.FLAGS.channel_order)
     print(f"wrote {workdir} (from {source} {path})")

@@ -12,13 +12,15 @@ A folder (each image is paired with the mask of the same file name stem, e.g. a.
 
 Masks: by default white = hole (the NVIDIA test-set convention); `--mask-holes black` for masks
 drawn the other way. Pixel values >= 128 count as white. A mask of another size than its image
-is resized nearest-neighbour (with a warning). A mask without any known pixel is refused.
+is resized nearest-neighbour (with a warning). A mask without any known pixel is refused, and so
+is a mask without any hole pixel (nothing to inpaint: check `--mask-holes`).
 
 Files are read by `pconv_jax.data.images`: photos are turned upright by their EXIF orientation, a
 truncated or corrupt file is refused with its name. In folder mode two files with the same stem
 (`a.jpg` and `a.png`) are refused, since either could be meant. An output that would overwrite
-an input (`--out` or `--panel` equal to `--image` or `--mask`, or inside an input folder) is
-refused before anything is loaded.
+an input (`--out` or `--panel` equal to `--image` or `--mask`, or inside an input folder), and a
+`--mask` that is the `--image` itself (the same file or folder), are refused before anything is
+loaded.
 
 Any image size: the network needs sides that are multiples of 2**depth, so the image *and its
 mask* are mirror-padded (symmetric) up to the next multiple and the result is cropped back. A padded
@@ -26,12 +28,18 @@ pixel is thus valid exactly where the pixel it mirrors is valid, so the network 
 context at the border and never has to invent the padding. The output is the composite: the
 known pixels are the input's, the holes the network's.
 
+Large photos: a photo with a side above `--max_side` (default 1024, as the web app) is filled
+crop by crop around its holes, with context around each, as the web app does
+(`app.fill_photo`): the network never sees more than `--max_side` pixels a side, so memory and
+time follow the holes, not the photo. A hole region larger than `--max_side` is filled from a
+downscaled copy. Only hole pixels change.
+
 Holes beyond the network's reach: a hole pixel farther from every known pixel than the
 network's receptive field gets no value from the network (its final mask is 0, its output
 exactly 0: black). Such pixels are filled from the same network run on copies halved until
 every pixel is reached (a half-size pixel is known if any of its 2x2 pixels is, with their
 mean), upsampled nearest-neighbour; only the unreached pixels take these values, and a warning
-gives their share of the hole pixels.
+gives their share of the hole pixels (the photo's own: padding is not counted).
 
 The model is rebuilt from `--config` (a config file, `path.py` or `path.py:arg`), or from the
 config saved in the workdir by training; the latest checkpoint is restored (or `--checkpoint`).
@@ -39,10 +47,11 @@ config saved in the workdir by training; the latest checkpoint is restored (or `
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -65,26 +74,42 @@ def read_pair(image_path: str, mask_path: str, holes: str = "white"
     """(image float32 (H, W, 3) in [0, 1], mask float32 (H, W, 1), 1 = valid) of one pair.
 
     The mask is resized nearest-neighbour to the image (with a warning); a mask without any
-    known pixel is refused: there is nothing to inpaint from.
+    known pixel is refused (there is nothing to inpaint from), and so is one without any hole
+    pixel (there is nothing to inpaint).
     """
     image = images.to_float(images.read_image(image_path))
     mask = images.read_mask(mask_path, holes, image.shape[:2], warn_if_resized=True)
     if not (mask > MASK_THRESHOLD).any():
         raise ValueError(f"mask {mask_path!r} marks every pixel as a hole: there are no known "
                          f"pixels to inpaint from (check --mask-holes)")
+    if (mask > MASK_THRESHOLD).all():
+        raise ValueError(f"mask {mask_path!r} has no hole pixel ({holes} = hole): there is "
+                         f"nothing to inpaint (check --mask-holes)")
     return image, mask
 
 
-def pad_to_multiple(image: np.ndarray, mask: np.ndarray, multiple: int
-                    ) -> tuple[np.ndarray, np.ndarray]:
-    """Mirror-pads image and mask (bottom and right) to sides that are multiples of `multiple`.
+def round_up(side: int, multiple: int) -> int:
+    """The smallest multiple of `multiple` that is >= `side`."""
+    return -(-side // multiple) * multiple
+
+
+def pad_to_size(image: np.ndarray, mask: np.ndarray, size: tuple[int, int]
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Mirror-pads image and mask (bottom and right) to `size` (H, W).
 
     Single (H, W, C) arrays or batches (N, H, W, C).
     """
     h, w = image.shape[-3:-1]
-    pad = ((0, 0),) * (image.ndim - 3) + ((0, -h % multiple), (0, -w % multiple), (0, 0))
+    pad = ((0, 0),) * (image.ndim - 3) + ((0, size[0] - h), (0, size[1] - w), (0, 0))
     # 'symmetric' repeats the edge pixel and, unlike 'reflect', works for 1-pixel-wide images.
     return np.pad(image, pad, mode="symmetric"), np.pad(mask, pad, mode="symmetric")
+
+
+def pad_to_multiple(image: np.ndarray, mask: np.ndarray, multiple: int
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Mirror-pads image and mask (bottom and right) to sides that are multiples of `multiple`."""
+    h, w = image.shape[-3:-1]
+    return pad_to_size(image, mask, (round_up(h, multiple), round_up(w, multiple)))
 
 
 def inpaint_image(fill, image: np.ndarray, mask: np.ndarray, multiple: int = 1) -> np.ndarray:
@@ -145,7 +170,8 @@ def pair_folder(image_dir: str, mask_dir: str) -> list[tuple[str, str]]:
 
 
 def check_outputs(image: str, mask: str, out: str, panel: str | None = None) -> None:
-    """Refuses outputs that would overwrite an input: equal files, or inside an input folder."""
+    """Refuses outputs that would overwrite an input (equal files, or inside an input folder),
+    and a mask that is the image itself (the same file, or the same folder)."""
     def same(a: str, b: str) -> bool:
         if os.path.realpath(a) == os.path.realpath(b):
             return True
@@ -155,6 +181,10 @@ def check_outputs(image: str, mask: str, out: str, panel: str | None = None) -> 
         real, root = os.path.realpath(path), os.path.realpath(folder)
         return os.path.commonpath([real, root]) == root
 
+    if same(image, mask):
+        raise ValueError(f"--mask {mask!r} is the --image {image!r} itself: its bright pixels "
+                         f"would be taken for holes; pass the mask "
+                         f"{'folder' if os.path.isdir(mask) else 'file'} (white = hole)")
     outputs = {"--out": out} | ({"--panel": panel} if panel else {})
     inputs = {"--image": image, "--mask": mask}
     for out_flag, path in outputs.items():
@@ -169,20 +199,25 @@ def check_outputs(image: str, mask: str, out: str, panel: str | None = None) -> 
         raise ValueError(f"--panel {panel!r} is the same file as --out")
 
 
+PadSide = Callable[[int, int], int]  # (side, multiple) -> padded side, a multiple of `multiple`
+
+
 class ModelInpainter:
     """The network as an inpainter: composites (N, H, W, 3) in [0, 1], any H and W.
 
-    Images (N, H, W, 3) in [0, 1] and masks (N, H, W, 1), 1 = valid, are mirror-padded to a
-    multiple of 2**depth. Hole pixels the network does not reach (final mask 0) are filled from
-    the network run on halved copies, recursively, upsampled nearest-neighbour. `hole_pixels`
-    and `unreached_pixels` count over all calls; with `warn`, each call that filled unreached
-    pixels says so with their share.
+    Images (N, H, W, 3) in [0, 1] and masks (N, H, W, 1), 1 = valid, are mirror-padded to
+    sides `pad_side(side, 2**depth)` (default: the next multiple of 2**depth). Hole pixels the
+    network does not reach (final mask 0) are filled from the network run on halved copies,
+    recursively, upsampled nearest-neighbour. `hole_pixels` and `unreached_pixels` count over
+    all calls, the given pixels only (not the padding); with `warn`, each call that filled
+    unreached pixels says so with their share.
     """
 
-    def __init__(self, model: nnx.Module, *, warn: bool = True):
+    def __init__(self, model: nnx.Module, *, warn: bool = True, pad_side: PadSide = round_up):
         model.eval()
         graphdef, state = nnx.split(model)
         self.multiple = 2**model.depth
+        self.pad_side = pad_side
         self.warn = warn
         self.hole_pixels = 0
         self.unreached_pixels = 0
@@ -220,8 +255,8 @@ class ModelInpainter:
     def _fill(self, images: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, int]:
         """(composites, count of unreached pixels) of images and boolean masks (True = valid)."""
         h, w = images.shape[1:3]
-        padded_images, padded_valid = pad_to_multiple(images, valid.astype(np.float32),
-                                                      self.multiple)
+        size = self.pad_side(h, self.multiple), self.pad_side(w, self.multiple)
+        padded_images, padded_valid = pad_to_size(images, valid.astype(np.float32), size)
         result, final_mask = self._run(padded_images, padded_valid)
         result = np.asarray(result)[:, :h, :w]
         unreached = (np.asarray(final_mask)[:, :h, :w] <= MASK_THRESHOLD) & ~valid
@@ -253,9 +288,12 @@ def _halve(images: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarra
 
 
 def build_inpainter(method: str, workdir: str | None, config_spec: str | None,
-                    checkpoint: int | None, radius: int = 3):
+                    checkpoint: int | None, radius: int = 3, pad_side: PadSide = round_up):
     """(inpainter, size multiple) for 'model' (restored from the workdir) or a classical method
-    ('patchmatch', 'telea', 'ns', with the evaluation's default settings)."""
+    ('patchmatch', 'telea', 'ns', with the evaluation's default settings).
+
+    The network pads its inputs itself (to `pad_side`, see `ModelInpainter`): its multiple is 1.
+    """
     from pconv_jax.evaluation import baselines
     if method != "model":
         return baselines.classical_inpainter(method, radius=radius), 1
@@ -264,7 +302,7 @@ def build_inpainter(method: str, workdir: str | None, config_spec: str | None,
     from pconv_jax.training import checkpoints
     config = config_lib.load_config(config_spec) if config_spec else workdir_config(workdir)
     model, _ = checkpoints.restore_model(config, workdir, step=checkpoint)
-    return ModelInpainter(model), 2**model.depth
+    return ModelInpainter(model, pad_side=pad_side), 1
 
 
 def define_flags() -> None:
@@ -281,6 +319,8 @@ def define_flags() -> None:
                         "original] to this file")
     flags.DEFINE_enum("method", "model", list(METHODS),
                       "the network, PatchMatch, or OpenCV's Telea / Navier-Stokes inpainting")
+    flags.DEFINE_integer("max_side", 1024, "photos with a longer side are filled crop by crop "
+                         "around the holes (bounds memory and time)")
 
 
 def main(argv: Sequence[str]) -> None:
@@ -300,12 +340,16 @@ def main(argv: Sequence[str]) -> None:
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"{path!r} does not exist")
     check_outputs(args.image, args.mask, args.out, args.panel)
+    if args.max_side < 64:
+        raise ValueError(f"--max_side must be at least 64, got {args.max_side}")
 
+    from pconv_jax.inference import app as web_app  # its crop-around-holes path
     fill, multiple = build_inpainter(args.method, args.workdir, args.config, args.checkpoint)
+    method = functools.partial(inpaint_image, fill, multiple=multiple)
     for image_path, mask_path in tqdm(pairs, unit="image", file=sys.stderr,
                                       disable=not folder_mode):
         image, mask = read_pair(image_path, mask_path, args["mask-holes"].value)
-        result = inpaint_image(fill, image, mask, multiple)
+        result = web_app.fill_photo(method, image, mask, args.max_side)
         out = (os.path.join(out_arg, os.path.splitext(os.path.basename(image_path))[0] + ".png")
                if folder_mode else out_arg)
         images.write_image(out, result)

@@ -15,22 +15,6 @@ if TYPE_CHECKING:  # clu's writers pull in TensorFlow: imported only where a run
     from clu import metric_writers, periodic_actions
 
 
-class _LibraryInfoFilter(logging.Filter):
-    """Drops the INFO chatter of libraries (Orbax logs every save step by step)."""
-
-    _NOISY = ("/orbax/", "/jax/_src/xla_bridge", "/jax/_src/distributed")
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.WARNING or not any(
-            part in record.pathname for part in self._NOISY)
-
-
-def quiet_library_logs() -> None:
-    """Keeps the console to our progress, metrics and warnings."""
-    logging.getLogger("absl").addFilter(_LibraryInfoFilter())
-    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no TPU found"
-
-
 def create_writer(workdir: str) -> metric_writers.MetricWriter:
     """TensorBoard (in `workdir`) + console writer on process 0; console-only logging elsewhere."""
     import tensorflow as tf
@@ -96,16 +80,21 @@ class DataWait:
     `next(pipeline)` goes through `DataWait.next`; `measure` at log steps returns
     {'data_wait_fraction': ...} since the previous call, and warns once when it exceeds 10 %,
     naming the pipeline's parallelism setting (`data.pipeline.parallelism`).
+
+    Only waits that can have kept the accelerator idle count: JAX dispatches steps ahead of the
+    accelerator, so a wait that ends before the last dispatched step is computed cost nothing.
     """
 
     def __init__(self, setting: str, count: int):
         self.setting, self.count = setting, count  # what the warning tells to raise
         self._waited, self._start, self._warned = 0.0, time.perf_counter(), False
 
-    def next(self, pipeline):
+    def next(self, pipeline, last_step: jax.Array | None = None):
+        """`next(pipeline)`, timed; `last_step`: an output of the last dispatched train step."""
         start = time.perf_counter()
         batch = next(pipeline)
-        self._waited += time.perf_counter() - start
+        if last_step is None or last_step.is_ready():  # else the accelerator was busy throughout
+            self._waited += time.perf_counter() - start
         return batch
 
     def measure(self, step: int) -> dict[str, float]:

@@ -252,7 +252,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.M
         with jax.set_mesh(mesh), CtrlC() as ctrl_c:
             for step in range(first_step, num_steps + 1):
                 ctrl_c.check(step)
-                batch = global_batch(data_wait.next(pipeline), mesh)  # uint8
+                batch = global_batch(data_wait.next(pipeline, state.step), mesh)  # uint8
                 state, metrics = train_step(state, batch, vgg)
                 window.add(metrics)
                 report_progress(step)
