@@ -95,28 +95,16 @@ def bucket_side(side: int, multiple: int) -> int:
     return _round_up(side, max(256, multiple))
 
 
-def bucketed(fill: Fill, multiple: int) -> Fill:
-    """`fill` on inputs mirror-padded (bottom, right, as `inpaint.pad_to_multiple`) to buckets."""
-    def bucketed_fill(images: np.ndarray, masks: np.ndarray) -> np.ndarray:
-        h, w = images.shape[1:3]
-        pad = ((0, 0), (0, bucket_side(h, multiple) - h), (0, bucket_side(w, multiple) - w), (0, 0))
-        out = fill(np.pad(images, pad, mode="symmetric"), np.pad(masks, pad, mode="symmetric"))
-        return np.asarray(out)[:, :h, :w]
-    return bucketed_fill
-
-
 @dataclasses.dataclass
 class Method:
     """One entry of the method selector."""
     label: str
     fill: Fill       # (N, H, W, 3) images, (N, H, W, 1) masks (1 = valid) -> composites
     multiple: int    # sides the fill needs a multiple of
-    compiled: bool   # a jitted network: bucket the shapes
 
     def __call__(self, image: np.ndarray, valid: np.ndarray) -> np.ndarray:
         """The composite (H, W, 3) of one float image and its (H, W, 1) mask."""
-        fill = bucketed(self.fill, self.multiple) if self.compiled else self.fill
-        return inpaint.inpaint_image(fill, image, valid, self.multiple)
+        return inpaint.inpaint_image(self.fill, image, valid, self.multiple)
 
 
 def classical_methods() -> list[Method]:
@@ -124,7 +112,7 @@ def classical_methods() -> list[Method]:
     methods = []
     for name in baselines.CLASSICAL_METHODS:
         fill, multiple = inpaint.build_inpainter(name, None, None, None)
-        methods.append(Method(baselines.METHOD_TITLES[name], fill, multiple, compiled=False))
+        methods.append(Method(baselines.METHOD_TITLES[name], fill, multiple))
     return methods
 
 
@@ -153,7 +141,7 @@ def load_methods(workdirs: Sequence[str]) -> list[Method]:
         fill, multiple = inpaint.build_inpainter("model", workdir, None, None,
                                                  pad_side=bucket_side)
         label = workdir_label(workdir, bool(config.model.get("partial", True)), unique)
-        methods.append(Method(label, fill, multiple, compiled=False))
+        methods.append(Method(label, fill, multiple))
     return methods + classical_methods()
 
 
