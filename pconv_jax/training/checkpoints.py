@@ -17,7 +17,9 @@ checkpoint written on N devices restores onto M.
 A state with a non-finite value is never saved. A checkpoint that cannot be read (a truncated or
 missing file) is skipped with a warning for the newest readable one; a writing Checkpointer moves
 it out of Orbax's way into `<workdir>/unreadable_checkpoints/` (kept, never deleted), so that
-later saves of the same step do not collide with it.
+later saves of the same step do not collide with it. A reader beside a running training (e.g.
+`eval.py`) tells a step rotated away while it read from a damaged one: when the step list
+changed meanwhile, it lists the steps again and reads the newest.
 """
 
 from __future__ import annotations
@@ -47,6 +49,11 @@ NETWORK_ITEM = "network"
 # Settings of config.model that leave the parameters' meaning unchanged: how the network computes
 # (dtype, remat) and how training updates the BatchNorm statistics (bn_momentum).
 NOT_NETWORK_KEYS = ("dtype", "remat", "bn_momentum")
+
+# Reading beside a running training: how often the step list is re-read when it changed while
+# a step was being read, and how often one listing is tried when a step vanishes during it.
+MAX_RELISTINGS = 20
+LISTING_ATTEMPTS = 5
 
 T = TypeVar("T")
 
@@ -254,7 +261,10 @@ class Checkpointer:
 
     def _saved_network(self, step: int) -> dict | None:
         """The step's 'network' item, or None for a checkpoint written before it existed."""
-        if not os.path.isdir(os.path.join(self.directory, str(step), NETWORK_ITEM)):
+        step_dir = os.path.join(self.directory, str(step))
+        if not os.path.isdir(os.path.join(step_dir, NETWORK_ITEM)):
+            if not os.path.isdir(step_dir):  # removed while being read: not an old checkpoint
+                raise FileNotFoundError(f"{step_dir} was removed")
             return None
         restored = self._manager.restore(
             step, args=ocp.args.Composite(**{NETWORK_ITEM: ocp.args.JsonRestore()}))
@@ -273,45 +283,86 @@ class Checkpointer:
                                                 f"missing or empty")
             check_compatible(saved, target, where)
 
+    def _listed_steps(self) -> list[int]:
+        """The steps on disk now, newest first (re-read: a running training adds and rotates
+        steps while this process reads)."""
+        for attempt in range(LISTING_ATTEMPTS):
+            try:
+                self._manager.reload()
+                return sorted(self.all_steps(), reverse=True)
+            except OSError:  # a step removed while Orbax read its metadata
+                if attempt == LISTING_ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")
+
     def _restore_newest_readable(self, step: int | None, restore: Callable[[int], T]) -> T:
         """`restore(step)`, or with step None that of the newest readable step.
 
-        An unreadable step is skipped with a warning; once a readable one is restored, a writing
+        A step that fails while the listing changes (a running training saved a newer step and
+        rotated older ones away, or removes this one) is not damaged: the steps are listed
+        again and the newest is read. A step that fails while the listing stays the same is
+        unreadable: it is skipped with a warning; once a readable one is restored, a writing
         Checkpointer moves the newer unreadable ones aside. An incompatible checkpoint is an
         error at once (an older step would be incompatible too).
         """
         if step is not None:
-            self._check_step(step)
-            try:
-                return restore(step)
-            except IncompatibleCheckpointError:
-                raise
-            except Exception as e:  # Orbax and TensorStore raise many types for damaged files
+            return self._restore_step(step, restore)
+        steps = self._listed_steps()
+        for _ in range(MAX_RELISTINGS):
+            if not steps:
+                raise FileNotFoundError(f"no checkpoint in {self.directory}")
+            unreadable, changed = [], False
+            for candidate in steps:
+                try:
+                    result = restore(candidate)
+                except IncompatibleCheckpointError:
+                    raise
+                except Exception as e:  # Orbax and TensorStore raise many types for damaged files
+                    now = self._listed_steps()
+                    if now != steps:
+                        logging.info("the checkpoints in %s changed while step %d was read "
+                                     "(a running training saves into them); reading again",
+                                     self.directory, candidate)
+                        steps, changed = now, True
+                        break
+                    logging.warning("the checkpoint %s is unreadable (%s); trying an earlier step",
+                                    self._step_path(candidate), _first_line(e))
+                    unreadable.append((candidate, _first_line(e)))
+                    continue
+                if unreadable:
+                    logging.warning("restored step %d of %s; newer unreadable step(s) %s",
+                                    candidate, self.directory,
+                                    ", ".join(str(s) for s, _ in unreadable))
+                    self._set_aside([s for s, _ in unreadable])
+                return result
+            if not changed:
                 raise UnreadableCheckpointError(
-                    f"the checkpoint {self._step_path(step)} is unreadable ({_first_line(e)}); "
-                    f"choose another step (available: {sorted(self.all_steps())})") from e
-        steps = sorted(self.all_steps(), reverse=True)
-        if not steps:
-            raise FileNotFoundError(f"no checkpoint in {self.directory}")
-        unreadable = []
-        for candidate in steps:
-            try:
-                result = restore(candidate)
-            except IncompatibleCheckpointError:
-                raise
-            except Exception as e:  # as above
-                logging.warning("the checkpoint %s is unreadable (%s); trying an earlier step",
-                                self._step_path(candidate), _first_line(e))
-                unreadable.append(f"step {candidate}: {_first_line(e)}")
-                continue
-            if unreadable:
-                logging.warning("restored step %d of %s; newer unreadable step(s) %s", candidate,
-                                self.directory, ", ".join(str(s) for s in steps[:len(unreadable)]))
-                self._set_aside(steps[:len(unreadable)])
-            return result
+                    f"no readable checkpoint in {self.directory}:\n  " + "\n  ".join(
+                        f"step {s}: {reason}" for s, reason in unreadable) +
+                    "\nRestore the files, or move the checkpoints away to start afresh.")
         raise UnreadableCheckpointError(
-            f"no readable checkpoint in {self.directory}:\n  " + "\n  ".join(unreadable) +
-            "\nRestore the files, or move the checkpoints away to start afresh.")
+            f"the checkpoints in {self.directory} changed {MAX_RELISTINGS} times while being "
+            f"read: a running training saves and rotates them faster than they can be read. "
+            f"Try again, or read a copy of the workdir (or save less often, "
+            f"config.train.checkpoint_every_steps).")
+
+    def _restore_step(self, step: int, restore: Callable[[int], T]) -> T:
+        """`restore(step)` of one named step; its removal while being read is not damage."""
+        self._check_step(step)
+        try:
+            return restore(step)
+        except IncompatibleCheckpointError:
+            raise
+        except Exception as e:  # as above
+            now = self._listed_steps()
+            if step not in now:
+                raise FileNotFoundError(
+                    f"the checkpoint of step {step} in {self.directory} was removed while being "
+                    f"read (a running training keeps only its newest steps); available steps "
+                    f"now: {sorted(now)}") from e
+            raise UnreadableCheckpointError(
+                f"the checkpoint {self._step_path(step)} is unreadable ({_first_line(e)}); "
+                f"choose another step (available: {sorted(now)})") from e
 
     def _set_aside(self, steps: list[int]) -> None:
         """Moves unreadable steps to <workdir>/unreadable_checkpoints/ (a writing Checkpointer
@@ -334,7 +385,7 @@ class Checkpointer:
         self._manager.reload()
 
     def _check_step(self, step: int) -> int:
-        steps = self.all_steps()
+        steps = self._listed_steps()
         if step not in steps:
             raise FileNotFoundError(f"no checkpoint of step {step} in {self.directory}; "
                                     f"available steps: {sorted(steps)}")
