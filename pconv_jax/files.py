@@ -26,6 +26,11 @@ class DiskFullError(OSError):
     """A write that failed because the disk (or the user's quota) is full."""
 
 
+def mentions_disk_full(text: str) -> bool:
+    """Whether a message says that the disk (or quota) is full."""
+    return any(t in text for t in _DISK_FULL_TEXTS)
+
+
 def is_disk_full(err: BaseException | None) -> bool:
     """Whether `err`, or an exception it was raised from, is a full disk or quota."""
     seen = set()
@@ -33,7 +38,7 @@ def is_disk_full(err: BaseException | None) -> bool:
         seen.add(id(err))
         if isinstance(err, OSError) and err.errno in _DISK_FULL_ERRNOS:
             return True
-        if isinstance(err, DiskFullError) or any(t in str(err) for t in _DISK_FULL_TEXTS):
+        if isinstance(err, DiskFullError) or mentions_disk_full(str(err)):
             return True
         err = err.__cause__ or err.__context__
     return False

@@ -445,6 +445,36 @@ def test_resume_past_an_unreadable_step_keeps_it_aside_and_saves_that_step_anew(
     assert step == 4
 
 
+# ----------------------------------------------------------------------------- full disk
+
+def test_a_full_disk_during_a_save_is_one_error_and_keeps_the_saved_steps(
+        tmp_path, monkeypatch, caplog):
+    from orbax.checkpoint._src.serialization import serialization
+    config, state, _ = _saved_state(tmp_path, jax.devices(), steps=(3,))
+    checkpointer = checkpoints.Checkpointer(str(tmp_path / "checkpoints"), save_every_steps=1,
+                                            keep=1, asynchronous=True,
+                                            network=checkpoints.network_config(config.model))
+
+    async def disk_full(*args, **kwargs):  # what TensorStore raises in Orbax's writer threads
+        raise ValueError('RESOURCE_EXHAUSTED: Error writing "params.encoder.0.conv.kernel" in '
+                         'OCDBT database: Failed to write 1309963 bytes to file 9: No space left '
+                         "on device [os_error_code='28']")
+
+    monkeypatch.setattr(serialization, "async_serialize_from_host", disk_full)
+    with caplog.at_level(logging.INFO), pytest.raises(
+            OSError, match=r"^disk full: saving the checkpoint of step 4 into .*checkpoints failed "
+                           r"\(the disk mounted at /\S* has .* free\); the last good checkpoint "
+                           r"is step 3\. Free some space and run the same command again") as e:
+        checkpointer.save(4, model=state.model_item(), train=state.train_item(), data_state={})
+        checkpointer.wait()
+    monkeypatch.undo()
+    assert "\n" not in str(e.value)
+    assert not [r for r in caplog.records if r.exc_info or "No space left" in r.getMessage()]
+    assert [name for name in os.listdir(tmp_path / "checkpoints") if name.isdigit()] == ["3"]
+    _, step = checkpoints.restore_model(config, str(tmp_path))
+    assert step == 3
+
+
 # ----------------------------------------------------------------------------- non-finite state
 
 def test_non_finite_state_is_never_saved(tmp_path):

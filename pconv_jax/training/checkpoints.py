@@ -24,12 +24,15 @@ changed meanwhile, it lists the steps again and reads the newest.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import logging as logging_lib
 import os
 import shutil
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import jax
@@ -41,6 +44,7 @@ from absl import logging
 from flax import nnx
 from jax.experimental import multihost_utils
 
+from pconv_jax import files
 from pconv_jax.network.unet import PConvUNet
 from pconv_jax.training import mesh
 
@@ -171,6 +175,20 @@ def _tree_of(metadata: Any) -> Any:
     return getattr(metadata, "tree", metadata)
 
 
+class _OrbaxDiskFullLogFilter(logging_lib.Filter):
+    """Drops Orbax's background-thread reports of a full disk (a traceback per thread): the
+    Checkpointer raises one DiskFullError for them."""
+
+    def filter(self, record: logging_lib.LogRecord) -> bool:
+        if "orbax" not in record.pathname:
+            return True
+        error = record.exc_info[1] if record.exc_info else None
+        return not (files.is_disk_full(error) or files.mentions_disk_full(record.getMessage()))
+
+
+_ORBAX_DISK_FULL_LOGS = _OrbaxDiskFullLogFilter()
+
+
 def abstract_like(tree: Any, sharding: jax.sharding.Sharding) -> Any:
     """ShapeDtypeStructs of `tree`'s arrays, placed with `sharding` (the restore target)."""
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
@@ -205,6 +223,8 @@ class Checkpointer:
                            NETWORK_ITEM: ocp.JsonCheckpointHandler()})
         self._sigterm = threading.Event()
         self._previous_handler = None
+        self._saving_step: int | None = None  # of the newest save started
+        logging.get_absl_logger().addFilter(_ORBAX_DISK_FULL_LOGS)
 
     # ---------------------------------------------------------------- saving
     def save(self, step: int, *, model: Any, train: Any, data_state: dict,
@@ -228,7 +248,10 @@ class Checkpointer:
                      data=ocp.args.JsonSave({"processes": processes}))
         if self.network is not None:
             items[NETWORK_ITEM] = ocp.args.JsonSave(self.network)
-        return self._manager.save(step, force=True, args=ocp.args.Composite(**items))
+        with self._disk_full_as_one_error():
+            started = self._manager.save(step, force=True, args=ocp.args.Composite(**items))
+        self._saving_step = step
+        return started
 
     def should_save(self, step: int) -> bool:
         """Whether `step` is a save step (a multiple of save_every_steps)."""
@@ -243,11 +266,40 @@ class Checkpointer:
 
     def wait(self) -> None:
         """Blocks until every pending asynchronous save is on disk."""
-        self._manager.wait_until_finished()
+        with self._disk_full_as_one_error():
+            self._manager.wait_until_finished()
 
     def close(self) -> None:
-        self._manager.close()
         self.uninstall_signal_handler()
+        with self._disk_full_as_one_error():
+            self._manager.close()
+
+    @contextlib.contextmanager
+    def _disk_full_as_one_error(self) -> Iterator[None]:
+        """A save that failed on a full disk (now, or in the background since the last call)
+        becomes one DiskFullError naming the disk, its free space and the last good step.
+
+        Orbax only ever renames a complete checkpoint into place and removes old steps after
+        that, so the earlier checkpoints are intact."""
+        try:
+            yield
+        except Exception as e:
+            if not files.is_disk_full(e):
+                raise
+            failed = f"step {self._saving_step}" if self._saving_step is not None else "a step"
+            try:
+                steps = self._listed_steps()
+            except OSError:
+                steps = []
+            kept = (f"the last good checkpoint is step {steps[0]}" if steps
+                    else "no checkpoint was saved before")
+            err = files.DiskFullError(
+                f"disk full: saving the checkpoint of {failed} into {self.directory} failed "
+                f"({files.disk_full_text(self.directory)}); {kept}. Free some space"
+                + (" (or keep fewer checkpoints: config.train.keep_checkpoints)"
+                   if len(steps) > 1 else "") + " and run the same command again to resume")
+            err.errno = errno.ENOSPC
+            raise err from e
 
     # ---------------------------------------------------------------- restoring
     def latest_step(self) -> int | None:
