@@ -48,7 +48,7 @@ from flax import nnx
 
 from pconv_jax import config as config_lib
 from pconv_jax.network import unet
-from pconv_jax.weights import torch_pickle
+from pconv_jax.weights import checks, torch_pickle
 
 SOURCES = ("naoto0804", "mmagic")
 IMAGE_CHANNELS = 3
@@ -335,7 +335,10 @@ def convert(source: str, path: str | os.PathLike, *,
     depth, base, top = _architecture(fmt, state)
     widths = unet.paper_widths(depth, base, top)
     layers = _layers(depth, widths)
-    _check_keys(fmt, state, _expected(fmt, layers), _optional(fmt, layers), path, depth, widths)
+    expected = _expected(fmt, layers)
+    _check_keys(fmt, state, expected, _optional(fmt, layers), path, depth, widths)
+    for key in expected:  # a NaN would otherwise surface only when the network is saved
+        checks.check_weights(key, state[key], path)
 
     config = model_config(depth, base, top, fmt.input_norm)
     model = unet.PConvUNet.from_config(config, rngs=nnx.Rngs(0))
