@@ -103,6 +103,26 @@ MMAGIC = _Format(
 
 FORMATS = {f.name: f for f in (NAOTO0804, MMAGIC)}
 
+# The public trained networks: (source, file, trained on, download link). naoto0804 links its
+# file from the repository's README (a Google Drive file); mmagic from its configs' README.
+_MMAGIC_FILES = "https://download.openmmlab.com/mmediting/inpainting/pconv/"
+PUBLIC_FILES = (
+    ("naoto0804", "1000000.pth", "Places2, 256x256",
+     "https://drive.google.com/open?id=1SYjJ-Vlu2cpAlgBG5FiJueN9W4lf48w8"),
+    ("mmagic", "pconv_256x256_stage2_4x2_places_20200619-1ffed0e8.pth", "Places365, 256x256",
+     _MMAGIC_FILES + "pconv_256x256_stage2_4x2_places_20200619-1ffed0e8.pth"),
+    ("mmagic", "pconv_256x256_stage2_4x2_celeba_20200619-860f8b95.pth", "CelebA-HQ, 256x256",
+     _MMAGIC_FILES + "pconv_256x256_stage2_4x2_celeba_20200619-860f8b95.pth"),
+)
+
+
+def missing_file_message(source: str, path: str) -> str:
+    """One line for a checkpoint file that does not exist: where each public file comes from,
+    the requested source's first."""
+    listed = sorted(PUBLIC_FILES, key=lambda f: f[0] != source)
+    where = "; ".join(f"{name} ({source_}, {data}): {url}" for source_, name, data, url in listed)
+    return f"checkpoint file {path!r} does not exist. The public files: {where}"
+
 
 # ----------------------------------------------------------------------------- reading
 
@@ -331,7 +351,11 @@ def convert(source: str, path: str | os.PathLike, *,
     if channel_order not in ("rgb", "bgr"):
         raise ValueError(f"channel_order must be 'rgb' or 'bgr', got {channel_order!r}")
     path = os.fspath(path)
-    state, step = _state_dict(fmt, read_torch_file(path), path)
+    try:
+        obj = read_torch_file(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(missing_file_message(source, path)) from None
+    state, step = _state_dict(fmt, obj, path)
     depth, base, top = _architecture(fmt, state)
     widths = unet.paper_widths(depth, base, top)
     layers = _layers(depth, widths)
