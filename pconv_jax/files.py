@@ -3,8 +3,9 @@
 `atomic_output(path)` yields a file object; its contents replace `path` only when the block
 completes: written to a temporary file in the same folder, fsynced, renamed over `path` (the
 folder is fsynced too, so the rename survives a power cut). On any error `path` keeps its old
-contents and the temporary file is removed. A full disk becomes a `DiskFullError` that names
-the disk and its free space (`disk_full_text`).
+contents and the temporary file is removed. `write_texts_atomically` replaces several files
+only once all of them are written. A full disk becomes a `DiskFullError` that names the disk and
+its free space (`disk_full_text`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import errno
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import IO
 
 _DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
@@ -126,5 +127,13 @@ def _fsync_directory(directory: str) -> None:
 
 def write_text_atomically(path: str | os.PathLike, text: str) -> None:
     """Writes `text` to `path` through `atomic_output`."""
-    with atomic_output(path) as f:
-        f.write(text)
+    write_texts_atomically({path: text})
+
+
+def write_texts_atomically(texts: Mapping[str | os.PathLike, str]) -> None:
+    """Writes {path: text} through `atomic_output`, every file written and fsynced before any
+    is renamed into place: a full disk while writing any of them leaves all the old ones (a
+    results.json never goes with another run's results.md)."""
+    with contextlib.ExitStack() as stack:
+        for path, text in texts.items():
+            stack.enter_context(atomic_output(path)).write(text)

@@ -25,6 +25,17 @@ def test_a_full_disk_keeps_the_old_file_and_leaves_no_temporary_file(tmp_path, m
     assert os.listdir(tmp_path) == ["results.json"]
 
 
+def test_a_pair_of_files_is_replaced_together_or_not_at_all(tmp_path, monkeypatch):
+    json_path, md_path = tmp_path / "results.json", tmp_path / "results.md"
+    files.write_texts_atomically({json_path: "old json", md_path: "old table"})
+    fill_disk_after(monkeypatch, len("new json") + 3)  # the second file does not fit
+    with pytest.raises(files.DiskFullError, match="results.md"):
+        files.write_texts_atomically({json_path: "new json", md_path: "new table"})
+    monkeypatch.undo()
+    assert (json_path.read_text(), md_path.read_text()) == ("old json", "old table")
+    assert sorted(os.listdir(tmp_path)) == ["results.json", "results.md"]
+
+
 def test_an_error_inside_the_block_keeps_the_old_file(tmp_path):
     path = tmp_path / "weights.npz"
     path.write_bytes(b"old")

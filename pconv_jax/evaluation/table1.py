@@ -310,11 +310,11 @@ def results_name(method: str) -> str:
 
 def write_results(results: dict, workdir: str, name: str = "results") -> list[str]:
     """Writes <name>.json (everything, NaN as null) and <name>.md (the table) into the workdir,
-    each atomically (a failed write leaves the old file); returns their paths."""
+    atomically (a failed write leaves both old files); returns their paths."""
     os.makedirs(workdir, exist_ok=True)
     paths = [os.path.join(workdir, f"{name}.json"), os.path.join(workdir, f"{name}.md")]
-    files.write_text_atomically(paths[0], json.dumps(_nan_to_none(results), indent=1))
-    files.write_text_atomically(paths[1], results["markdown"] + "\n")
+    files.write_texts_atomically({paths[0]: json.dumps(_nan_to_none(results), indent=1),
+                                  paths[1]: results["markdown"] + "\n"})
     return paths
 
 
