@@ -164,6 +164,15 @@ def test_a_full_disk_keeps_the_previous_results_and_names_the_disk(tmp_path, mon
     assert "ssim" in json.loads(after["results_telea.json"])["metrics"]
 
 
+def test_a_full_disk_before_evaluating_says_so_and_leaves_nothing(tmp_path, monkeypatch):
+    fill_disk_after(monkeypatch, 0)
+    with pytest.raises(OSError, match=r"disk full: could not write the results into the workdir "
+                                      r".*\(the disk mounted at .* free\)"):
+        evaluate.run(tiny_eval_config(), str(tmp_path), method="telea", progress=False)
+    monkeypatch.undo()
+    assert os.listdir(tmp_path) == []  # no write-probe file left behind
+
+
 def test_a_full_disk_while_generating_test_masks_leaves_no_partial_set(tmp_path, monkeypatch):
     fill_disk_after(monkeypatch, 1000)  # a few of the 12 PNGs fit
     with pytest.raises(OSError, match="disk full: could not write the test masks"):

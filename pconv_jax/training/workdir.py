@@ -10,6 +10,7 @@ locked file lets two runs lock two different files of the same name).
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import fcntl
 import json
@@ -19,6 +20,7 @@ from types import TracebackType
 
 from absl import logging
 
+from pconv_jax import files
 from pconv_jax.files import write_text_atomically  # noqa: F401  (re-exported for callers)
 
 
@@ -111,8 +113,12 @@ def prepare_workdir(workdir: str, writing: str = "to") -> str:
         os.makedirs(workdir, exist_ok=True)
         with open(probe, "w") as f:
             f.write("ok")
-        os.remove(probe)
     except OSError as e:
+        if files.is_disk_full(e):
+            raise files.disk_full_error(workdir, f"{writing} the workdir {workdir!r}") from e
         raise OSError(f"cannot write {writing} the workdir {workdir!r} ({e.strerror}); pass a "
                       f"writable --workdir") from e
+    finally:
+        with contextlib.suppress(OSError):  # also when the write failed after creating it
+            os.remove(probe)
     return workdir
