@@ -134,6 +134,16 @@ def write_texts_atomically(texts: Mapping[str | os.PathLike, str]) -> None:
     """Writes {path: text} through `atomic_output`, every file written and fsynced before any
     is renamed into place: a full disk while writing any of them leaves all the old ones (a
     results.json never goes with another run's results.md)."""
-    with contextlib.ExitStack() as stack:
-        for path, text in texts.items():
-            stack.enter_context(atomic_output(path)).write(text)
+    try:
+        with contextlib.ExitStack() as stack:
+            for path, text in texts.items():
+                f = stack.enter_context(atomic_output(path))
+                f.write(text)
+                f.flush()  # on disk now, not when the renames begin
+                os.fsync(f.fileno())
+    except DiskFullError as err:
+        if len(texts) < 2:
+            raise
+        paths = [os.path.abspath(os.fspath(p)) for p in texts]
+        raise disk_full_error(os.path.dirname(paths[0]),
+                              f"{' and '.join(paths)} (all left as they were)") from err

@@ -153,8 +153,8 @@ def test_a_full_disk_keeps_the_previous_results_and_names_the_disk(tmp_path, mon
     assert lines[-1] == f"wrote {written[0]} and {written[1]}"  # the command names its files
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
     fill_disk_after(monkeypatch, 100)
-    with pytest.raises(OSError, match=r"disk full: could not write .*results_telea.json \(left "
-                                      r"as it was\).*free"):
+    with pytest.raises(OSError, match=r"disk full: could not write .*results_telea.json and "
+                                      r".*results_telea.md \(all left as they were\).*free"):
         evaluate.run(tiny_eval_config(), str(tmp_path), method="telea", metric_names="l1",
                      progress=False)
     monkeypatch.undo()
