@@ -4,8 +4,9 @@
         [--method model|patchmatch|telea|ns] [--metrics l1,psnr,ssim,lpips,fid,is]
     python eval.py --config configs/demo.py --compare model,patchmatch,telea [--metrics ...]
 
-Prints the table (each metric per hole-ratio bin x {N, B}) and writes results.json and
-results.md (results_<method>.* for the classical methods) into the workdir; `--compare` writes
+Prints the table (each metric per hole-ratio bin x {N, B}), writes results.json and results.md
+(results_<method>.* for the classical methods) into the workdir, atomically (a full disk keeps
+the old files), and names the files it wrote; `--compare` writes
 comparison.json and comparison.md, a row per method on identical pairs (an entry may also be the
 path of another training workdir, e.g. the ordinary-convolution baseline). LPIPS, FID and IS
 need weights files (see README, "Evaluation"). Config values can be overridden, e.g.

@@ -377,6 +377,56 @@ def test_no_readable_step_is_one_clear_error(tmp_path):
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["3", "5"]
 
 
+def _rotate_while_reading(monkeypatch, tmp_path, config, state, *, times: int):
+    """A training beside the reader: each of the reader's first `times` step reads starts after
+    the writer (keep_checkpoints=1) saved a newer step and removed the older one."""
+    writer = checkpoints.Checkpointer(str(tmp_path / "checkpoints"), save_every_steps=1, keep=1,
+                                      asynchronous=False,
+                                      network=checkpoints.network_config(config.model))
+    read = checkpoints.Checkpointer._checked_metadata
+    saved = []
+
+    def rotate_then_read(self, step, abstract):
+        if self.read_only and len(saved) < times:
+            saved.append(max(writer.all_steps()) + 1)
+            writer.save(saved[-1], model=state.model_item(), train=state.train_item(),
+                        data_state={})
+        return read(self, step, abstract)
+
+    monkeypatch.setattr(checkpoints.Checkpointer, "_checked_metadata", rotate_then_read)
+    return writer, saved
+
+
+def test_a_step_rotated_away_while_being_read_is_read_again_not_called_unreadable(
+        tmp_path, monkeypatch, caplog):
+    config, state, _ = _saved_state(tmp_path, jax.devices(), steps=(3,))
+    writer, saved = _rotate_while_reading(monkeypatch, tmp_path, config, state, times=1)
+    with caplog.at_level(logging.WARNING):
+        _, step = checkpoints.restore_model(config, str(tmp_path))
+    assert saved == [4] and step == 4  # step 3 vanished mid-read: the new listing's newest
+    assert "unreadable" not in caplog.text and "predates" not in caplog.text
+    # A step asked for by number: it was removed, which is not damage either.
+    _rotate_while_reading(monkeypatch, tmp_path, config, state, times=1)
+    with pytest.raises(FileNotFoundError, match=r"step 4 in .* was removed while being read "
+                                                 r"\(a running training.*available steps now: "
+                                                 r"\[5\]"):
+        checkpoints.restore_model(config, str(tmp_path), step=4)
+    writer.close()
+    assert os.listdir(tmp_path / "checkpoints") == ["5"]  # nothing moved, nothing damaged
+
+
+def test_checkpoints_rotating_faster_than_they_are_read_never_advise_moving_them(
+        tmp_path, monkeypatch):
+    config, state, _ = _saved_state(tmp_path, jax.devices(), steps=(3,))
+    monkeypatch.setattr(checkpoints, "MAX_RELISTINGS", 3)
+    writer, _ = _rotate_while_reading(monkeypatch, tmp_path, config, state, times=100)
+    with pytest.raises(checkpoints.UnreadableCheckpointError,
+                       match="changed 3 times while being read: a running training") as info:
+        checkpoints.restore_model(config, str(tmp_path))
+    writer.close()
+    assert "move the checkpoints away" not in str(info.value)
+
+
 def test_resume_past_an_unreadable_step_keeps_it_aside_and_saves_that_step_anew(tmp_path, caplog):
     config = demo_config(steps=4)  # saves steps 2 and 4
     train_and_evaluate(config, str(tmp_path))
@@ -393,6 +443,36 @@ def test_resume_past_an_unreadable_step_keeps_it_aside_and_saves_that_step_anew(
     saved.close()
     model, step = checkpoints.restore_model(config, str(tmp_path), step=4)
     assert step == 4
+
+
+# ----------------------------------------------------------------------------- full disk
+
+def test_a_full_disk_during_a_save_is_one_error_and_keeps_the_saved_steps(
+        tmp_path, monkeypatch, caplog):
+    from orbax.checkpoint._src.serialization import serialization
+    config, state, _ = _saved_state(tmp_path, jax.devices(), steps=(3,))
+    checkpointer = checkpoints.Checkpointer(str(tmp_path / "checkpoints"), save_every_steps=1,
+                                            keep=1, asynchronous=True,
+                                            network=checkpoints.network_config(config.model))
+
+    async def disk_full(*args, **kwargs):  # what TensorStore raises in Orbax's writer threads
+        raise ValueError('RESOURCE_EXHAUSTED: Error writing "params.encoder.0.conv.kernel" in '
+                         'OCDBT database: Failed to write 1309963 bytes to file 9: No space left '
+                         "on device [os_error_code='28']")
+
+    monkeypatch.setattr(serialization, "async_serialize_from_host", disk_full)
+    with caplog.at_level(logging.INFO), pytest.raises(
+            OSError, match=r"^disk full: saving the checkpoint of step 4 into .*checkpoints failed "
+                           r"\(the disk mounted at /\S* has .* free\); the last good checkpoint "
+                           r"is step 3\. Free some space and run the same command again") as e:
+        checkpointer.save(4, model=state.model_item(), train=state.train_item(), data_state={})
+        checkpointer.wait()
+    monkeypatch.undo()
+    assert "\n" not in str(e.value)
+    assert not [r for r in caplog.records if r.exc_info or "No space left" in r.getMessage()]
+    assert [name for name in os.listdir(tmp_path / "checkpoints") if name.isdigit()] == ["3"]
+    _, step = checkpoints.restore_model(config, str(tmp_path))
+    assert step == 3
 
 
 # ----------------------------------------------------------------------------- non-finite state

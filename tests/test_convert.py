@@ -145,6 +145,32 @@ def test_mask_kernel_that_is_not_ones_is_refused(monkeypatch):
         pconv_checkpoints.convert("naoto0804", "fake.pth")
 
 
+def test_non_finite_weights_are_refused_naming_the_key(monkeypatch, tmp_path):
+    obj = _naoto_state()
+    obj["model"]["dec_2.bn.running_var"][1] = np.nan
+    monkeypatch.setattr(pconv_checkpoints, "read_torch_file", lambda path: obj)
+    with pytest.raises(ValueError, match=r"fake.pth: weight 'dec_2.bn.running_var' holds 1 "
+                                         r"non-finite value\(s\) \(NaN or inf\) out of 4"):
+        pconv_checkpoints.convert("naoto0804", "fake.pth")
+    (tmp_path / "fake.pth").write_bytes(b"")
+    with pytest.raises(ValueError, match="'dec_2.bn.running_var' holds 1 non-finite"):
+        convert_cmd.convert_to_workdir("naoto0804", str(tmp_path / "fake.pth"),
+                                       str(tmp_path / "w"))
+    assert os.listdir(tmp_path) == ["fake.pth"]  # no workdir, no staging folder
+
+
+def test_a_missing_file_says_where_each_public_file_comes_from(tmp_path):
+    with pytest.raises(FileNotFoundError) as info:
+        convert_cmd.convert_to_workdir("mmagic", str(tmp_path / "pconv.pth"), str(tmp_path / "w"))
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(f"checkpoint file "
+                                                      f"'{tmp_path / 'pconv.pth'}' does not exist")
+    for source, name, _, url in pconv_checkpoints.PUBLIC_FILES:
+        assert f"{name} ({source}, " in message and url in message
+    assert message.index("(mmagic, ") < message.index("(naoto0804, ")  # the asked source first
+    assert os.listdir(tmp_path) == []
+
+
 def test_a_checkpoint_of_the_other_source_is_refused():
     with pytest.raises(pconv_checkpoints.CheckpointMismatchError,
                        match="not a mmagic PConvUNet checkpoint.*naoto0804"):

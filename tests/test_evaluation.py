@@ -1,9 +1,11 @@
 """The Table 1 protocol: cells and counts, deterministic pairing, baselines, results files."""
 
 import json
+import os
 
 import numpy as np
 import pytest
+from full_disk import fill_disk_after
 from test_train_helpers import tiny_eval_config
 
 from pconv_jax.data import images, masks
@@ -141,6 +143,43 @@ def test_table_is_printed_before_the_results_are_written(tmp_path, monkeypatch, 
     with pytest.raises(OSError, match="No space left"):
         evaluate.run(tiny_eval_config(), str(tmp_path), method="telea", progress=False)
     assert "| PSNR (dB) |" in capsys.readouterr().out
+
+
+def test_a_full_disk_keeps_the_previous_results_and_names_the_disk(tmp_path, monkeypatch,
+                                                                   capsys):
+    evaluate.run(tiny_eval_config(), str(tmp_path), method="telea", progress=False)
+    lines = capsys.readouterr().out.strip().splitlines()
+    written = [str(tmp_path / "results_telea.json"), str(tmp_path / "results_telea.md")]
+    assert lines[-1] == f"wrote {written[0]} and {written[1]}"  # the command names its files
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    fill_disk_after(monkeypatch, 100)
+    with pytest.raises(OSError, match=r"disk full: could not write .*results_telea.json and "
+                                      r".*results_telea.md \(all left as they were\).*free"):
+        evaluate.run(tiny_eval_config(), str(tmp_path), method="telea", metric_names="l1",
+                     progress=False)
+    monkeypatch.undo()
+    assert "| L1 (%) |" in capsys.readouterr().out  # the table is on screen all the same
+    after = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    assert after == before  # old results intact, no temporary file left
+    assert "ssim" in json.loads(after["results_telea.json"])["metrics"]
+
+
+def test_a_full_disk_before_evaluating_says_so_and_leaves_nothing(tmp_path, monkeypatch):
+    fill_disk_after(monkeypatch, 0)
+    with pytest.raises(OSError, match=r"disk full: could not write the results into the workdir "
+                                      r".*\(the disk mounted at .* free\)"):
+        evaluate.run(tiny_eval_config(), str(tmp_path), method="telea", progress=False)
+    monkeypatch.undo()
+    assert os.listdir(tmp_path) == []  # no write-probe file left behind
+
+
+def test_a_full_disk_while_generating_test_masks_leaves_no_partial_set(tmp_path, monkeypatch):
+    fill_disk_after(monkeypatch, 1000)  # a few of the 12 PNGs fit
+    with pytest.raises(OSError, match="disk full: could not write the test masks"):
+        table1.prepare_test_masks(tiny_eval_config(), str(tmp_path), (32, 32))
+    monkeypatch.undo()
+    assert os.listdir(tmp_path) == []
+    assert len(table1.prepare_test_masks(tiny_eval_config(), str(tmp_path), (32, 32))) == 12
 
 
 def test_end_to_end_tiny_checkpoint_eval_and_inpaint_command(tmp_path, compiled_steps):

@@ -269,8 +269,8 @@ def convert_tfds_to_array_record(version_dir: str) -> int:
     info["fileFormat"] = "array_record"
     info["alternativeFileFormats"] = sorted({*info.get("alternativeFileFormats", []),
                                              "tfrecord"} - {"array_record"})
-    with open(info_path, "w") as f:
-        json.dump(info, f, indent=2)
+    from pconv_jax.files import write_text_atomically
+    write_text_atomically(info_path, json.dumps(info, indent=2))  # a full disk keeps the old one
     return len(shards)
 
 

@@ -30,7 +30,9 @@ import glob
 import json
 import math
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Iterator, Sequence
 
 import ml_collections
@@ -38,6 +40,7 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
+from pconv_jax import files
 from pconv_jax.data import masks as masks_lib
 from pconv_jax.data import nvidia_masks
 from pconv_jax.evaluation import baselines, metrics
@@ -119,9 +122,26 @@ def prepare_test_masks(config: ml_collections.ConfigDict, workdir: str,
             if size[0] != size[1]:
                 raise ValueError(f"generating a test set needs square images, got {size}")
             logging.info("writing %d test masks to %s", expected, directory)
-            masks_lib.write_test_set(directory, per_cell=k, size=size[0],
-                                     seed=config.eval.mask_seed)
+            _write_test_set_atomically(directory, per_cell=k, size=size[0],
+                                       seed=config.eval.mask_seed)
     return EvalMaskSet.scan(directory)
+
+
+def _write_test_set_atomically(directory: str, **kwargs) -> None:
+    """`write_test_set` into a temporary folder renamed to `directory` when complete, so that a
+    full disk or a kill never leaves a set with missing or truncated files behind."""
+    parent = os.path.dirname(os.path.abspath(directory))
+    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.", dir=parent)
+    try:
+        masks_lib.write_test_set(staging, **kwargs)
+        if os.path.isdir(directory):  # an incomplete set from before this fix
+            shutil.rmtree(directory)
+        os.rename(staging, directory)
+    except BaseException as err:
+        shutil.rmtree(staging, ignore_errors=True)
+        if files.is_disk_full(err):
+            raise files.disk_full_error(parent, f"the test masks {directory}") from err
+        raise
 
 
 # ---------------------------------------------------------------------------- metrics
@@ -288,13 +308,14 @@ def results_name(method: str) -> str:
     return "results" if method == "model" else f"results_{method}"
 
 
-def write_results(results: dict, workdir: str, name: str = "results") -> None:
-    """<name>.json (everything, NaN as null) and <name>.md (the table) in the workdir."""
+def write_results(results: dict, workdir: str, name: str = "results") -> list[str]:
+    """Writes <name>.json (everything, NaN as null) and <name>.md (the table) into the workdir,
+    atomically (a failed write leaves both old files); returns their paths."""
     os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, f"{name}.json"), "w") as f:
-        json.dump(_nan_to_none(results), f, indent=1)
-    with open(os.path.join(workdir, f"{name}.md"), "w") as f:
-        f.write(results["markdown"] + "\n")
+    paths = [os.path.join(workdir, f"{name}.json"), os.path.join(workdir, f"{name}.md")]
+    files.write_texts_atomically({paths[0]: json.dumps(_nan_to_none(results), indent=1),
+                                  paths[1]: results["markdown"] + "\n"})
+    return paths
 
 
 def _nan_to_none(value):

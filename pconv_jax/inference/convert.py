@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from absl import flags
 from flax import nnx
 
-from pconv_jax import cli
+from pconv_jax import cli, files
 from pconv_jax import config as config_lib
 from pconv_jax.training import checkpoints, mesh
 from pconv_jax.training.step import create_train_state, make_optimizer
@@ -106,12 +106,12 @@ def convert_to_workdir(source: str, path: str, workdir: str, *, force: bool = Fa
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=f".{os.path.basename(workdir)}.converting-", dir=parent)
     try:
-        with open(os.path.join(staging, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
-        with open(os.path.join(staging, "conversion.json"), "w") as f:
-            json.dump({"source": source, "file": os.path.abspath(path),
-                       "sha256": _sha256(path), "upstream_step": converted.upstream_step,
-                       "channel_order": converted.channel_order}, f, indent=2)
+        files.write_text_atomically(os.path.join(staging, "config.json"),
+                                    config.to_json_best_effort(indent=2))
+        files.write_text_atomically(os.path.join(staging, "conversion.json"), json.dumps(
+            {"source": source, "file": os.path.abspath(path), "sha256": _sha256(path),
+             "upstream_step": converted.upstream_step,
+             "channel_order": converted.channel_order}, indent=2))
         write_checkpoint(config, converted.model, staging)
         _replace(staging, workdir)
     except BaseException:

@@ -91,7 +91,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, method: str | None =
         name = table1.results_name(rows[0]["method"])
     # The table first: a failed write still leaves it on screen.
     print(markdown)
-    table1.write_results(results, workdir, name)
+    written = table1.write_results(results, workdir, name)
+    print(f"\nwrote {' and '.join(written)}")
     return results
 
 

@@ -17,17 +17,22 @@ checkpoint written on N devices restores onto M.
 A state with a non-finite value is never saved. A checkpoint that cannot be read (a truncated or
 missing file) is skipped with a warning for the newest readable one; a writing Checkpointer moves
 it out of Orbax's way into `<workdir>/unreadable_checkpoints/` (kept, never deleted), so that
-later saves of the same step do not collide with it.
+later saves of the same step do not collide with it. A reader beside a running training (e.g.
+`eval.py`) tells a step rotated away while it read from a damaged one: when the step list
+changed meanwhile, it lists the steps again and reads the newest.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import logging as logging_lib
 import os
 import shutil
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import jax
@@ -39,6 +44,7 @@ from absl import logging
 from flax import nnx
 from jax.experimental import multihost_utils
 
+from pconv_jax import files
 from pconv_jax.network.unet import PConvUNet
 from pconv_jax.training import mesh
 
@@ -47,6 +53,11 @@ NETWORK_ITEM = "network"
 # Settings of config.model that leave the parameters' meaning unchanged: how the network computes
 # (dtype, remat) and how training updates the BatchNorm statistics (bn_momentum).
 NOT_NETWORK_KEYS = ("dtype", "remat", "bn_momentum")
+
+# Reading beside a running training: how often the step list is re-read when it changed while
+# a step was being read, and how often one listing is tried when a step vanishes during it.
+MAX_RELISTINGS = 20
+LISTING_ATTEMPTS = 5
 
 T = TypeVar("T")
 
@@ -164,6 +175,20 @@ def _tree_of(metadata: Any) -> Any:
     return getattr(metadata, "tree", metadata)
 
 
+class _OrbaxDiskFullLogFilter(logging_lib.Filter):
+    """Drops Orbax's background-thread reports of a full disk (a traceback per thread): the
+    Checkpointer raises one DiskFullError for them."""
+
+    def filter(self, record: logging_lib.LogRecord) -> bool:
+        if "orbax" not in record.pathname:
+            return True
+        error = record.exc_info[1] if record.exc_info else None
+        return not (files.is_disk_full(error) or files.mentions_disk_full(record.getMessage()))
+
+
+_ORBAX_DISK_FULL_LOGS = _OrbaxDiskFullLogFilter()
+
+
 def abstract_like(tree: Any, sharding: jax.sharding.Sharding) -> Any:
     """ShapeDtypeStructs of `tree`'s arrays, placed with `sharding` (the restore target)."""
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
@@ -198,6 +223,8 @@ class Checkpointer:
                            NETWORK_ITEM: ocp.JsonCheckpointHandler()})
         self._sigterm = threading.Event()
         self._previous_handler = None
+        self._saving_step: int | None = None  # of the newest save started
+        logging.get_absl_logger().addFilter(_ORBAX_DISK_FULL_LOGS)
 
     # ---------------------------------------------------------------- saving
     def save(self, step: int, *, model: Any, train: Any, data_state: dict,
@@ -221,7 +248,10 @@ class Checkpointer:
                      data=ocp.args.JsonSave({"processes": processes}))
         if self.network is not None:
             items[NETWORK_ITEM] = ocp.args.JsonSave(self.network)
-        return self._manager.save(step, force=True, args=ocp.args.Composite(**items))
+        with self._disk_full_as_one_error():
+            started = self._manager.save(step, force=True, args=ocp.args.Composite(**items))
+        self._saving_step = step
+        return started
 
     def should_save(self, step: int) -> bool:
         """Whether `step` is a save step (a multiple of save_every_steps)."""
@@ -236,11 +266,40 @@ class Checkpointer:
 
     def wait(self) -> None:
         """Blocks until every pending asynchronous save is on disk."""
-        self._manager.wait_until_finished()
+        with self._disk_full_as_one_error():
+            self._manager.wait_until_finished()
 
     def close(self) -> None:
-        self._manager.close()
         self.uninstall_signal_handler()
+        with self._disk_full_as_one_error():
+            self._manager.close()
+
+    @contextlib.contextmanager
+    def _disk_full_as_one_error(self) -> Iterator[None]:
+        """A save that failed on a full disk (now, or in the background since the last call)
+        becomes one DiskFullError naming the disk, its free space and the last good step.
+
+        Orbax only ever renames a complete checkpoint into place and removes old steps after
+        that, so the earlier checkpoints are intact."""
+        try:
+            yield
+        except Exception as e:
+            if not files.is_disk_full(e):
+                raise
+            failed = f"step {self._saving_step}" if self._saving_step is not None else "a step"
+            try:
+                steps = self._listed_steps()
+            except OSError:
+                steps = []
+            kept = (f"the last good checkpoint is step {steps[0]}" if steps
+                    else "no checkpoint was saved before")
+            err = files.DiskFullError(
+                f"disk full: saving the checkpoint of {failed} into {self.directory} failed "
+                f"({files.disk_full_text(self.directory)}); {kept}. Free some space"
+                + (" (or keep fewer checkpoints: config.train.keep_checkpoints)"
+                   if len(steps) > 1 else "") + " and run the same command again to resume")
+            err.errno = errno.ENOSPC
+            raise err from e
 
     # ---------------------------------------------------------------- restoring
     def latest_step(self) -> int | None:
@@ -254,7 +313,10 @@ class Checkpointer:
 
     def _saved_network(self, step: int) -> dict | None:
         """The step's 'network' item, or None for a checkpoint written before it existed."""
-        if not os.path.isdir(os.path.join(self.directory, str(step), NETWORK_ITEM)):
+        step_dir = os.path.join(self.directory, str(step))
+        if not os.path.isdir(os.path.join(step_dir, NETWORK_ITEM)):
+            if not os.path.isdir(step_dir):  # removed while being read: not an old checkpoint
+                raise FileNotFoundError(f"{step_dir} was removed")
             return None
         restored = self._manager.restore(
             step, args=ocp.args.Composite(**{NETWORK_ITEM: ocp.args.JsonRestore()}))
@@ -273,45 +335,86 @@ class Checkpointer:
                                                 f"missing or empty")
             check_compatible(saved, target, where)
 
+    def _listed_steps(self) -> list[int]:
+        """The steps on disk now, newest first (re-read: a running training adds and rotates
+        steps while this process reads)."""
+        for attempt in range(LISTING_ATTEMPTS):
+            try:
+                self._manager.reload()
+                return sorted(self.all_steps(), reverse=True)
+            except OSError:  # a step removed while Orbax read its metadata
+                if attempt == LISTING_ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")
+
     def _restore_newest_readable(self, step: int | None, restore: Callable[[int], T]) -> T:
         """`restore(step)`, or with step None that of the newest readable step.
 
-        An unreadable step is skipped with a warning; once a readable one is restored, a writing
+        A step that fails while the listing changes (a running training saved a newer step and
+        rotated older ones away, or removes this one) is not damaged: the steps are listed
+        again and the newest is read. A step that fails while the listing stays the same is
+        unreadable: it is skipped with a warning; once a readable one is restored, a writing
         Checkpointer moves the newer unreadable ones aside. An incompatible checkpoint is an
         error at once (an older step would be incompatible too).
         """
         if step is not None:
-            self._check_step(step)
-            try:
-                return restore(step)
-            except IncompatibleCheckpointError:
-                raise
-            except Exception as e:  # Orbax and TensorStore raise many types for damaged files
+            return self._restore_step(step, restore)
+        steps = self._listed_steps()
+        for _ in range(MAX_RELISTINGS):
+            if not steps:
+                raise FileNotFoundError(f"no checkpoint in {self.directory}")
+            unreadable, changed = [], False
+            for candidate in steps:
+                try:
+                    result = restore(candidate)
+                except IncompatibleCheckpointError:
+                    raise
+                except Exception as e:  # Orbax and TensorStore raise many types for damaged files
+                    now = self._listed_steps()
+                    if now != steps:
+                        logging.info("the checkpoints in %s changed while step %d was read "
+                                     "(a running training saves into them); reading again",
+                                     self.directory, candidate)
+                        steps, changed = now, True
+                        break
+                    logging.warning("the checkpoint %s is unreadable (%s); trying an earlier step",
+                                    self._step_path(candidate), _first_line(e))
+                    unreadable.append((candidate, _first_line(e)))
+                    continue
+                if unreadable:
+                    logging.warning("restored step %d of %s; newer unreadable step(s) %s",
+                                    candidate, self.directory,
+                                    ", ".join(str(s) for s, _ in unreadable))
+                    self._set_aside([s for s, _ in unreadable])
+                return result
+            if not changed:
                 raise UnreadableCheckpointError(
-                    f"the checkpoint {self._step_path(step)} is unreadable ({_first_line(e)}); "
-                    f"choose another step (available: {sorted(self.all_steps())})") from e
-        steps = sorted(self.all_steps(), reverse=True)
-        if not steps:
-            raise FileNotFoundError(f"no checkpoint in {self.directory}")
-        unreadable = []
-        for candidate in steps:
-            try:
-                result = restore(candidate)
-            except IncompatibleCheckpointError:
-                raise
-            except Exception as e:  # as above
-                logging.warning("the checkpoint %s is unreadable (%s); trying an earlier step",
-                                self._step_path(candidate), _first_line(e))
-                unreadable.append(f"step {candidate}: {_first_line(e)}")
-                continue
-            if unreadable:
-                logging.warning("restored step %d of %s; newer unreadable step(s) %s", candidate,
-                                self.directory, ", ".join(str(s) for s in steps[:len(unreadable)]))
-                self._set_aside(steps[:len(unreadable)])
-            return result
+                    f"no readable checkpoint in {self.directory}:\n  " + "\n  ".join(
+                        f"step {s}: {reason}" for s, reason in unreadable) +
+                    "\nRestore the files, or move the checkpoints away to start afresh.")
         raise UnreadableCheckpointError(
-            f"no readable checkpoint in {self.directory}:\n  " + "\n  ".join(unreadable) +
-            "\nRestore the files, or move the checkpoints away to start afresh.")
+            f"the checkpoints in {self.directory} changed {MAX_RELISTINGS} times while being "
+            f"read: a running training saves and rotates them faster than they can be read. "
+            f"Try again, or read a copy of the workdir (or save less often, "
+            f"config.train.checkpoint_every_steps).")
+
+    def _restore_step(self, step: int, restore: Callable[[int], T]) -> T:
+        """`restore(step)` of one named step; its removal while being read is not damage."""
+        self._check_step(step)
+        try:
+            return restore(step)
+        except IncompatibleCheckpointError:
+            raise
+        except Exception as e:  # as above
+            now = self._listed_steps()
+            if step not in now:
+                raise FileNotFoundError(
+                    f"the checkpoint of step {step} in {self.directory} was removed while being "
+                    f"read (a running training keeps only its newest steps); available steps "
+                    f"now: {sorted(now)}") from e
+            raise UnreadableCheckpointError(
+                f"the checkpoint {self._step_path(step)} is unreadable ({_first_line(e)}); "
+                f"choose another step (available: {sorted(now)})") from e
 
     def _set_aside(self, steps: list[int]) -> None:
         """Moves unreadable steps to <workdir>/unreadable_checkpoints/ (a writing Checkpointer
@@ -334,7 +437,7 @@ class Checkpointer:
         self._manager.reload()
 
     def _check_step(self, step: int) -> int:
-        steps = self.all_steps()
+        steps = self._listed_steps()
         if step not in steps:
             raise FileNotFoundError(f"no checkpoint of step {step} in {self.directory}; "
                                     f"available steps: {sorted(steps)}")

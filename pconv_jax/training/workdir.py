@@ -10,15 +10,18 @@ locked file lets two runs lock two different files of the same name).
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import fcntl
 import json
 import os
 import socket
-import tempfile
 from types import TracebackType
 
 from absl import logging
+
+from pconv_jax import files
+from pconv_jax.files import write_text_atomically  # noqa: F401  (re-exported for callers)
 
 
 class WorkdirBusyError(OSError):
@@ -110,26 +113,12 @@ def prepare_workdir(workdir: str, writing: str = "to") -> str:
         os.makedirs(workdir, exist_ok=True)
         with open(probe, "w") as f:
             f.write("ok")
-        os.remove(probe)
     except OSError as e:
+        if files.is_disk_full(e):
+            raise files.disk_full_error(workdir, f"{writing} the workdir {workdir!r}") from e
         raise OSError(f"cannot write {writing} the workdir {workdir!r} ({e.strerror}); pass a "
                       f"writable --workdir") from e
+    finally:
+        with contextlib.suppress(OSError):  # also when the write failed after creating it
+            os.remove(probe)
     return workdir
-
-
-def write_text_atomically(path: str, text: str) -> None:
-    """Writes `path` through a temporary file and a rename: readers see the old or the new file,
-    never a partial one."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the file from other users
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise

@@ -48,7 +48,7 @@ from flax import nnx
 
 from pconv_jax import config as config_lib
 from pconv_jax.network import unet
-from pconv_jax.weights import torch_pickle
+from pconv_jax.weights import checks, torch_pickle
 
 SOURCES = ("naoto0804", "mmagic")
 IMAGE_CHANNELS = 3
@@ -102,6 +102,26 @@ MMAGIC = _Format(
     level_pattern=re.compile(r"^generator\.(?:encoder\.enc|decoder\.dec)(\d+)\."))
 
 FORMATS = {f.name: f for f in (NAOTO0804, MMAGIC)}
+
+# The public trained networks: (source, file, trained on, download link). naoto0804 links its
+# file from the repository's README (a Google Drive file); mmagic from its configs' README.
+_MMAGIC_FILES = "https://download.openmmlab.com/mmediting/inpainting/pconv/"
+PUBLIC_FILES = (
+    ("naoto0804", "1000000.pth", "Places2, 256x256",
+     "https://drive.google.com/open?id=1SYjJ-Vlu2cpAlgBG5FiJueN9W4lf48w8"),
+    ("mmagic", "pconv_256x256_stage2_4x2_places_20200619-1ffed0e8.pth", "Places365, 256x256",
+     _MMAGIC_FILES + "pconv_256x256_stage2_4x2_places_20200619-1ffed0e8.pth"),
+    ("mmagic", "pconv_256x256_stage2_4x2_celeba_20200619-860f8b95.pth", "CelebA-HQ, 256x256",
+     _MMAGIC_FILES + "pconv_256x256_stage2_4x2_celeba_20200619-860f8b95.pth"),
+)
+
+
+def missing_file_message(source: str, path: str) -> str:
+    """One line for a checkpoint file that does not exist: where each public file comes from,
+    the requested source's first."""
+    listed = sorted(PUBLIC_FILES, key=lambda f: f[0] != source)
+    where = "; ".join(f"{name} ({source_}, {data}): {url}" for source_, name, data, url in listed)
+    return f"checkpoint file {path!r} does not exist. The public files: {where}"
 
 
 # ----------------------------------------------------------------------------- reading
@@ -331,11 +351,18 @@ def convert(source: str, path: str | os.PathLike, *,
     if channel_order not in ("rgb", "bgr"):
         raise ValueError(f"channel_order must be 'rgb' or 'bgr', got {channel_order!r}")
     path = os.fspath(path)
-    state, step = _state_dict(fmt, read_torch_file(path), path)
+    try:
+        obj = read_torch_file(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(missing_file_message(source, path)) from None
+    state, step = _state_dict(fmt, obj, path)
     depth, base, top = _architecture(fmt, state)
     widths = unet.paper_widths(depth, base, top)
     layers = _layers(depth, widths)
-    _check_keys(fmt, state, _expected(fmt, layers), _optional(fmt, layers), path, depth, widths)
+    expected = _expected(fmt, layers)
+    _check_keys(fmt, state, expected, _optional(fmt, layers), path, depth, widths)
+    for key in expected:  # a NaN would otherwise surface only when the network is saved
+        checks.check_weights(key, state[key], path)
 
     config = model_config(depth, base, top, fmt.input_norm)
     model = unet.PConvUNet.from_config(config, rngs=nnx.Rngs(0))

@@ -23,6 +23,7 @@ from collections.abc import Collection, Mapping, Sequence
 import numpy as np
 from absl import app
 
+from pconv_jax import files
 from pconv_jax.network.vgg16 import (
     LOSS_BLOCKS,
     NUM_BLOCKS,
@@ -305,7 +306,7 @@ def save_npz(params: VGGParams, path: str | os.PathLike) -> None:
     """Writes params (every conv they hold, and their preprocessing mode) to our `.npz`
     format."""
     arrays = {f"{n}/{k}": np.asarray(v) for n, c in params.convs.items() for k, v in c.items()}
-    with open(path, "wb") as f:  # a file object keeps np.savez from appending '.npz'
+    with files.atomic_output(path, "wb") as f:  # a file object: np.savez adds no '.npz'
         np.savez(f, preprocessing=np.asarray(params.preprocessing), **arrays)
 
 
