@@ -190,8 +190,8 @@ def test_every_config_file_builds_without_tensorflow():
 
 
 def test_experiment_configs_only_override_the_defaults():
-    """Every key of every config file is a key of configs/default.py, with the same type."""
-    default = load_config_file("default").to_dict()
+    """Every key of every config file is a key of the default config, with the same type."""
+    default = config_lib.default_config().to_dict()
 
     def flat(tree, prefix=""):
         for key, value in tree.items():
