@@ -26,6 +26,7 @@ import io
 import os
 import re
 import subprocess
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -94,6 +95,34 @@ def test_the_pages_have_code_blocks_and_every_marker_is_used():
                 following = lines[i + 1] if i + 1 < len(lines) else ""
                 assert FENCE.match(following), (
                     f"{page.name}:{i + 1}: a marker must be right before a code block")
+
+
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def slug(heading: str) -> str:
+    """The anchor of a heading, as Python-Markdown's toc (MkDocs) and GitHub make it."""
+    text = unicodedata.normalize("NFKD", heading).encode("ascii", "ignore").decode()
+    text = re.sub(r"[^\w\s-]", "", text).strip().lower()
+    return re.sub(r"[-\s]+", "-", text)
+
+
+def anchors(page: Path) -> set[str]:
+    return {slug(line.lstrip("#").strip()) for line in page.read_text().splitlines()
+            if re.match(r"#{1,6} ", line)}
+
+
+def test_every_link_of_the_readme_leads_somewhere():
+    """README is not part of the MkDocs site (whose strict build checks the docs' links)."""
+    readme = REPO / "README.md"
+    for target in LINK.findall(readme.read_text()):
+        if target.startswith(("http://", "https://")):
+            continue
+        path, _, anchor = target.partition("#")
+        page = (REPO / path) if path else readme
+        assert page.exists(), f"README links to {path}, which does not exist"
+        if anchor:
+            assert anchor in anchors(page), f"README links to {target}: no such heading"
 
 
 @pytest.fixture(scope="session")
