@@ -1,6 +1,6 @@
 """Every setting of a run, with its default. The experiment configs start from this file.
 
-    python train.py --config configs/default.py              # the paper's 256x256 network
+    python train.py --config pconv_jax/configs/default.py    # the paper's 256x256 network
     python -c "from pconv_jax.config import load_config; print(load_config('configs/demo.py'))"
 
 `get_config(arg)` takes the `:arg` of every config file: the stage (`train` or `finetune`) and
