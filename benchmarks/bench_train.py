@@ -4,12 +4,12 @@
     python benchmarks/bench_train.py --dtype bfloat16 --variants pconv
     python benchmarks/bench_train.py --config configs/celeba_hq.py:512 --set data.batch_size=2
 
-The network, loss and optimizer come from a config file (default `configs/default.py`: the
+The network, loss and optimizer come from a config file (default `pconv_jax/configs/default.py`: the
 paper's 256x256 network) plus overrides; `--size`, `--depth`, `--batch`, `--base_width` and
 `--dtype` are shortcuts for the overrides of `data.image_size`, `model.depth`, `data.batch_size`,
 `model.base_width` and `model.dtype`. Prints one JSON object per variant: images/s and s/step
-(median of the timed steps), plus the compile time. VGG16 weights are random (the cost is the
-same as with the real ones).
+(median of the timed steps), plus the compile time. VGG16 weights are random (the cost is the same
+as with the real ones).
 """
 
 from __future__ import annotations
@@ -73,8 +73,8 @@ def bench(partial: bool, args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default=os.path.join(REPO, "configs", "default.py"),
-                        help="config file[:arg] (default: configs/default.py)")
+    parser.add_argument("--config", default=config_lib.DEFAULT_CONFIG_FILE,
+                        help="config file[:arg] (default: pconv_jax/configs/default.py)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="config override, e.g. --set model.remat=True (repeatable)")
     parser.add_argument("--size", type=int, help="data.image_size")

@@ -8,8 +8,7 @@ Arg: comma-separated size (256 default, or 512), stage (train | finetune) and `c
 """
 
 from pconv_jax import config as config_lib
-
-default = config_lib.sibling(__file__, "default")
+from pconv_jax.configs import default
 
 
 def get_config(arg: str | None = None):

@@ -5,9 +5,7 @@ Perceptual and style terms are off (they need VGG16 weights); to turn them on:
     --config.loss.weights.style_out=120 --config.loss.weights.style_comp=120
 """
 
-from pconv_jax import config as config_lib
-
-default = config_lib.sibling(__file__, "default")
+from pconv_jax.configs import default
 
 
 def get_config(arg: str | None = None):

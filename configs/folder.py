@@ -3,9 +3,7 @@
     python train.py --config configs/folder.py --config.data.folder=/data/places2_hr
 """
 
-from pconv_jax import config as config_lib
-
-default = config_lib.sibling(__file__, "default")
+from pconv_jax.configs import default
 
 
 def get_config(arg: str | None = None):

@@ -5,9 +5,7 @@
     python train.py --config configs/places2.py:conv       # the baseline with ordinary convs
 """
 
-from pconv_jax import config as config_lib
-
-default = config_lib.sibling(__file__, "default")
+from pconv_jax.configs import default
 
 
 def get_config(arg: str | None = None):

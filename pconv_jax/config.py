@@ -55,8 +55,8 @@ def parse_config_arg(arg: str | None, *, sizes: tuple[int, ...] = ()) -> ConfigA
 
 
 # The file that lists every setting with its default; the experiment configs start from it.
-DEFAULT_CONFIG_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                   "configs", "default.py")
+DEFAULT_CONFIG_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs",
+                                   "default.py")
 
 
 def default_config() -> ml_collections.ConfigDict:

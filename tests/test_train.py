@@ -167,7 +167,7 @@ def test_config_args():
         load_config_file("places2", "tune")
 
 
-CONFIG_FILES = ["default", "demo", "demo:finetune,conv", "places2", "places2:finetune",
+CONFIG_FILES = ["demo", "demo:finetune,conv", "places2", "places2:finetune",
                 "celeba_hq:512,finetune,conv", "folder:finetune"]
 
 
@@ -175,7 +175,8 @@ def test_every_config_file_builds_without_tensorflow():
     """Building a config (as the commands and benchmarks do) imports no TensorFlow or TFDS."""
     code = textwrap.dedent(f"""
         import sys
-        from pconv_jax.config import load_config
+        from pconv_jax.config import default_config, load_config
+        default_config()
         for spec in {CONFIG_FILES!r}:
             name, _, arg = spec.partition(":")
             load_config(f"configs/{{name}}.py" + (f":{{arg}}" if arg else ""))
@@ -190,8 +191,8 @@ def test_every_config_file_builds_without_tensorflow():
 
 
 def test_experiment_configs_only_override_the_defaults():
-    """Every key of every config file is a key of configs/default.py, with the same type."""
-    default = load_config_file("default").to_dict()
+    """Every key of every config file is a key of the default config, with the same type."""
+    default = config_lib.default_config().to_dict()
 
     def flat(tree, prefix=""):
         for key, value in tree.items():

@@ -1,12 +1,12 @@
 """Every setting of a run, with its default. The experiment configs start from this file.
 
-    python train.py --config configs/default.py              # the paper's 256x256 network
+    python train.py --config pconv_jax/configs/default.py    # the paper's 256x256 network
     python -c "from pconv_jax.config import load_config; print(load_config('configs/demo.py'))"
 
 `get_config(arg)` takes the `:arg` of every config file: the stage (`train` or `finetune`) and
 `conv` (the paper's baseline), see `pconv_jax.config`. An experiment config does
 
-    default = config_lib.sibling(__file__, "default")
+    from pconv_jax.configs import default
     config = default.get_config()          # everything below
     config.data.name = ...                 # what differs
     return default.set_stage(config, arg)  # stage and variant, last
