@@ -21,7 +21,7 @@ from test_train_helpers import REPO, demo_config, load_config_file, param_leaves
 
 from pconv_jax import config as config_lib
 from pconv_jax.data import pipeline
-from pconv_jax.training import checkpoints, logs
+from pconv_jax.training import checkpoints, logs, loop
 from pconv_jax.training.loop import train_and_evaluate
 
 
@@ -80,8 +80,10 @@ def _mock_tfds_config(name: str, arg: str | None) -> ml_collections.ConfigDict:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name,arg", [("places2", None), ("celeba_hq", "512,conv")])
-def test_tfds_configs_train_under_mock_data(name, arg, tmp_path, compiled_steps):
+def test_tfds_configs_train_under_mock_data(name, arg, tmp_path, compiled_steps, monkeypatch):
     config = _mock_tfds_config(name, arg)
+    config.data.download = True  # mock_data stands in for the download
+    monkeypatch.setattr(loop, "check_dataset", lambda config: None)  # no real dataset to check
     with tfds.testing.mock_data(num_examples=16):
         state = train_and_evaluate(config, str(tmp_path), steps=compiled_steps(config))
     assert int(state.step) == 2
