@@ -336,7 +336,7 @@ def test_a_tfds_dataset_that_is_not_prepared_names_its_size_and_three_ways(tmp_p
     with pytest.raises(FileNotFoundError) as err:
         loop.check_dataset(config)
     text = str(err.value)
-    for part in ("places365_small is not prepared in", "29.3 GiB download",
+    for part in ("places365_small is not prepared in", "24.9 GiB download",
                  "config.data.download=True", "config.data.tfds_data_dir",
                  "configs/folder.py --config.data.folder"):
         assert part in text, text
@@ -428,3 +428,34 @@ def test_folder_cpu_recipe_trains_on_a_few_photos(tmp_path, compiled_steps):
     state = train_and_evaluate(config, str(tmp_path / "work"), steps=compiled_steps(config))
     assert int(state.step) == 2
     assert set(_scalars(str(tmp_path / "work"), "eval_psnr")) == {2}
+
+
+def test_places365_download_fetches_only_the_splits_training_reads(tmp_path):
+    """The builder's split generators under `only_splits`: no test archive (4.4 GiB) is fetched
+    and no test split prepared."""
+    from pconv_jax.data import sources
+
+    class Downloads:
+        """A TFDS download manager that records what it is asked for."""
+        def __init__(self):
+            self.urls = []
+
+        def download(self, urls):
+            self.urls.extend(urls.values())
+            return {k: str(tmp_path / k) for k in urls}
+
+        def download_and_extract(self, url):
+            self.urls.append(url)
+            return str(tmp_path / "filelist")
+
+        def iter_archive(self, path):
+            return iter(())
+
+    builder = tfds.builder("places365_small", data_dir=str(tmp_path / "tfds"))
+    downloads = Downloads()
+    generators = sources.only_splits(builder._split_generators,
+                                     sources.PREPARED_SPLITS["places365_small"])(downloads)
+    assert [g.name for g in generators] == ["train", "validation"]
+    assert sorted(os.path.basename(u) for u in downloads.urls) == [
+        "filelist_places365-standard.tar", "train_256_places365standard.tar", "val_256.tar"]
+    assert set(sources.tfds_splits("places365_small", 0)) == {g.name for g in generators}

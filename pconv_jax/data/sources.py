@@ -173,6 +173,8 @@ def tfds_builder(name: str, *, data_dir: str = "", manual_dir: str = "", downloa
     builder = tfds.builder(name, data_dir=data_dir or None)
     if not download:
         return builder
+    if name in PREPARED_SPLITS:  # download and prepare only the splits training reads
+        builder._split_generators = only_splits(builder._split_generators, PREPARED_SPLITS[name])
     config = tfds.download.DownloadConfig(manual_dir=manual_dir or None)
     try:  # ArrayRecord: the random-access format `tfds.data_source` reads
         builder.download_and_prepare(download_config=config, file_format="array_record")
@@ -183,6 +185,38 @@ def tfds_builder(name: str, *, data_dir: str = "", manual_dir: str = "", downloa
                                f"TFDS said: {error}") from error
         raise
     return builder
+
+
+# The splits `tfds_splits` reads, where a dataset has more (Places365's 4.4 GiB test archive).
+PREPARED_SPLITS = {"places365_small": ("train", "validation")}
+
+
+class _SplitsDownloads:
+    """A TFDS download manager that fetches only the archives of `splits` (a `download` of a
+    dict keyed by split); the others are None and iterate as empty archives."""
+
+    def __init__(self, manager, splits: Sequence[str]):
+        self._manager, self._splits = manager, splits
+
+    def download(self, urls):
+        if not isinstance(urls, dict):
+            return self._manager.download(urls)
+        wanted = self._manager.download({k: v for k, v in urls.items() if k in self._splits})
+        return {k: wanted.get(k) for k in urls}
+
+    def iter_archive(self, path):
+        return iter(()) if path is None else self._manager.iter_archive(path)
+
+    def __getattr__(self, name: str):
+        return getattr(self._manager, name)
+
+
+def only_splits(split_generators: Callable, splits: Sequence[str]) -> Callable:
+    """A builder's `_split_generators` that downloads and prepares only `splits`."""
+    def generators(dl_manager):
+        made = split_generators(_SplitsDownloads(dl_manager, splits))
+        return [g for g in made if g.name in splits]
+    return generators
 
 
 def tfds_splits(name: str, heldout_count: int) -> tuple[str, str]:

@@ -76,9 +76,9 @@ def eval_batch(config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
 
 # What a first run of a TFDS dataset needs: what TFDS downloads and where from (its checksums
 # file), and what the user must fetch by hand.
-PLACES365_DOWNLOAD = ("data.csail.mit.edu", "train_256_places365standard.tar (24.3 GiB) and "
-                      "val_256.tar (0.5 GiB), with test_256.tar (4.4 GiB), which is not used: a "
-                      "29.3 GiB download, about 57 GiB of disk while TFDS prepares it")
+PLACES365_DOWNLOAD = ("data.csail.mit.edu", "train_256_places365standard.tar, 24.3 GiB, and "
+                      "val_256.tar, 0.5 GiB: a 24.9 GiB download, about 50 GiB of disk while "
+                      "TFDS prepares it")
 CELEBA_HQ_HELP = ("CelebA-HQ (30,000 faces) cannot be downloaded by TFDS: build "
                   "data{size}x{size}.tar as "
                   "https://github.com/tkarras/progressive_growing_of_gans#preparing-datasets-"
