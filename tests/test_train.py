@@ -340,6 +340,10 @@ def test_a_tfds_dataset_that_is_not_prepared_names_its_size_and_three_ways(tmp_p
                  "config.data.download=True", "config.data.tfds_data_dir",
                  "configs/folder.py --config.data.folder"):
         assert part in text, text
+    from pconv_jax.data import sources  # eval.py's path too, not the TFRecord message
+    with pytest.raises(FileNotFoundError, match="places365_small is not prepared in .* Three ways"):
+        sources.tfds_source("places365_small", "validation", data_dir=config.data.tfds_data_dir,
+                            download=False)
     celeba = shrink(load_config_file("celeba_hq", "512"))
     celeba.data.tfds_data_dir = str(tmp_path / "tfds")
     celeba.data.download = True

@@ -74,60 +74,14 @@ def eval_batch(config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
 
 # ----------------------------------------------------------------------------- the loop
 
-# What a first run of a TFDS dataset needs: what TFDS downloads and where from (its checksums
-# file), and what the user must fetch by hand.
-PLACES365_DOWNLOAD = ("data.csail.mit.edu", "train_256_places365standard.tar, 24.3 GiB, and "
-                      "val_256.tar, 0.5 GiB: a 24.9 GiB download, about 50 GiB of disk while "
-                      "TFDS prepares it")
-CELEBA_HQ_HELP = ("CelebA-HQ (30,000 faces) cannot be downloaded by TFDS: build "
-                  "data{size}x{size}.tar as "
-                  "https://github.com/tkarras/progressive_growing_of_gans#preparing-datasets-"
-                  "for-training describes and put it in config.data.manual_dir ({manual})")
-
-
-def check_dataset(config: ml_collections.ConfigDict, *, timeout: float = 10.0) -> None:
-    """Before any workdir or download: a clear error for a TFDS dataset that is not prepared.
-
-    It names what is missing, how big it is, and the ways forward (let TFDS download it with
-    config.data.download=True, point config.data.tfds_data_dir at a prepared copy, or train on
-    the unpacked images with configs/folder.py). With config.data.download=True, a download host
-    that cannot be reached is an error within `timeout` seconds (not minutes of retries), and
-    CelebA-HQ's hand-made archive must be in place.
-    """
+def check_dataset(config: ml_collections.ConfigDict) -> None:
+    """Before any workdir or download: a TFDS dataset that is not prepared (or cannot be) is a
+    clear error naming what is missing and the ways forward (`sources.check_tfds_dataset`)."""
     data = config.data
-    if data.name not in config_lib.TFDS_DATASETS:
-        return
-    import tensorflow_datasets as tfds
-    builder = tfds.builder(data.name, data_dir=data.tfds_data_dir or None)
-    if builder.is_prepared():
-        return
-    where = f"TFDS dataset {data.name} is not prepared in {str(builder.data_dir)!r}"
-    ways = ("point config.data.tfds_data_dir at a prepared copy, or unpack the images and train "
-            "with configs/folder.py --config.data.folder=DIR")
-    if data.name.startswith("celeb_a_hq"):
-        size = data.name.rpartition("/")[2]
-        manual = data.manual_dir or os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-            str(builder.data_dir)))), "downloads", "manual")
-        archive = os.path.join(manual, f"data{size}x{size}.tar")
-        help_text = CELEBA_HQ_HELP.format(size=size, manual=manual)
-        if not data.download:
-            raise FileNotFoundError(f"{where}. {help_text}, then set config.data.download=True "
-                                    f"to let TFDS prepare it; or {ways}.")
-        if not os.path.isfile(archive):
-            raise FileNotFoundError(f"{where} and {archive} does not exist. {help_text}; or "
-                                    f"{ways}.")
-        return
-    host, sizes = PLACES365_DOWNLOAD
-    if not data.download:
-        raise FileNotFoundError(
-            f"{where}. Three ways forward: set config.data.download=True to let TFDS download "
-            f"it ({sizes}); or {ways}.")
-    import socket
-    try:
-        socket.create_connection((host, 80), timeout=timeout).close()
-    except OSError as err:
-        raise OSError(f"{where} and its download host {host} cannot be reached ({err}): "
-                      f"connect to the internet, or {ways}.") from None
+    if data.name in config_lib.TFDS_DATASETS:
+        from pconv_jax.data import sources
+        sources.check_tfds_dataset(data.name, data_dir=data.tfds_data_dir,
+                                   manual_dir=data.manual_dir, download=data.download)
 
 
 def _restore_or_init(config, checkpointer, tx, mesh, pipeline):
