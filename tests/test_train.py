@@ -169,10 +169,15 @@ def test_config_args():
         load_config_file("celeba_hq", "1024")
     with pytest.raises(ValueError, match="unknown config argument 'tune'"):
         load_config_file("places2", "tune")
+    cpu = load_config_file("folder", "finetune,cpu")
+    assert (cpu.experiment, cpu.stage, cpu.train.init_from) == (
+        "folder_cpu", "finetune", os.path.join("workdirs", "folder_cpu_train"))
+    with pytest.raises(ValueError, match=r"unknown config argument 'cpu'.*finetune, conv$"):
+        load_config_file("places2", "cpu")
 
 
 CONFIG_FILES = ["default", "demo", "demo:finetune,conv", "places2", "places2:finetune",
-                "celeba_hq:512,finetune,conv", "folder:finetune"]
+                "celeba_hq:512,finetune,conv", "folder:finetune", "folder:cpu,finetune"]
 
 
 def test_every_config_file_builds_without_tensorflow():
