@@ -23,6 +23,8 @@ from types import TracebackType
 import ml_collections
 from absl import logging
 
+from pconv_jax import config as config_lib
+
 
 class WorkdirBusyError(OSError):
     """Another live run holds the workdir's lock."""
@@ -184,17 +186,18 @@ FIXED_ON_RESUME = ("seed", "stage", "data.name", "data.folder", "data.image_size
                    "data.heldout_fraction", "masks.", "train.freeze_encoder_bn")
 
 
-def config_changes(saved: dict, config: dict) -> list[str]:
-    """'key: old -> new' for every setting whose value differs between two flat configs."""
+def config_changes(saved: dict, config: dict) -> dict[str, str]:
+    """{key: 'old -> new'} of every setting whose value differs between two flat configs."""
     missing = object()
-    return [f"{key}: {saved.get(key, missing)!r} -> {config.get(key, missing)!r}"
-            .replace(repr(missing), "(absent)")
+
+    def text(value) -> str:
+        return "(absent)" if value is missing else repr(value)
+    return {key: f"{text(saved.get(key, missing))} -> {text(config.get(key, missing))}"
             for key in sorted(saved.keys() | config.keys())
-            if saved.get(key, missing) != config.get(key, missing)]
+            if saved.get(key, missing) != config.get(key, missing)}
 
 
-def _fixed(change: str) -> bool:
-    key = change.partition(":")[0]
+def fixed_on_resume(key: str) -> bool:
     return any(key == fixed or (fixed.endswith(".") and key.startswith(fixed))
                for fixed in FIXED_ON_RESUME)
 
@@ -217,21 +220,20 @@ class ConfigHistory:
     def check(self, config: ml_collections.ConfigDict, step: int | None) -> None:
         """Compares `config` with config.json when resuming at checkpoint `step` (None: a fresh
         start, nothing to compare)."""
-        from pconv_jax import config as config_lib
         self._text = config.to_json_best_effort(indent=2)
         if step is None or not os.path.isfile(self.path):
             return
         try:
             saved = config_lib.flat_settings(config_lib.read_config_json(self.path))
         except ValueError as err:  # hand-edited or damaged: kept as it is, not compared
-            logging.warning("cannot compare the settings with the earlier run's: %s; it is kept "
-                            "as %s", err, self._snapshot_path(step))
             self._keep_as = self._snapshot_path(step)
+            logging.warning("cannot compare the settings with the earlier run's: %s; it is kept "
+                            "as %s", err, self._keep_as)
             return
         changes = config_changes(saved, config_lib.flat_settings(config))
         if not changes:
             return
-        refused = [c for c in changes if _fixed(c)]
+        refused = [f"{key}: {change}" for key, change in changes.items() if fixed_on_resume(key)]
         if refused and not self.allow_changes:
             raise ValueError(
                 f"the workdir {os.path.dirname(self.path)!r} holds a run at step {step} trained "
@@ -240,7 +242,8 @@ class ConfigHistory:
                 f"continue with the new ones (the earlier config.json is kept).")
         self._keep_as = self._snapshot_path(step)
         logging.warning("resuming at step %d with changed settings: %s (the earlier ones are "
-                        "kept in %s)", step, "; ".join(changes), self._keep_as)
+                        "kept in %s)", step, "; ".join(f"{k}: {c}" for k, c in changes.items()),
+                        self._keep_as)
 
     def _snapshot_path(self, step: int) -> str:
         base, n = os.path.join(os.path.dirname(self.path), f"config.{step}"), 1
