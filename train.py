@@ -5,7 +5,9 @@
     python train.py --config configs/demo.py --config.train.num_steps=50 --workdir /tmp/demo
 
 The workdir defaults to workdirs/<experiment>_<stage> (e.g. workdirs/places2_train); a run in a
-workdir that holds checkpoints resumes from the latest one. Multi-host: pass
+workdir that holds checkpoints resumes from the latest one (with the same data, masks, seed and
+stage unless --allow_config_change; the settings of every run are kept, see
+`pconv_jax/training/workdir.py`). Multi-host: pass
 --coordinator_address, --num_processes and --process_id, or launch in a cluster environment
 (SLURM, Open MPI, Cloud TPU) that JAX detects.
 """
@@ -23,6 +25,9 @@ _COORDINATOR = flags.DEFINE_string("coordinator_address", None,
                                    "multi-host: host:port of process 0")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "multi-host: number of processes")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "multi-host: this process's index")
+_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
+    "allow_config_change", False, "resume a workdir even if the seed, data, masks or stage "
+    "differ from its config.json (the earlier config.json is kept as config.<step>.json)")
 flags.mark_flags_as_required(["config"])
 
 
@@ -36,7 +41,7 @@ def main(argv):
     mesh.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     workdir = _WORKDIR.value or config_lib.default_workdir(config.experiment, config.stage)
     logging.info("workdir: %s", workdir)
-    loop.train_and_evaluate(config, workdir)
+    loop.train_and_evaluate(config, workdir, allow_config_change=_ALLOW_CONFIG_CHANGE.value)
 
 
 if __name__ == "__main__":

@@ -9,14 +9,20 @@ from pconv_jax.configs import default
 
 
 def get_config(arg: str | None = None):
-    config = default.get_config()
+    config = cpu_sized(default.get_config())
     config.experiment = "demo"
     config.data.name = "demo"
-    config.data.image_size = 64
     config.eval.num_images = 8
+    return default.set_stage(config, arg, finetune_learning_rate=5e-4, finetune_steps=100)
+
+
+def cpu_sized(config):
+    """A small network at 64x64 without VGG16 terms and a short schedule: minutes on a CPU."""
+    config.data.image_size = 64
     config.model.depth = 4
     config.model.base_width = 16
     config.model.max_width = 64
+    config.loss.vgg_weights = ""
     for term in ("perceptual", "style_out", "style_comp"):
         config.loss.weights[term] = 0.0
     config.train.learning_rate = 2e-3
@@ -24,4 +30,4 @@ def get_config(arg: str | None = None):
     config.train.log_every_steps = 25
     config.train.checkpoint_every_steps = 100
     config.train.eval_every_steps = 100
-    return default.set_stage(config, arg, finetune_learning_rate=5e-4, finetune_steps=100)
+    return config

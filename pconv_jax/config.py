@@ -6,7 +6,8 @@ Every setting and its default lives in `configs/default.py`; the experiment conf
 
 - a stage: `train` (default) or `finetune`;
 - `conv`: the paper's baseline, the same network with ordinary convolutions;
-- for files with several resolutions (`celeba_hq.py`), the image size: `256` or `512`.
+- for files with several resolutions (`celeba_hq.py`), the image size: `256` or `512`;
+- a file's own options, e.g. `cpu` of `folder.py` (a network and schedule for a laptop CPU).
 
 E.g. `--config configs/celeba_hq.py:512,finetune,conv`. An unknown token is an error.
 
@@ -19,12 +20,14 @@ import ast
 import dataclasses
 import importlib.util
 import json
+import math
 import os
 import re
 import types
 from collections.abc import Sequence
 
 import ml_collections
+from absl import logging
 
 STAGES = ("train", "finetune")
 
@@ -35,11 +38,14 @@ class ConfigArg:
     stage: str = "train"
     conv: bool = False
     size: int | None = None
+    options: frozenset[str] = frozenset()  # the file's own tokens given, e.g. {'cpu'}
 
 
-def parse_config_arg(arg: str | None, *, sizes: tuple[int, ...] = ()) -> ConfigArg:
-    """Parses 'token,token,...' (stage, 'conv', and one of `sizes`); raises on unknown tokens."""
-    stage, conv, size = "train", False, None
+def parse_config_arg(arg: str | None, *, sizes: tuple[int, ...] = (),
+                     options: tuple[str, ...] = ()) -> ConfigArg:
+    """Parses 'token,token,...' (stage, 'conv', one of `sizes`, any of the file's `options`);
+    raises on unknown tokens."""
+    stage, conv, size, chosen = "train", False, None, set()
     for token in [t.strip() for t in (arg or "").split(",") if t.strip()]:
         if token in STAGES:
             stage = token
@@ -47,11 +53,13 @@ def parse_config_arg(arg: str | None, *, sizes: tuple[int, ...] = ()) -> ConfigA
             conv = True
         elif token.isdigit() and int(token) in sizes:
             size = int(token)
+        elif token in options:
+            chosen.add(token)
         else:
-            valid = list(STAGES) + ["conv"] + [str(s) for s in sizes]
+            valid = list(STAGES) + ["conv"] + [str(s) for s in sizes] + list(options)
             raise ValueError(f"unknown config argument {token!r} in {arg!r}; use a comma-separated "
                              f"list of: {', '.join(valid)}")
-    return ConfigArg(stage, conv, size)
+    return ConfigArg(stage, conv, size, frozenset(chosen))
 
 
 # The file that lists every setting with its default; the experiment configs start from it.
@@ -92,20 +100,75 @@ def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
 
     `overrides` are 'key=value' strings, e.g. 'train.num_steps=10', as on the command line
     (`--config.train.num_steps=10`): values are Python or JSON literals (else strings), keys must
-    exist.
+    exist. A `config.json` is read by `read_config_json` (validated, errors name the file).
     """
     path, _, arg = spec.partition(":")
     if path.endswith(".json"):
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"config file {path!r} does not exist")
-        with open(path) as f:
-            config = ml_collections.ConfigDict(json.load(f))
+        config = read_config_json(path)
     else:
         module = load_module(path)
         config = module.get_config(arg) if arg else module.get_config()
     config.lock()
     apply_overrides(config, overrides)
     return config
+
+
+def read_config_json(path: str) -> ml_collections.ConfigDict:
+    """A saved config (a workdir's `config.json`, as training writes it) over the defaults.
+
+    It is data, never code. It must hold a JSON object with a `model` section; settings it lacks
+    take their defaults (a workdir written before they existed), settings the defaults lack are
+    ignored with a warning; then `validate`. Every error names the file and the key.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config file {path!r} does not exist")
+    try:
+        with open(path, encoding="utf-8") as f:
+            saved = json.load(f)
+    except ValueError as err:  # invalid JSON or text
+        raise ValueError(f"{path} is not a valid config.json ({err}); repair it, or pass the "
+                         f"config file the model was trained with") from None
+    if not isinstance(saved, dict) or "model" not in saved:
+        what = ("no 'model' section" if isinstance(saved, dict)
+                else f"{json.dumps(saved)[:40]} instead of an object of config sections")
+        raise ValueError(f"{path} holds {what}; repair it, or pass the config file the model "
+                         f"was trained with")
+    merged, ignored = default_config().to_dict(), []
+    try:
+        _merge(merged, saved, "", ignored)
+        config = ml_collections.ConfigDict(merged)
+        validate(config)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+    if ignored:
+        logging.warning("%s: settings this version does not have, ignored: %s", path,
+                        ", ".join(ignored))
+    return config
+
+
+def _merge(defaults: dict, saved: dict, prefix: str, ignored: list[str]) -> None:
+    """Writes `saved`'s settings into `defaults` (nested dicts); unknown keys go to `ignored`."""
+    for name, value in saved.items():
+        key = prefix + name
+        if name not in defaults:
+            ignored.append(key)
+        elif isinstance(defaults[name], dict):
+            if not isinstance(value, dict):
+                raise ValueError(f"config.{key} must be a section of settings, got {value!r}")
+            _merge(defaults[name], value, key + ".", ignored)
+        elif isinstance(value, dict):
+            raise ValueError(f"config.{key} must be a single value, not a section")
+        else:
+            defaults[name] = value
+
+
+def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
+    """The config training saved in `workdir` (its `config.json`), validated."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no config.json in workdir {workdir!r}: pass --config, the "
+                                f"config file the model was trained with")
+    return load_config(path)
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str]) -> None:
@@ -142,34 +205,158 @@ def unknown_key_message(err: BaseException, overrides: Sequence[str]) -> str:
 
 # ----------------------------------------------------------------------------- validation
 
+# The settings that name one of a few choices. The modules that read them hold the same lists
+# (tests check that they agree); this module imports none of them (no JAX, no TensorFlow).
+TFDS_DATASETS = ("places365_small", "celeb_a_hq/256", "celeb_a_hq/512")
+CHOICES: dict[str, tuple[str, ...]] = {
+    "stage": STAGES,
+    "model.dtype": ("float32", "bfloat16"),
+    "model.input_norm": ("none", "imagenet", "symmetric"),
+    "data.name": ("demo", "folder") + TFDS_DATASETS,
+    "data.resize_mode": ("crop", "resize"),
+    "masks.source": ("generated", "nvidia"),
+    "masks.border": ("any", "avoid", "touch"),
+}
+
+# Integer settings and their least value.
+MINIMUMS: dict[str, int] = {
+    "seed": 0,
+    "model.depth": 1, "model.base_width": 1, "model.max_width": 1,
+    "data.image_size": 1, "data.batch_size": 1, "data.heldout_count": 0,
+    "data.workers": -1, "data.worker_processes": -1, "data.prefetch": 1,
+    "masks.nvidia_dilation_min": 1,
+    "eval.image_size": 0, "eval.num_images": 1, "eval.masks_per_cell": 1, "eval.batch_size": 1,
+    "eval.inpaint_radius": 1, "eval.patchmatch_patch_radius": 1, "eval.is_splits": 1,
+    "eval.checkpoint_step": -1,
+    "train.num_steps": 0, "train.log_every_steps": 1, "train.checkpoint_every_steps": 1,
+    "train.keep_checkpoints": 1, "train.eval_every_steps": 1, "train.eval_batch_size": 1,
+}
+
+# Float settings and their interval: (low, high, low included, high included).
+INTERVALS: dict[str, tuple[float, float, bool, bool]] = {
+    "model.hole_fill": (0.0, 1.0, True, True),
+    "model.bn_momentum": (0.0, 1.0, True, False),
+    "data.heldout_fraction": (0.0, 1.0, True, False),
+    "masks.hole_ratio_min": (0.0, 1.0, True, False),
+    "masks.hole_ratio_max": (0.0, 1.0, False, True),
+    "eval.psnr_cap": (0.0, math.inf, False, False),
+    "train.learning_rate": (0.0, math.inf, False, False),
+    "train.adam_b1": (0.0, 1.0, True, False),
+    "train.adam_b2": (0.0, 1.0, True, False),
+}
+
+
+def _get(config: ml_collections.ConfigDict, key: str):
+    value = config
+    for name in key.split("."):
+        value = value[name]
+    return value
+
+
+def flat_settings(config: ml_collections.ConfigDict) -> dict:
+    """{'a.b': value} of every setting of a config."""
+    return dict(_leaves(config))
+
+
+def _leaves(tree, prefix: str = ""):
+    """('a.b', value) of every setting of a config (or a dict)."""
+    for name, value in tree.items():
+        if isinstance(value, (dict, ml_collections.ConfigDict)):
+            yield from _leaves(value, f"{prefix}{name}.")
+        else:
+            yield f"{prefix}{name}", value
+
+
+def _check_types(config: ml_collections.ConfigDict, reference: ml_collections.ConfigDict
+                 ) -> None:
+    """Every setting that `reference` (the defaults) has holds a value of its default's type (an
+    int where a float is expected is fine)."""
+    given = dict(_leaves(config))
+    for key, default in _leaves(reference):
+        if key not in given:
+            continue
+        value, want = given[key], type(default)
+        ok = (type(value) is want or
+              (want is float and isinstance(value, int) and not isinstance(value, bool)))
+        if not ok:
+            kind = {bool: "true or false", int: "an integer", float: "a number",
+                    str: "a string"}.get(want, want.__name__)
+            raise ValueError(f"config.{key} must be {kind}, got {value!r}")
+
+
 def _positive_int(config: ml_collections.ConfigDict, key: str, minimum: int = 1) -> int:
-    section, _, name = key.rpartition(".")
-    value = config[section][name]
+    value = _get(config, key)
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"config.{key} must be an integer >= {minimum}, got {value!r}")
     return value
 
 
-def validate(config: ml_collections.ConfigDict, device_count: int | None = None) -> None:
-    """Checks the settings a run depends on, before anything is created or compiled.
+def _in_interval(config: ml_collections.ConfigDict, key: str) -> float:
+    low, high, low_in, high_in = INTERVALS[key]
+    value = _get(config, key)
+    number = not isinstance(value, bool) and isinstance(value, (int, float))
+    if not (number and (low <= value if low_in else low < value)
+            and (value <= high if high_in else value < high)):
+        interval = (("[" if low_in else "(") + f"{low:g}, {high:g}" + ("]" if high_in else ")"))
+        if high == math.inf:
+            interval = f"{'>=' if low_in else '>'} {low:g}"
+            raise ValueError(f"config.{key} must be a number {interval}, got {value!r}")
+        raise ValueError(f"config.{key} must be a number in {interval}, got {value!r}")
+    return value
 
-    Batch size > 0 and a multiple of `device_count` (the batch is global), step intervals > 0,
-    at least one checkpoint kept, image sizes multiples of 2**model.depth.
+
+def validate(config: ml_collections.ConfigDict, device_count: int | None = None) -> None:
+    """Checks every setting's type and range, before anything is created or compiled.
+
+    Types as in `configs/default.py`; choices (`CHOICES`), integer minimums (`MINIMUMS`) and
+    intervals (`INTERVALS`); the batch size a multiple of `device_count` (the batch is global);
+    image sizes multiples of 2**model.depth; the settings that go together (hole-ratio range,
+    dilation range, a folder for `data.name='folder'`, NVIDIA masks' folder, loss weights).
+    Files are not opened: a config stays valid on a machine without its data.
     """
-    batch = _positive_int(config, "data.batch_size")
+    reference = default_config()
+    _check_types(config, reference)
+    for key, choices in CHOICES.items():
+        if _get(config, key) not in choices:
+            raise ValueError(f"config.{key} must be one of {', '.join(map(repr, choices))}, "
+                             f"got {_get(config, key)!r}")
+    for key, minimum in MINIMUMS.items():
+        _positive_int(config, key, minimum)
+    for key in INTERVALS:
+        _in_interval(config, key)
+
+    batch = config.data.batch_size
     if device_count and batch % device_count:
         example = device_count * max(1, batch // device_count)
         raise ValueError(f"config.data.batch_size = {batch} (global) must be a multiple of the "
                          f"device count {device_count}, e.g. {example}")
-    for key in ("train.num_steps", "train.log_every_steps", "train.eval_every_steps",
-                "train.checkpoint_every_steps", "train.keep_checkpoints",
-                "train.eval_batch_size", "eval.num_images", "eval.batch_size"):
-        _positive_int(config, key, 0 if key == "train.num_steps" else 1)
-    depth = _positive_int(config, "model.depth")
+    depth = config.model.depth
     multiple = 2**depth
     for key in ("data.image_size", "eval.image_size"):
-        size = _positive_int(config, key, 0 if key == "eval.image_size" else 1)
+        size = _get(config, key)
         if size % multiple:
             example = max(multiple, size // multiple * multiple)
             raise ValueError(f"config.{key} = {size} must be a multiple of 2**model.depth = "
                              f"{multiple} (depth {depth}); e.g. {example}")
+
+    masks = config.masks
+    if masks.hole_ratio_min >= masks.hole_ratio_max:
+        raise ValueError(f"config.masks.hole_ratio_min ({masks.hole_ratio_min}) must be below "
+                         f"config.masks.hole_ratio_max ({masks.hole_ratio_max})")
+    if masks.nvidia_dilation_min > masks.nvidia_dilation_max:
+        raise ValueError(f"config.masks.nvidia_dilation_min ({masks.nvidia_dilation_min}) must "
+                         f"not exceed config.masks.nvidia_dilation_max "
+                         f"({masks.nvidia_dilation_max})")
+    if masks.source == "nvidia" and not masks.nvidia_train_dir:
+        raise ValueError("config.masks.source = 'nvidia' needs config.masks.nvidia_train_dir, "
+                         "the folder of NVIDIA's irregular training masks")
+    if config.data.name == "folder" and not config.data.folder:
+        raise ValueError("config.data.name = 'folder' needs config.data.folder, the folder of "
+                         "training images (e.g. --config.data.folder=/path/to/photos)")
+    for term, weight in config.loss.weights.items():
+        if term not in reference.loss.weights:
+            raise ValueError(f"config.loss.weights has no term {term!r}; the terms are "
+                             f"{', '.join(reference.loss.weights)}")
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not (
+                0 <= weight < math.inf):
+            raise ValueError(f"config.loss.weights.{term} must be a number >= 0, got {weight!r}")

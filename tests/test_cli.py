@@ -194,3 +194,21 @@ def test_the_library_log_filter_keeps_the_projects_records_and_library_errors():
     assert passes(f"{lib}/jax/_src/xla_bridge.py", logging.WARNING)
     assert not passes(f"{lib}/orbax/checkpoint/checkpoint_manager.py", logging.WARNING)
     assert passes(f"{lib}/orbax/checkpoint/checkpoint_manager.py", logging.ERROR)
+
+
+def test_bad_settings_and_a_missing_dataset_fail_before_any_workdir(tmp_path):
+    """One `error:` line each, and no workdir (nor TFDS folder) left behind."""
+    for override, pattern in [
+            ("model.dtype=float8", r"config.model.dtype must be one of 'float32', 'bfloat16'"),
+            ("train.learning_rate=-0.5", r"config.train.learning_rate must be a number > 0"),
+            ("data.name=bogus", r"config.data.name must be one of .*got 'bogus'"),
+            ("data.workers=-7", r"config.data.workers must be an integer >= -1, got -7"),
+            ("model.base_width=0", r"config.model.base_width must be an integer >= 1, got 0")]:
+        result = run_command("train.py", "--config", "configs/demo.py", "--workdir",
+                             str(tmp_path / "w"), f"--config.{override}")
+        assert_one_line_error(result, pattern)
+    result = run_command("train.py", "--config", "configs/places2.py", "--workdir",
+                         str(tmp_path / "w"), f"--config.data.tfds_data_dir={tmp_path / 'tfds'}")
+    assert_one_line_error(result, r"places365_small is not prepared in .* Three ways forward: "
+                                  r"set config.data.download=True")
+    assert sorted(os.listdir(tmp_path)) == []

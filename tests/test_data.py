@@ -298,14 +298,15 @@ def test_tfrecord_only_copy_names_the_conversion_and_reads_the_same_once_convert
 
 def test_tfds_pipeline_under_mock_data():
     with tfds.testing.mock_data(num_examples=6):
-        config = _config("places365_small", size=32, batch=4)
+        config = _config("places365_small", size=32, batch=4, download=True)
         _check_batch(next(_pipeline(config)), 4, 32)
         evaluation = data.load_eval_images(config, 3)
         assert evaluation.shape == (3, 32, 32, 3) and evaluation.dtype == np.float32
 
 
 def test_celeb_a_hq_without_manual_download(tmp_path):
-    config = _config("celeb_a_hq/256", tfds_data_dir=str(tmp_path), manual_dir=str(tmp_path / "m"))
+    config = _config("celeb_a_hq/256", tfds_data_dir=str(tmp_path), manual_dir=str(tmp_path / "m"),
+                     download=True)
     with pytest.raises(RuntimeError, match="CelebA-HQ cannot be downloaded automatically"):
         _pipeline(config)
 

@@ -3,6 +3,7 @@ config and workdir errors."""
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -21,7 +22,8 @@ from test_train_helpers import REPO, demo_config, load_config_file, param_leaves
 
 from pconv_jax import config as config_lib
 from pconv_jax.data import pipeline
-from pconv_jax.training import checkpoints, logs
+from pconv_jax.loss import losses
+from pconv_jax.training import checkpoints, logs, loop
 from pconv_jax.training.loop import train_and_evaluate
 
 
@@ -80,8 +82,10 @@ def _mock_tfds_config(name: str, arg: str | None) -> ml_collections.ConfigDict:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name,arg", [("places2", None), ("celeba_hq", "512,conv")])
-def test_tfds_configs_train_under_mock_data(name, arg, tmp_path, compiled_steps):
+def test_tfds_configs_train_under_mock_data(name, arg, tmp_path, compiled_steps, monkeypatch):
     config = _mock_tfds_config(name, arg)
+    config.data.download = True  # mock_data stands in for the download
+    monkeypatch.setattr(loop, "check_dataset", lambda config: None)  # no real dataset to check
     with tfds.testing.mock_data(num_examples=16):
         state = train_and_evaluate(config, str(tmp_path), steps=compiled_steps(config))
     assert int(state.step) == 2
@@ -165,10 +169,15 @@ def test_config_args():
         load_config_file("celeba_hq", "1024")
     with pytest.raises(ValueError, match="unknown config argument 'tune'"):
         load_config_file("places2", "tune")
+    cpu = load_config_file("folder", "finetune,cpu")
+    assert (cpu.experiment, cpu.stage, cpu.train.init_from) == (
+        "folder_cpu", "finetune", os.path.join("workdirs", "folder_cpu_train"))
+    with pytest.raises(ValueError, match=r"unknown config argument 'cpu'.*finetune, conv$"):
+        load_config_file("places2", "cpu")
 
 
 CONFIG_FILES = ["demo", "demo:finetune,conv", "places2", "places2:finetune",
-                "celeba_hq:512,finetune,conv", "folder:finetune"]
+                "celeba_hq:512,finetune,conv", "folder:finetune", "folder:cpu,finetune"]
 
 
 def test_every_config_file_builds_without_tensorflow():
@@ -219,11 +228,36 @@ def test_experiment_configs_only_override_the_defaults():
     ("train.keep_checkpoints", 0, r"config.train.keep_checkpoints must be an integer >= 1"),
     ("data.image_size", 60, r"data.image_size = 60 must be a multiple of 2\*\*model.depth = 8"),
     ("eval.image_size", 36, r"config.eval.image_size = 36 must be a multiple of 2\*\*model.depth"),
+    ("model.dtype", "float8", r"config.model.dtype must be one of 'float32', 'bfloat16', got "
+                              r"'float8'"),
+    ("train.learning_rate", -0.5, r"config.train.learning_rate must be a number > 0, got -0.5"),
+    ("train.learning_rate", 0.0, r"config.train.learning_rate must be a number > 0, got 0.0"),
+    ("data.name", "bogus", r"config.data.name must be one of 'demo', 'folder', "
+                           r"'places365_small', .*got 'bogus'"),
+    ("masks.border", "bogus", r"config.masks.border must be one of 'any', 'avoid', 'touch'"),
+    ("masks.source", "bogus", r"config.masks.source must be one of 'generated', 'nvidia'"),
+    ("masks.source", "nvidia", r"'nvidia' needs config.masks.nvidia_train_dir"),
+    ("masks.hole_ratio_min", 0.5, r"hole_ratio_min \(0.5\) must be below .*hole_ratio_max"),
+    ("masks.hole_ratio_max", 1.5, r"config.masks.hole_ratio_max must be a number in \(0, 1\]"),
+    ("masks.nvidia_dilation_max", 2, r"nvidia_dilation_min \(5\) must not exceed"),
+    ("data.prefetch", 0, r"config.data.prefetch must be an integer >= 1, got 0"),
+    ("data.workers", -7, r"config.data.workers must be an integer >= -1, got -7"),
+    ("data.worker_processes", -2, r"config.data.worker_processes must be an integer >= -1"),
+    ("data.resize_mode", "zoom", r"config.data.resize_mode must be one of 'crop', 'resize'"),
+    ("data.heldout_fraction", 1.0, r"config.data.heldout_fraction must be a number in \[0, 1\)"),
+    ("model.input_norm", "bogus", r"config.model.input_norm must be one of 'none', 'imagenet'"),
+    ("model.base_width", 0, r"config.model.base_width must be an integer >= 1, got 0"),
+    ("model.max_width", 0, r"config.model.max_width must be an integer >= 1, got 0"),
+    ("model.bn_momentum", 1.0, r"config.model.bn_momentum must be a number in \[0, 1\)"),
+    ("train.adam_b2", 1.0, r"config.train.adam_b2 must be a number in \[0, 1\)"),
+    ("seed", -1, r"config.seed must be an integer >= 0, got -1"),
+    ("stage", "warmup", r"config.stage must be one of 'train', 'finetune'"),
+    ("loss.vgg_weights", None, r"config.loss.vgg_weights must be a string, got None"),
 ])
 def test_bad_settings_are_refused_before_the_workdir_exists(tmp_path, key, value, message):
     config = demo_config()
-    section, name = key.split(".")
-    config[section][name] = value
+    section, _, name = key.rpartition(".")
+    (config[section] if section else config)[name] = value
     workdir = tmp_path / "work"
     with pytest.raises(ValueError, match=message):
         train_and_evaluate(config, str(workdir))
@@ -285,3 +319,153 @@ def test_image_grid_layout():
     assert (grid[0, 0] == 255).all() and (grid[3, 0] == 128).all()  # holes white, known pixels
     assert (grid[0, 6] == 0).all() and (grid[0, 12] == 64).all() and (grid[0, 18] == 128).all()
     assert (grid[4:6] == 255).all()  # the gap between rows
+
+
+# ----------------------------------------------------------------------------- first runs
+
+def test_setting_choices_agree_with_the_modules_that_read_them():
+    from pconv_jax.data import masks, sources
+    from pconv_jax.loss import losses as loss_lib
+    from pconv_jax.network import unet
+    choices = config_lib.CHOICES
+    assert set(choices["model.input_norm"]) == set(unet.INPUT_NORMS)
+    assert set(choices["masks.border"]) == set(masks._BORDERS)
+    assert set(choices["data.name"]) == set(pipeline.DATASETS)
+    assert set(config_lib.TFDS_DATASETS) == set(sources.TFDS_NAMES)
+    assert set(load_config_file("default").loss.weights) == set(loss_lib.TERMS)
+
+
+def test_a_tfds_dataset_that_is_not_prepared_names_its_size_and_three_ways(tmp_path):
+    config = shrink(load_config_file("places2"))
+    config.data.tfds_data_dir = str(tmp_path / "tfds")
+    assert not config.data.download  # the default: no 29 GiB download unasked
+    with pytest.raises(FileNotFoundError) as err:
+        loop.check_dataset(config)
+    text = str(err.value)
+    for part in ("places365_small is not prepared in", "24.9 GiB download",
+                 "config.data.download=True", "config.data.tfds_data_dir",
+                 "configs/folder.py --config.data.folder"):
+        assert part in text, text
+    from pconv_jax.data import sources  # eval.py's path too, not the TFRecord message
+    with pytest.raises(FileNotFoundError, match="places365_small is not prepared in .* Three ways"):
+        sources.tfds_source("places365_small", "validation", data_dir=config.data.tfds_data_dir,
+                            download=False)
+    celeba = shrink(load_config_file("celeba_hq", "512"))
+    celeba.data.tfds_data_dir = str(tmp_path / "tfds")
+    celeba.data.download = True
+    with pytest.raises(FileNotFoundError, match=r"data512x512.tar does not exist.*manual_dir"):
+        loop.check_dataset(celeba)
+    assert not (tmp_path / "tfds").exists()
+
+
+def test_offline_download_fails_at_once_with_one_line(tmp_path, monkeypatch):
+    import socket
+
+    def offline(address, timeout):
+        raise socket.gaierror(-3, "Temporary failure in name resolution")
+
+    monkeypatch.setattr(socket, "create_connection", offline)
+    config = shrink(load_config_file("places2"))
+    config.data.tfds_data_dir = str(tmp_path / "tfds")
+    config.data.download = True
+    with pytest.raises(OSError, match=r"download host data.csail.mit.edu cannot be reached "
+                                      r"\(.*name resolution\): connect to the internet, or point"):
+        train_and_evaluate(config, str(tmp_path / "work"))
+    assert sorted(os.listdir(tmp_path)) == []
+
+
+def test_a_start_that_fails_in_a_new_workdir_leaves_no_folder(tmp_path):
+    """Too few held-out images for the held-out batch: the error names the setting, and the
+    workdir the run had created is gone."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(5):
+        Image.fromarray(np.full((40, 48, 3), 40 * i, np.uint8)).save(folder / f"{i}.png")
+    config = demo_config()
+    config.data.name, config.data.folder, config.data.heldout_count = "folder", str(folder), 1
+    workdir = tmp_path / "runs" / "work"
+    with pytest.raises(ValueError, match=r"holds only 1 held-out images .* 2 were asked for; "
+                                         r"lower config.train.eval_batch_size or hold out more "
+                                         r"images \(config.data.heldout_count"):
+        train_and_evaluate(config, str(workdir))
+    assert sorted(os.listdir(tmp_path)) == ["images"]
+
+
+@pytest.mark.slow
+def test_a_refused_or_failed_resume_leaves_config_json_unchanged(tmp_path, compiled_steps,
+                                                                  caplog):
+    config = demo_config(steps=2)
+    train_and_evaluate(config, str(tmp_path), steps=compiled_steps(config))
+    saved = (tmp_path / "config.json").read_text()
+    files = sorted(os.listdir(tmp_path))
+
+    reseeded = demo_config(steps=4)
+    reseeded.seed = 3
+    with pytest.raises(ValueError, match=r"at step 2 trained with other settings: seed: 0 -> 3"):
+        train_and_evaluate(reseeded, str(tmp_path), steps=compiled_steps(reseeded))
+    failing = demo_config(steps=4)
+    failing.train.eval_batch_size = 1000  # fails after the restore, on the held-out batch
+    with pytest.raises(ValueError, match="lower config.train.eval_batch_size"):
+        train_and_evaluate(failing, str(tmp_path), steps=compiled_steps(failing))
+    assert (tmp_path / "config.json").read_text() == saved
+    assert sorted(os.listdir(tmp_path)) == files
+
+    with caplog.at_level(logging.WARNING):
+        state = train_and_evaluate(reseeded, str(tmp_path), steps=compiled_steps(reseeded),
+                                   allow_config_change=True)
+    assert int(state.step) == 4
+    assert (tmp_path / "config.2.json").read_text() == saved
+    assert "resuming at step 2 with changed settings: seed: 0 -> 3" in caplog.text
+
+
+@pytest.mark.slow
+def test_folder_cpu_recipe_trains_on_a_few_photos(tmp_path, compiled_steps):
+    config = load_config_file("folder", "cpu")
+    assert (config.data.image_size, config.model.depth, config.data.worker_processes) == (
+        64, 4, 0)
+    assert losses.vgg_for_config(config.loss) is None  # no VGG16 file needed
+    assert config.experiment == "folder_cpu" and config.train.num_steps <= 1000
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(10):  # photos of a few sizes, scaled down whole
+        shape = (90 + 10 * i, 120, 3) if i % 2 else (160, 100 + 7 * i, 3)
+        Image.fromarray(rng.integers(0, 255, shape, np.uint8)).save(folder / f"{i}.jpg")
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.data.folder = str(folder)
+    config.train.num_steps = 2
+    config.train.async_checkpoints = False
+    state = train_and_evaluate(config, str(tmp_path / "work"), steps=compiled_steps(config))
+    assert int(state.step) == 2
+    assert set(_scalars(str(tmp_path / "work"), "eval_psnr")) == {2}
+
+
+def test_places365_download_fetches_only_the_splits_training_reads(tmp_path):
+    """The builder's split generators under `only_splits`: no test archive (4.4 GiB) is fetched
+    and no test split prepared."""
+    from pconv_jax.data import sources
+
+    class Downloads:
+        """A TFDS download manager that records what it is asked for."""
+        def __init__(self):
+            self.urls = []
+
+        def download(self, urls):
+            self.urls.extend(urls.values())
+            return {k: str(tmp_path / k) for k in urls}
+
+        def download_and_extract(self, url):
+            self.urls.append(url)
+            return str(tmp_path / "filelist")
+
+        def iter_archive(self, path):
+            return iter(())
+
+    builder = tfds.builder("places365_small", data_dir=str(tmp_path / "tfds"))
+    downloads = Downloads()
+    generators = sources.only_splits(builder._split_generators,
+                                     sources.PREPARED_SPLITS["places365_small"])(downloads)
+    assert [g.name for g in generators] == ["train", "validation"]
+    assert sorted(os.path.basename(u) for u in downloads.urls) == [
+        "filelist_places365-standard.tar", "train_256_places365standard.tar", "val_256.tar"]
+    assert set(sources.tfds_splits("places365_small", 0)) == {g.name for g in generators}

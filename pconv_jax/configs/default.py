@@ -60,7 +60,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data.heldout_fraction = 0.0  # if > 0, the held-out share of a folder (wins)
     config.data.tfds_data_dir = ""    # TFDS data directory ('' = TFDS' default)
     config.data.manual_dir = ""       # manually downloaded files (CelebA-HQ); '' = TFDS' default
-    config.data.download = True       # let TFDS download and prepare a missing dataset
+    config.data.download = False      # True: let TFDS download and prepare a missing dataset
+                                      # (Places2: a 25 GiB download); see README
     config.data.workers = -1          # threads doing per-example work; -1 = usable cores less
                                       # one (at least 1); 0 = in the calling thread (debugging)
     config.data.worker_processes = 0  # N > 0: N processes each making whole batches (the mask

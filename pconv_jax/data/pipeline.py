@@ -473,7 +473,8 @@ def _demo_eval_images(size: int) -> list[np.ndarray]:
 
 
 def load_eval_images(config: ml_collections.ConfigDict, count: int | None = None, *,
-                     size: int | None = None) -> np.ndarray:
+                     size: int | None = None, count_setting: str = "config.eval.num_images"
+                     ) -> np.ndarray:
     """The first `count` held-out images, centre-cropped: float32 [0, 1], (count, S, S, 3).
 
     Held-out sets: Places365's validation split, CelebA-HQ's last `heldout_count` train
@@ -485,6 +486,7 @@ def load_eval_images(config: ml_collections.ConfigDict, count: int | None = None
         `config.eval.image_size`).
       count: number of images; default `config.eval.num_images`.
       size: side length; default `eval_image_size(config)`.
+      count_setting: the setting `count` comes from, named when too few images are held out.
     """
     data = config.data
     count = int(config.eval.num_images if count is None else count)
@@ -512,9 +514,11 @@ def load_eval_images(config: ml_collections.ConfigDict, count: int | None = None
     else:
         raise ValueError(f"config.data.name must be one of {DATASETS}, got {data.name!r}.")
     if len(images) < count:
+        more = (" (config.data.heldout_count or heldout_fraction)" if data.name == "folder" else
+                " (config.data.heldout_count)" if data.name.startswith("celeb_a_hq") else "")
         raise ValueError(f"{data.name} holds only {len(images)} held-out images of size {size}, "
-                         f"{count} were asked for; lower the count (config.eval.num_images) or "
-                         f"hold out more images.")
+                         f"{count} were asked for; lower {count_setting} or hold out more "
+                         f"images{more}.")
     return np.stack([_eval_image(image, size, mode) for image in images[:count]])
 
 

@@ -193,15 +193,73 @@ _CELEBA_HQ_HELP = (
     "folder of CelebA-HQ images.")
 
 
-def tfds_builder(name: str, *, data_dir: str = "", manual_dir: str = "", download: bool = True):
-    """Returns a prepared TFDS builder for `name`, downloading it if allowed."""
+# What a first run of a TFDS dataset needs: the host TFDS downloads Places365 from (its
+# checksums file) and the archives of the splits it prepares; CelebA-HQ's hand-made archive.
+PLACES365_DOWNLOAD = ("data.csail.mit.edu", "train_256_places365standard.tar, 24.3 GiB, and "
+                      "val_256.tar, 0.5 GiB: a 24.9 GiB download, about 50 GiB of disk while "
+                      "TFDS prepares it")
+CELEBA_HQ_HELP = ("CelebA-HQ (30,000 faces) cannot be downloaded by TFDS: build "
+                  "data{size}x{size}.tar as https://github.com/tkarras/progressive_growing_of_gans"
+                  "#preparing-datasets-for-training describes and put it in "
+                  "config.data.manual_dir ({manual})")
+
+
+def check_tfds_dataset(name: str, *, data_dir: str = "", manual_dir: str = "",
+                       download: bool = False, timeout: float = 10.0) -> None:
+    """Nothing if the dataset is prepared; else a FileNotFoundError naming what is missing, how
+    big it is, and the ways forward (let TFDS download it with config.data.download=True, point
+    config.data.tfds_data_dir at a prepared copy, or train on the unpacked images with
+    configs/folder.py). With `download`, a download host that cannot be reached is an OSError
+    within `timeout` seconds (not minutes of retries), and CelebA-HQ's archive must exist.
+    Downloads nothing and creates no folder.
+    """
     import tensorflow_datasets as tfds
 
     if name not in TFDS_NAMES:
         raise ValueError(f"unknown TFDS dataset {name!r}; expected one of {TFDS_NAMES}.")
     builder = tfds.builder(name, data_dir=data_dir or None)
+    if builder.is_prepared():
+        return
+    where = f"TFDS dataset {name} is not prepared in {str(builder.data_dir)!r}"
+    ways = ("point config.data.tfds_data_dir at a prepared copy, or unpack the images and train "
+            "with configs/folder.py --config.data.folder=DIR")
+    if name.startswith("celeb_a_hq"):
+        size = name.rpartition("/")[2]
+        manual = manual_dir or os.path.join(str(builder._data_dir_root), "downloads", "manual")
+        archive = os.path.join(manual, f"data{size}x{size}.tar")
+        help_text = CELEBA_HQ_HELP.format(size=size, manual=manual)
+        if not download:
+            raise FileNotFoundError(f"{where}. {help_text}, then set config.data.download=True "
+                                    f"to let TFDS prepare it; or {ways}.")
+        if not os.path.isfile(archive):
+            raise FileNotFoundError(f"{where} and {archive} does not exist. {help_text}; or "
+                                    f"{ways}.")
+        return
+    host, sizes = PLACES365_DOWNLOAD
     if not download:
+        raise FileNotFoundError(
+            f"{where}. Three ways forward: set config.data.download=True to let TFDS download "
+            f"it ({sizes}); or {ways}.")
+    import socket
+    try:
+        socket.create_connection((host, 80), timeout=timeout).close()
+    except OSError as err:
+        raise OSError(f"{where} and its download host {host} cannot be reached ({err}): "
+                      f"connect to the internet, or {ways}.") from None
+
+
+def tfds_builder(name: str, *, data_dir: str = "", manual_dir: str = "", download: bool = True):
+    """Returns a prepared TFDS builder for `name`, downloading it if allowed; if not, a clear
+    error (`check_tfds_dataset`) when it is not prepared."""
+    import tensorflow_datasets as tfds
+
+    if not download:
+        check_tfds_dataset(name, data_dir=data_dir, manual_dir=manual_dir, download=False)
+    builder = tfds.builder(name, data_dir=data_dir or None)
+    if not download or builder.is_prepared():
         return builder
+    if name in PREPARED_SPLITS:  # download and prepare only the splits training reads
+        builder._split_generators = only_splits(builder._split_generators, PREPARED_SPLITS[name])
     config = tfds.download.DownloadConfig(manual_dir=manual_dir or None)
     try:  # ArrayRecord: the random-access format `tfds.data_source` reads
         builder.download_and_prepare(download_config=config, file_format="array_record")
@@ -212,6 +270,38 @@ def tfds_builder(name: str, *, data_dir: str = "", manual_dir: str = "", downloa
                                f"TFDS said: {error}") from error
         raise
     return builder
+
+
+# The splits `tfds_splits` reads, where a dataset has more (Places365's 4.4 GiB test archive).
+PREPARED_SPLITS = {"places365_small": ("train", "validation")}
+
+
+class _SplitsDownloads:
+    """A TFDS download manager that fetches only the archives of `splits` (a `download` of a
+    dict keyed by split); the others are None and iterate as empty archives."""
+
+    def __init__(self, manager, splits: Sequence[str]):
+        self._manager, self._splits = manager, splits
+
+    def download(self, urls):
+        if not isinstance(urls, dict):
+            return self._manager.download(urls)
+        wanted = self._manager.download({k: v for k, v in urls.items() if k in self._splits})
+        return {k: wanted.get(k) for k in urls}
+
+    def iter_archive(self, path):
+        return iter(()) if path is None else self._manager.iter_archive(path)
+
+    def __getattr__(self, name: str):
+        return getattr(self._manager, name)
+
+
+def only_splits(split_generators: Callable, splits: Sequence[str]) -> Callable:
+    """A builder's `_split_generators` that downloads and prepares only `splits`."""
+    def generators(dl_manager):
+        made = split_generators(_SplitsDownloads(dl_manager, splits))
+        return [g for g in made if g.name in splits]
+    return generators
 
 
 def tfds_splits(name: str, heldout_count: int) -> tuple[str, str]:

@@ -133,12 +133,9 @@ def side_by_side(image: np.ndarray, mask: np.ndarray, result: np.ndarray,
 
 
 def workdir_config(workdir: str) -> ml_collections.ConfigDict:
-    """The config training saved in the workdir (config.json); a clear error if there is none."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no config.json in workdir {workdir!r}: pass --config, the "
-                                f"config file the model was trained with")
-    return config_lib.load_config(path)
+    """The config training saved in the workdir (config.json), validated; a clear error naming
+    the file and the setting if there is none or it is damaged."""
+    return config_lib.load_workdir_config(workdir)
 
 
 def pair_folder(image_dir: str, mask_dir: str) -> list[tuple[str, str]]:

@@ -8,8 +8,11 @@ loss check runs there, and before every checkpoint so that no NaN state is ever 
 Resume order: the workdir's own latest checkpoint -> `config.train.init_from` (network only,
 e.g. fine-tuning from the train stage) -> a fresh initialisation.
 
-One run per workdir (a lock, see `workdir.py`); `config.json` is written only once the restore
-and its checks have passed. A preempted run (SIGTERM) saves, then ends with status 143. Ctrl-C
+One run per workdir (a lock, see `workdir.py`). Before the first step (the start) nothing is
+written: the settings are compared with the earlier run's config.json (`workdir.ConfigHistory`),
+the checkpoint is restored and checked, the held-out batch is read; only then are config.json
+(the earlier one kept if the settings changed) and the logs written. A failed start removes the
+folders it created. A preempted run (SIGTERM) saves, then ends with status 143. Ctrl-C
 (SIGINT) stops the run at the end of the current step without a final save (the checkpoints
 already written stay; a save in progress is completed); a second Ctrl-C interrupts at once.
 """
@@ -59,7 +62,8 @@ def eval_batch(config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
     """The fixed held-out batch: the first eval_batch_size held-out images with seeded masks."""
     from pconv_jax.data import pipeline
     count = int(config.train.eval_batch_size)
-    images = np.asarray(pipeline.load_eval_images(config, count), np.float32)
+    images = np.asarray(pipeline.load_eval_images(
+        config, count, count_setting="config.train.eval_batch_size"), np.float32)
     size = images.shape[1:3]
     masks = np.stack([generate_mask((config.seed, 10_000 + i), size,
                                     hole_ratio_range=(config.masks.hole_ratio_min,
@@ -71,19 +75,13 @@ def eval_batch(config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
 # ----------------------------------------------------------------------------- the loop
 
 def check_dataset(config: ml_collections.ConfigDict) -> None:
-    """A clear error, before any compilation, for a TFDS dataset that is absent and may not be
-    downloaded."""
-    from pconv_jax.data import sources
-    name = config.data.name
-    if name not in sources.TFDS_NAMES or config.data.download:
-        return
-    import tensorflow_datasets as tfds
-    builder = tfds.builder(name, data_dir=config.data.tfds_data_dir or None)
-    if not builder.is_prepared():
-        raise FileNotFoundError(
-            f"TFDS dataset {name} is not prepared in {builder.data_dir!r}: set "
-            f"config.data.download=True to let TFDS download it (CelebA-HQ needs a manual "
-            f"download, see docs), or point config.data.tfds_data_dir at a prepared copy.")
+    """Before any workdir or download: a TFDS dataset that is not prepared (or cannot be) is a
+    clear error naming what is missing and the ways forward (`sources.check_tfds_dataset`)."""
+    data = config.data
+    if data.name in config_lib.TFDS_DATASETS:
+        from pconv_jax.data import sources
+        sources.check_tfds_dataset(data.name, data_dir=data.tfds_data_dir,
+                                   manual_dir=data.manual_dir, download=data.download)
 
 
 def _restore_or_init(config, checkpointer, tx, mesh, pipeline):
@@ -120,12 +118,6 @@ def _restore_or_init(config, checkpointer, tx, mesh, pipeline):
                               opt_state=replicate(tx.init(model["params"]), mesh))
         logging.info("initialised the network from %s (step %d)", init_dir, step)
     return graphdef, state
-
-
-def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-    if jax.process_index() == 0:
-        workdir_lib.write_text_atomically(os.path.join(workdir, "config.json"),
-                                          config.to_json_best_effort(indent=2))
 
 
 class MetricsWindow:
@@ -194,49 +186,62 @@ def _last_checkpoint_text(checkpointer: checkpoints.Checkpointer) -> str:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
-                       steps: Steps | None = None) -> TrainState:
+                       steps: Steps | None = None,
+                       allow_config_change: bool = False) -> TrainState:
     """Trains (or fine-tunes) per `config`, checkpointing and logging into `workdir`.
 
     `steps`: the optimizer and jitted steps for this config's network (`make_steps`), built
     here when None; passing them lets several runs in one process share their compilations.
+    `allow_config_change`: resume even if the data, masks, seed or stage differ from the
+    workdir's config.json (see `workdir.ConfigHistory`).
     Returns the final TrainState. Raises FloatingPointError when the loss or the state to be
     saved is not finite (the last checkpoint stays the last good one), WorkdirBusyError when
     another run holds the workdir, and Preempted (a SystemExit with status 143) after the final
-    save of a run stopped by SIGTERM.
+    save of a run stopped by SIGTERM. A run that fails before its first step leaves no folder it
+    created and an unchanged config.json.
     """
-    # --- Setup: checks and frozen VGG (before the workdir exists), workdir, writers, steps, data.
+    # --- Checks and frozen VGG, before the workdir exists.
     mesh = make_data_mesh()
     config_lib.validate(config, mesh.size)
     check_dataset(config)
     vgg = losses.vgg_for_config(config.loss)  # None when no VGG term is on
     vgg = None if vgg is None else replicate(vgg, mesh)
+    cleanup = workdir_lib.CleanupIfStartFails(workdir, checkpoints.checkpoint_dir(workdir))
     workdir = workdir_lib.prepare_workdir(workdir)
-    with workdir_lib.WorkdirLock(workdir, jax.process_index()):
-        return _train(config, workdir, mesh, vgg, steps)
+    with workdir_lib.WorkdirLock(workdir, jax.process_index()), cleanup:
+        history = workdir_lib.ConfigHistory(workdir, allow_changes=allow_config_change)
+        return _train(config, workdir, mesh, vgg, steps, history, cleanup)
 
 
 def _train(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.Mesh, vgg,
-           steps: Steps | None) -> TrainState:
+           steps: Steps | None, history: workdir_lib.ConfigHistory,
+           cleanup: workdir_lib.CleanupIfStartFails) -> TrainState:
     """The run itself, in a locked workdir."""
     from pconv_jax.data import pipeline as data_pipeline  # TensorFlow: only when training
 
-    writer = logs.create_writer(workdir)
     steps = steps or make_steps(config, network_graphdef(config))
     tx = steps.tx
     pipeline = data_pipeline.create_train_pipeline(config, seed=config.seed)
-    checkpointer = checkpoints.Checkpointer(
-        checkpoints.checkpoint_dir(workdir), save_every_steps=config.train.checkpoint_every_steps,
-        keep=config.train.keep_checkpoints, asynchronous=config.train.async_checkpoints,
-        network=checkpoints.network_config(config.model))
-    checkpointer.install_signal_handler()
+    checkpointer = None
     try:
-        # --- State: own checkpoint -> config.train.init_from -> fresh initialisation.
+        checkpointer = checkpoints.Checkpointer(
+            checkpoints.checkpoint_dir(workdir),
+            save_every_steps=config.train.checkpoint_every_steps,
+            keep=config.train.keep_checkpoints, asynchronous=config.train.async_checkpoints,
+            network=checkpoints.network_config(config.model))
+        # --- Start: compare with the earlier run's settings, restore, the held-out batch; only
+        # then config.json and the logs (a failed start changes nothing).
+        history.check(config, checkpointer.latest_step())
         _, state = _restore_or_init(config, checkpointer, tx, mesh, pipeline)
-        _write_config(config, workdir)  # only now: a refused resume leaves the old one
         train_step, eval_step = steps.train, steps.eval
         held_out = eval_batch(config)
         held_out_global = {k: jax.make_array_from_process_local_data(replicated(mesh), v)
                            for k, v in held_out.items()}
+        if jax.process_index() == 0:
+            history.record()
+        writer = logs.create_writer(workdir)
+        checkpointer.install_signal_handler()
+        cleanup.started()
         num_steps = int(config.train.num_steps)
         first_step = int(jax.device_get(state.step)) + 1
         if first_step > num_steps:
@@ -280,8 +285,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.M
         return state
     finally:
         pipeline.close()  # its threads or worker processes: none outlives the run
-        checkpointer.wait()
-        checkpointer.close()
+        if checkpointer is not None:
+            checkpointer.wait()
+            checkpointer.close()
 
 
 def log_held_out(eval_step, state, held_out, held_out_global, writer, step: int

@@ -1,4 +1,5 @@
-"""One writer per workdir: a lock file per process, and an atomic `config.json`.
+"""One writer per workdir: a lock file per process, an atomic `config.json` with the history of
+its changes, and no workdir left behind by a failed start.
 
 A run holds `<workdir>/.lock.<process_index>` with `fcntl.flock` for its whole life; the file
 records who holds it (pid, host, start time). A second run into the same workdir (and process
@@ -15,13 +16,16 @@ import datetime
 import fcntl
 import json
 import os
+import shutil
 import socket
 from types import TracebackType
 
+import ml_collections
 from absl import logging
 
+from pconv_jax import config as config_lib
 from pconv_jax import files
-from pconv_jax.files import write_text_atomically  # noqa: F401  (re-exported for callers)
+from pconv_jax.files import write_text_atomically
 
 
 class WorkdirBusyError(OSError):
@@ -122,3 +126,124 @@ def prepare_workdir(workdir: str, writing: str = "to") -> str:
         with contextlib.suppress(OSError):  # also when the write failed after creating it
             os.remove(probe)
     return workdir
+
+
+# ----------------------------------------------------------------------------- failed starts
+
+def _topmost_missing(path: str) -> str | None:
+    """The topmost folder of `path` that does not exist yet (None if `path` exists)."""
+    path, top = os.path.abspath(path), None
+    while not os.path.lexists(path):
+        path, top = os.path.dirname(path), path
+    return top
+
+
+class CleanupIfStartFails:
+    """Removes the folders a run creates (workdir, checkpoints folder) if it fails before
+    `started()`: a failed start leaves no workdir behind.
+
+    Built before the folders are made; use as a context manager around the run's setup.
+    """
+
+    def __init__(self, *folders: str):
+        self._new = sorted({top for top in map(_topmost_missing, folders) if top})
+        self._started = False
+
+    def started(self) -> None:
+        self._started = True
+
+    def __enter__(self) -> CleanupIfStartFails:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if exc_type is None or self._started:
+            return
+        for folder in self._new:
+            if os.path.isdir(folder) and not os.path.islink(folder):
+                shutil.rmtree(folder, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- config history
+
+# Settings a resume may not change unless allowed (train.py --allow_config_change): they decide
+# which examples, masks and updates the steps see. Network settings are checked by the
+# checkpoint itself; every other change is accepted with a warning.
+FIXED_ON_RESUME = ("seed", "stage", "data.name", "data.folder", "data.image_size",
+                   "data.batch_size", "data.resize_mode", "data.heldout_count",
+                   "data.heldout_fraction", "masks.", "train.freeze_encoder_bn")
+
+
+def config_changes(saved: dict, config: dict) -> dict[str, str]:
+    """{key: 'old -> new'} of every setting whose value differs between two flat configs."""
+    missing = object()
+
+    def text(value) -> str:
+        return "(absent)" if value is missing else repr(value)
+    return {key: f"{text(saved.get(key, missing))} -> {text(config.get(key, missing))}"
+            for key in sorted(saved.keys() | config.keys())
+            if saved.get(key, missing) != config.get(key, missing)}
+
+
+def fixed_on_resume(key: str) -> bool:
+    return any(key == fixed or (fixed.endswith(".") and key.startswith(fixed))
+               for fixed in FIXED_ON_RESUME)
+
+
+class ConfigHistory:
+    """`config.json` holds the settings of the latest run; when a resume at step S changes
+    them, the earlier file is kept as `config.<S>.json` (the settings of the steps up to S).
+
+    `check(config, step)` before anything is written: refuses (ValueError) a resume that changes
+    a FIXED_ON_RESUME setting unless `allow_changes`, warns about the other changes.
+    `record()` once the run has started: writes config.json, keeping the earlier one.
+    """
+
+    def __init__(self, workdir: str, *, allow_changes: bool = False):
+        self.path = os.path.join(workdir, "config.json")
+        self.allow_changes = allow_changes
+        self._keep_as: str | None = None  # where the earlier config.json goes at `record()`
+        self._text = ""
+
+    def check(self, config: ml_collections.ConfigDict, step: int | None) -> None:
+        """Compares `config` with config.json when resuming at checkpoint `step` (None: a fresh
+        start, nothing to compare)."""
+        self._text = config.to_json_best_effort(indent=2)
+        if step is None or not os.path.isfile(self.path):
+            return
+        try:
+            saved = config_lib.flat_settings(config_lib.read_config_json(self.path))
+        except ValueError as err:  # hand-edited or damaged: kept as it is, not compared
+            self._keep_as = self._snapshot_path(step)
+            logging.warning("cannot compare the settings with the earlier run's: %s; it is kept "
+                            "as %s", err, self._keep_as)
+            return
+        changes = config_changes(saved, config_lib.flat_settings(config))
+        if not changes:
+            return
+        refused = [f"{key}: {change}" for key, change in changes.items() if fixed_on_resume(key)]
+        if refused and not self.allow_changes:
+            raise ValueError(
+                f"the workdir {os.path.dirname(self.path)!r} holds a run at step {step} trained "
+                f"with other settings: {'; '.join(refused)}. Resume with the settings of its "
+                f"config.json, pass another --workdir, or pass --allow_config_change to "
+                f"continue with the new ones (the earlier config.json is kept).")
+        self._keep_as = self._snapshot_path(step)
+        logging.warning("resuming at step %d with changed settings: %s (the earlier ones are "
+                        "kept in %s)", step, "; ".join(f"{k}: {c}" for k, c in changes.items()),
+                        self._keep_as)
+
+    def _snapshot_path(self, step: int) -> str:
+        base, n = os.path.join(os.path.dirname(self.path), f"config.{step}"), 1
+        path = base + ".json"
+        while os.path.exists(path):  # several resumes at one step: keep every file
+            n += 1
+            path = f"{base}.{n}.json"
+        return path
+
+    def record(self) -> None:
+        """Writes config.json (after `check`), first keeping the earlier one if it changed."""
+        if self._keep_as:
+            with open(self.path, encoding="utf-8", errors="replace") as f:
+                write_text_atomically(self._keep_as, f.read())
+        write_text_atomically(self.path, self._text)
