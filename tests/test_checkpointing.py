@@ -469,7 +469,10 @@ def test_a_full_disk_during_a_save_is_one_error_and_keeps_the_saved_steps(
         checkpointer.wait()
     monkeypatch.undo()
     assert "\n" not in str(e.value)
-    assert not [r for r in caplog.records if r.exc_info or "No space left" in r.getMessage()]
+    # Orbax's per-thread reports of this failure are hidden (records of other tests' leftover
+    # tasks, collected now, may carry tracebacks of their own: not this test's concern).
+    assert not [r for r in caplog.records if "No space left" in r.getMessage()
+                or (r.exc_info and "No space left" in str(r.exc_info[1]))]
     assert [name for name in os.listdir(tmp_path / "checkpoints") if name.isdigit()] == ["3"]
     _, step = checkpoints.restore_model(config, str(tmp_path))
     assert step == 3
