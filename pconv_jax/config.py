@@ -1,6 +1,6 @@
 """Config files: the `:arg` syntax, loading a file plus overrides, and up-front validation.
 
-Every setting and its default lives in `configs/default.py`; the experiment configs
+Every setting and its default lives in `pconv_jax/configs/default.py`; the experiment configs
 (`configs/places2.py`, ...) start from it and override what differs. A config file's
 `get_config(arg)` takes a comma-separated list of tokens, in any order:
 
@@ -68,7 +68,7 @@ DEFAULT_CONFIG_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "
 
 
 def default_config() -> ml_collections.ConfigDict:
-    """An unlocked copy of `configs/default.py`'s config: every setting at its default."""
+    """An unlocked copy of `pconv_jax/configs/default.py`'s config: every setting at its default."""
     return ml_collections.ConfigDict(load_config(DEFAULT_CONFIG_FILE).to_dict())
 
 
@@ -200,7 +200,7 @@ def unknown_key_message(err: BaseException, overrides: Sequence[str]) -> str:
     suggestion = re.search(r'Did you mean "([^"\\]+)"', text)
     hint = f" (did you mean {suggestion.group(1)!r}?)" if suggestion else ""
     return (f"unknown config key {key!r}{where}{hint}; every key and its default is listed in "
-            f"configs/default.py")
+            f"pconv_jax/configs/default.py")
 
 
 # ----------------------------------------------------------------------------- validation
@@ -308,8 +308,8 @@ def _in_interval(config: ml_collections.ConfigDict, key: str) -> float:
 def validate(config: ml_collections.ConfigDict, device_count: int | None = None) -> None:
     """Checks every setting's type and range, before anything is created or compiled.
 
-    Types as in `configs/default.py`; choices (`CHOICES`), integer minimums (`MINIMUMS`) and
-    intervals (`INTERVALS`); the batch size a multiple of `device_count` (the batch is global);
+    Types as in `pconv_jax/configs/default.py`; choices (`CHOICES`), integer minimums
+    (`MINIMUMS`) and intervals (`INTERVALS`); the batch size a multiple of `device_count` (the batch is global);
     image sizes multiples of 2**model.depth; the settings that go together (hole-ratio range,
     dilation range, a folder for `data.name='folder'`, NVIDIA masks' folder, loss weights).
     Files are not opened: a config stays valid on a machine without its data.

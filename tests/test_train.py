@@ -332,7 +332,7 @@ def test_setting_choices_agree_with_the_modules_that_read_them():
     assert set(choices["masks.border"]) == set(masks._BORDERS)
     assert set(choices["data.name"]) == set(pipeline.DATASETS)
     assert set(config_lib.TFDS_DATASETS) == set(sources.TFDS_NAMES)
-    assert set(load_config_file("default").loss.weights) == set(loss_lib.TERMS)
+    assert set(config_lib.default_config().loss.weights) == set(loss_lib.TERMS)
 
 
 def test_a_tfds_dataset_that_is_not_prepared_names_its_size_and_three_ways(tmp_path):

@@ -50,7 +50,7 @@ def load_config_file(name: str, arg: str | None = None) -> ml_collections.Config
 
 
 def default_config() -> ml_collections.ConfigDict:
-    """An unlocked copy of `configs/default.py`: every section at its default."""
+    """An unlocked copy of `pconv_jax/configs/default.py`: every section at its default."""
     return config_lib.default_config()
 
 

@@ -426,7 +426,7 @@ def create_train_pipeline(config: ml_collections.ConfigDict, *, seed: int,
 
     Args:
       config: the whole config; reads `config.data` and `config.masks` (keys and defaults:
-        `configs/default.py`).
+        `pconv_jax/configs/default.py`).
       seed: non-negative int; the same seed gives the same batches.
       process_index, process_count: this process's share; default jax.process_index() and
         jax.process_count().

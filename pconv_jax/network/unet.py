@@ -174,7 +174,8 @@ class PConvUNet(nnx.Module):
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs) -> PConvUNet:
-        """Builds the network from `config.model` (keys and defaults: `configs/default.py`)."""
+        """Builds the network from `config.model` (keys and defaults:
+        `pconv_jax/configs/default.py`)."""
         return cls(depth=config.depth,
                    widths=paper_widths(config.depth, config.base_width, config.max_width),
                    partial=config.partial, hole_fill=config.hole_fill,
