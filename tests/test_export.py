@@ -124,7 +124,7 @@ def test_bad_input_is_one_error_line(tmp_path):
                     "--platforms", "cpu,gpu"), r"--platforms: unknown platform\(s\) \['gpu'\]")
     assert_one_line_error(
         run_command(*module, "--workdir", str(tmp_path / "none"), "--out",
-                    str(tmp_path / "m.jaxexport")), r"none")
+                    str(tmp_path / "m.jaxexport")), r"no config.json in workdir .*none")
     assert not (tmp_path / "m.jaxexport").exists()
 
 
