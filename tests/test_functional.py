@@ -129,14 +129,10 @@ def test_grad_in_train_mode_under_jit_and_checkpoint():
     grads, new_state = jax.jit(jax.grad(loss, has_aux=True))(params, state)
     remat_grads, _ = jax.jit(jax.grad(jax.checkpoint(loss), has_aux=True))(params, state)
     assert jax.tree.structure(grads) == jax.tree.structure(params)
-    assert float(optax_norm(grads)) > 0
+    assert any(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(grads))
     for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(remat_grads)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
     assert jax.tree.structure(new_state) == jax.tree.structure(state)
-
-
-def optax_norm(tree):
-    return jnp.sqrt(sum(jnp.sum(x ** 2) for x in jax.tree.leaves(tree)))
 
 
 def test_vmap_over_an_ensemble_of_stacked_parameters():
