@@ -1,7 +1,31 @@
-"""pconv_jax: image inpainting with partial convolutions (Liu et al., ECCV 2018) in JAX."""
+"""pconv_jax: image inpainting with partial convolutions (Liu et al., ECCV 2018) in JAX.
 
-from pconv_jax.network.unet import PartialConv, PConvUNet, composite
-from pconv_jax.ops.pconv import partial_conv, plain_conv
+The names below are imported on first use, so that `import pconv_jax.config` (and the
+commands' `--help`) does not load JAX.
+"""
 
-__all__ = ["PConvUNet", "PartialConv", "composite", "partial_conv", "plain_conv"]
+import importlib
+
+_EXPORTS = {
+    "PConvUNet": "pconv_jax.network.unet",
+    "PartialConv": "pconv_jax.network.unet",
+    "composite": "pconv_jax.network.unet",
+    "partial_conv": "pconv_jax.ops.pconv",
+    "plain_conv": "pconv_jax.ops.pconv",
+}
+_SUBMODULES = ("functional",)
+
+__all__ = ["PConvUNet", "PartialConv", "composite", "functional", "partial_conv", "plain_conv"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)
