@@ -229,6 +229,8 @@ def test_vgg_for_config(tmp_path):
     np.testing.assert_array_equal(np.asarray(loaded.convs["conv3_3"]["kernel"]),
                                   np.asarray(params.convs["conv3_3"]["kernel"]))
     config.weights.perceptual = config.weights.style_out = config.weights.style_comp = 0.0
+    # A named file is loaded even with the paper's VGG terms off: extra terms may read it.
+    assert losses.vgg_for_config(config).preprocessing == "caffe"
     config.vgg_weights = ""
     assert losses.vgg_for_config(config) is None
 

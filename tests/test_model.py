@@ -179,6 +179,7 @@ def test_bfloat16_compute():
     out16, out32 = forward(model, image, mask), forward(ref, image, mask)
     assert out16.dtype == jnp.float32
     assert nnx.state(model, nnx.Param)["encoder"][0]["conv"]["kernel"][...].dtype == jnp.float32
+    assert {x.dtype for x in jax.tree.leaves(nnx.state(model, nnx.BatchStat))} == {np.dtype("f4")}
     np.testing.assert_allclose(out16, out32, atol=0.1 * float(jnp.abs(out32).max()))
 
 

@@ -469,3 +469,26 @@ def test_places365_download_fetches_only_the_splits_training_reads(tmp_path):
     assert sorted(os.path.basename(u) for u in downloads.urls) == [
         "filelist_places365-standard.tar", "train_256_places365standard.tar", "val_256.tar"]
     assert set(sources.tfds_splits("places365_small", 0)) == {g.name for g in generators}
+
+
+def test_extra_loss_terms_train_through_the_loop_and_are_logged(tmp_path):
+    """`make_steps(..., extra_terms=...)` in `train_and_evaluate`: each extra term is logged
+    next to the paper's; one reads VGG16 features of a named file whose paper terms are off."""
+    import jax.numpy as jnp
+
+    from pconv_jax.network.vgg16 import random_vgg16
+    from pconv_jax.training.step import make_steps, network_graphdef
+    from pconv_jax.weights import vgg16_files
+
+    config = demo_config(steps=2)
+    vgg16_files.save_npz(random_vgg16(jax.random.key(0)), tmp_path / "vgg.npz")
+    config.loss.vgg_weights = str(tmp_path / "vgg.npz")
+    extra = {"l2": (0.5, lambda x: jnp.mean((x.output - x.target) ** 2)),
+             "pool1": (0.1, lambda x: jnp.mean(jnp.abs(x.features.output[0]
+                                                       - x.features.target[0])))}
+    steps = make_steps(config, network_graphdef(config), extra_terms=extra)
+    workdir = str(tmp_path / "work")
+    assert int(train_and_evaluate(config, workdir, steps=steps).step) == 2
+    for tag in ("loss_l2", "loss_pool1", "loss_hole", "loss"):
+        logged = _scalars(workdir, tag)
+        assert set(logged) == {2} and logged[2] > 0, tag

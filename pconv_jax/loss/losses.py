@@ -5,12 +5,22 @@
 Every L1 term is a mean over elements. Perceptual and style terms use VGG16 pool1..pool3
 (`pconv_jax.network.vgg16`); the total-variation term is restricted to the 1-pixel dilation
 of the holes.
+
+A loss term is one entry in one registry: a function of `LossInputs` returning a scalar.
+`PAPER_TERMS` holds the paper's six, weighted by `config.loss.weights`; `extra_terms`
+adds a researcher's own, each with its weight, logged like the paper's.
+
+Dtypes: the loss computes in the output's dtype promoted to at least float32 (bfloat16
+outputs give float32 terms, float64 outputs float64 terms); VGG16 runs in the output's dtype.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -20,23 +30,130 @@ from pconv_jax.network.unet import MASK_THRESHOLD
 from pconv_jax.network.vgg16 import VGGParams, vgg16_features
 from pconv_jax.weights.vgg16_files import WEIGHTS_HELP, load_vgg16
 
-TERMS = ("valid", "hole", "perceptual", "style_out", "style_comp", "tv")
-DEFAULT_WEIGHTS = {"valid": 1.0, "hole": 6.0, "perceptual": 0.05, "style_out": 120.0,
-                   "style_comp": 120.0, "tv": 0.1}
-
 
 def vgg_for_config(config: ml_collections.ConfigDict) -> VGGParams | None:
-    """Loads the VGG16 that `config.loss` needs: None when the perceptual and both style
-    weights are 0, else the weights in `config.vgg_weights` (an error if none is named)."""
+    """Loads the VGG16 that `config.loss` names in `config.vgg_weights` (an error if the
+    perceptual or a style weight is > 0 and none is named); None when none is named and those
+    weights are all 0. A named file is loaded even then: extra terms may read its features."""
     w = _resolve_weights(config.weights)
+    if config.vgg_weights:
+        return load_vgg16(config.vgg_weights)
     if max(w["perceptual"], w["style_out"], w["style_comp"]) == 0:
         return None
-    if not config.vgg_weights:
-        raise ValueError(
-            "The perceptual and style losses need VGG16 weights but `config.loss.vgg_weights` is "
-            f"empty. {WEIGHTS_HELP} Or set the perceptual and style weights to 0."
-        )
-    return load_vgg16(config.vgg_weights)
+    raise ValueError(
+        "The perceptual and style losses need VGG16 weights but `config.loss.vgg_weights` is "
+        f"empty. {WEIGHTS_HELP} Or set the perceptual and style weights to 0."
+    )
+
+
+def gram_matrix(features: jax.Array) -> jax.Array:
+    """Per-image Gram matrix psi^T psi / (C H W) of NHWC features, (N, C, C), at least float32.
+
+    bfloat16-safe: each factor is scaled by 1/sqrt(C H W) before the product (no overflow
+    of large sums) and the matmul accumulates in float32 (float64 for float64 features).
+    """
+    n, h, w, c = features.shape
+    flat = features.reshape(n, h * w, c)
+    flat = flat * jnp.asarray(1.0 / math.sqrt(c * h * w), flat.dtype)
+    return jnp.einsum("npc,npd->ncd", flat, flat, preferred_element_type=_at_least_f32(flat))
+
+
+def hole_dilation(mask: jax.Array) -> jax.Array:
+    """1 where a pixel is a hole or touches one (3x3 neighbourhood), else 0. mask: 1 = valid."""
+    holes = 1.0 - mask.astype(jnp.float32)
+    pad = ((0, 0), (1, 1), (1, 1), (0, 0))  # explicit: outside the image is not a hole here
+    zero = jnp.zeros((), holes.dtype)  # not 0.0: a float64 init value with jax_enable_x64
+    return jax.lax.reduce_window(holes, zero, jax.lax.max, (1, 3, 3, 1), (1, 1, 1, 1), pad)
+
+
+def total_variation_in_holes(composite: jax.Array, mask: jax.Array) -> jax.Array:
+    """Sum of |differences| of horizontally and vertically neighbouring pixels of the
+    composite, counted only where both pixels lie in the 1-pixel dilation of the holes,
+    divided by the composite's element count N*H*W*C."""
+    region = hole_dilation(mask)
+    x = composite.astype(_at_least_f32(composite))
+    dx = jnp.abs(x[:, :, 1:] - x[:, :, :-1]) * (region[:, :, 1:] * region[:, :, :-1])
+    dy = jnp.abs(x[:, 1:] - x[:, :-1]) * (region[:, 1:] * region[:, :-1])
+    return (jnp.sum(dx) + jnp.sum(dy)) / x.size
+
+
+def _at_least_f32(x: jax.Array) -> jnp.dtype:
+    return jnp.promote_types(x.dtype, jnp.float32)
+
+
+def _l1(a: jax.Array, b: jax.Array) -> jax.Array:
+    dtype = jnp.promote_types(_at_least_f32(a), b.dtype)
+    return jnp.mean(jnp.abs(a.astype(dtype) - b.astype(dtype)))
+
+
+# ----------------------------------------------------------------------------- the terms
+
+class VGGFeatures(NamedTuple):
+    """VGG16 (pool1, pool2, pool3) of the output, the composite and the ground truth."""
+    output: tuple[jax.Array, ...]
+    composite: tuple[jax.Array, ...]
+    target: tuple[jax.Array, ...]
+
+
+@dataclasses.dataclass
+class LossInputs:
+    """What every loss term receives, in the loss's dtype (the output's, at least float32).
+
+    `features` and `grams` are computed on first use and shared by all the terms of one loss
+    evaluation: VGG16 runs once per image set, and only if a term reads them.
+    """
+    output: jax.Array     # I_out, (N, H, W, C)
+    target: jax.Array     # I_gt, same shape
+    mask: jax.Array       # binarised: 1 = valid, 0 = hole; (N, H, W, 1) or (N, H, W, C)
+    composite: jax.Array  # I_comp = M I_gt + (1 - M) I_out
+    vgg: VGGParams | None = None
+    vgg_dtype: jnp.dtype = jnp.float32  # the dtype VGG16 runs in (the output's own)
+
+    @functools.cached_property
+    def features(self) -> VGGFeatures:
+        """VGG16 pool1..pool3 of output, composite and ground truth (no gradient)."""
+        if self.vgg is None:
+            raise ValueError(
+                "A loss term reads VGG16 features but no VGG16 weights were given: pass `vgg`, "
+                "or in training set `config.loss.vgg_weights` to a weights file (docs/loss.md, "
+                "'Getting VGG16 weights').")
+        # One pass per image set, gt without gradient. Never concatenate them along the batch:
+        # with the batch sharded over devices, the joined batch is laid out differently from its
+        # parts and XLA ships VGG feature maps between devices, forward and backward.
+        return VGGFeatures(
+            vgg16_features(self.vgg, self.output.astype(self.vgg_dtype)),
+            vgg16_features(self.vgg, self.composite.astype(self.vgg_dtype)),
+            vgg16_features(self.vgg, jax.lax.stop_gradient(self.target.astype(self.vgg_dtype))))
+
+    @functools.cached_property
+    def grams(self) -> VGGFeatures:
+        """Gram matrices of `features`, per pool."""
+        return VGGFeatures(*(tuple(gram_matrix(p) for p in pools) for pools in self.features))
+
+
+TermFn = Callable[[LossInputs], jax.Array]
+
+
+def _perceptual(x: LossInputs) -> jax.Array:
+    f = x.features
+    return sum(_l1(p_out, p_gt) + _l1(p_comp, p_gt)
+               for p_out, p_comp, p_gt in zip(f.output, f.composite, f.target))
+
+
+# The paper's terms, in the order they are evaluated; `TERMS` names them in the paper's order.
+PAPER_TERMS: dict[str, TermFn] = {
+    "valid": lambda x: jnp.mean(jnp.abs(x.mask * (x.output - x.target))),  # a mean over NHWC
+    "hole": lambda x: jnp.mean(jnp.abs((1.0 - x.mask) * (x.output - x.target))),
+    "tv": lambda x: total_variation_in_holes(x.composite, x.mask),
+    "perceptual": _perceptual,
+    "style_out": lambda x: sum(_l1(g, g_gt) for g, g_gt in zip(x.grams.output, x.grams.target)),
+    "style_comp": lambda x: sum(_l1(g, g_gt)
+                                for g, g_gt in zip(x.grams.composite, x.grams.target)),
+}
+TERMS = ("valid", "hole", "perceptual", "style_out", "style_comp", "tv")
+VGG_TERMS = ("perceptual", "style_out", "style_comp")
+DEFAULT_WEIGHTS = {"valid": 1.0, "hole": 6.0, "perceptual": 0.05, "style_out": 120.0,
+                   "style_comp": 120.0, "tv": 0.1}
 
 
 def _resolve_weights(weights: Mapping[str, float] | None) -> dict[str, float]:
@@ -50,38 +167,19 @@ def _resolve_weights(weights: Mapping[str, float] | None) -> dict[str, float]:
     return resolved
 
 
-def gram_matrix(features: jax.Array) -> jax.Array:
-    """Per-image Gram matrix psi^T psi / (C H W) of NHWC features, (N, C, C) float32.
-
-    bfloat16-safe: each factor is scaled by 1/sqrt(C H W) before the product (no overflow
-    of large sums) and the matmul accumulates in float32.
-    """
-    n, h, w, c = features.shape
-    flat = features.reshape(n, h * w, c)
-    flat = flat * jnp.asarray(1.0 / math.sqrt(c * h * w), flat.dtype)
-    return jnp.einsum("npc,npd->ncd", flat, flat, preferred_element_type=jnp.float32)
-
-
-def hole_dilation(mask: jax.Array) -> jax.Array:
-    """1 where a pixel is a hole or touches one (3x3 neighbourhood), else 0. mask: 1 = valid."""
-    holes = 1.0 - mask.astype(jnp.float32)
-    pad = ((0, 0), (1, 1), (1, 1), (0, 0))  # explicit: outside the image is not a hole here
-    return jax.lax.reduce_window(holes, 0.0, jax.lax.max, (1, 3, 3, 1), (1, 1, 1, 1), pad)
-
-
-def total_variation_in_holes(composite: jax.Array, mask: jax.Array) -> jax.Array:
-    """Sum of |differences| of horizontally and vertically neighbouring pixels of the
-    composite, counted only where both pixels lie in the 1-pixel dilation of the holes,
-    divided by the composite's element count N*H*W*C."""
-    region = hole_dilation(mask)
-    x = composite.astype(jnp.float32)
-    dx = jnp.abs(x[:, :, 1:] - x[:, :, :-1]) * (region[:, :, 1:] * region[:, :, :-1])
-    dy = jnp.abs(x[:, 1:] - x[:, :-1]) * (region[:, 1:] * region[:, :-1])
-    return (jnp.sum(dx) + jnp.sum(dy)) / x.size
-
-
-def _l1(a: jax.Array, b: jax.Array) -> jax.Array:
-    return jnp.mean(jnp.abs(a.astype(jnp.float32) - b.astype(jnp.float32)))
+def check_extra_terms(extra_terms: Mapping[str, tuple[float, TermFn]] | None
+                      ) -> dict[str, tuple[float, TermFn]]:
+    """`extra_terms` as {name: (float weight, function)}; ValueError naming a bad entry."""
+    checked = {}
+    for name, entry in (extra_terms or {}).items():
+        if not isinstance(name, str) or not name.isidentifier() or name in TERMS:
+            raise ValueError(f"extra loss term {name!r}: the name must be an identifier other "
+                             f"than the paper's terms {TERMS}.")
+        if not (isinstance(entry, tuple) and len(entry) == 2 and callable(entry[1])):
+            raise ValueError(f"extra loss term {name!r}: give (weight, function of LossInputs), "
+                             f"got {entry!r}.")
+        checked[name] = (float(entry[0]), entry[1])  # float(): a static Python number
+    return checked
 
 
 def _check_shapes(output: jax.Array, target: jax.Array, mask: jax.Array) -> None:
@@ -102,8 +200,9 @@ def inpainting_loss(
     mask: jax.Array,
     vgg: VGGParams | None = None,
     weights: Mapping[str, float] | None = None,
+    extra_terms: Mapping[str, tuple[float, TermFn]] | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """The paper's total loss and its unweighted terms.
+    """The paper's total loss and its unweighted terms, plus any extra terms.
 
     Args:
       output: the network's prediction I_out, (N, H, W, 3) in [0, 1].
@@ -114,48 +213,39 @@ def inpainting_loss(
         perceptual or a style weight is > 0. With those weights all 0 the VGG is not run.
       weights: term weights (keys of `TERMS`, missing ones default to the paper's
         1, 6, 0.05, 120, 120, 0.1); static Python numbers, e.g. `config.loss.weights`.
+      extra_terms: {name: (weight, fn)}, each `fn(LossInputs)` a scalar added to the total
+        with its static weight, e.g. {"l2": (1.0, lambda x: jnp.mean((x.output - x.target)**2))}.
 
     Returns:
-      (total, terms): total = sum of weight * term; terms maps each name in `TERMS` to
-      its unweighted float32 scalar value.
+      (total, terms): total = sum of weight * term; terms maps each name in `TERMS`, then each
+      extra term, to its unweighted scalar value (float32, or float64 for a float64 output).
     """
     _check_shapes(output, target, mask)
     w = _resolve_weights(weights)
-    use_vgg = max(w["perceptual"], w["style_out"], w["style_comp"]) > 0
+    extra = check_extra_terms(extra_terms)
+    use_vgg = max(w[k] for k in VGG_TERMS) > 0
     if use_vgg and vgg is None:
         raise ValueError(
             "The perceptual and style losses need VGG16 weights: set `config.loss.vgg_weights` "
             "to a weights file (README: 'The loss and its VGG16 weights'), or set the perceptual "
             "and style weights to 0."
         )
-    m = (mask > MASK_THRESHOLD).astype(jnp.float32)  # binarised exactly as the network does
-    out, gt = output.astype(jnp.float32), target.astype(jnp.float32)
-    composite = m * gt + (1.0 - m) * out
+    dtype = _at_least_f32(output)
+    m = (mask > MASK_THRESHOLD).astype(dtype)  # binarised exactly as the network does
+    out, gt = output.astype(dtype), target.astype(dtype)
+    inputs = LossInputs(out, gt, m, m * gt + (1.0 - m) * out, vgg, output.dtype)
 
-    terms = {
-        "valid": jnp.mean(jnp.abs(m * (out - gt))),  # m broadcasts: a mean over N*H*W*C
-        "hole": jnp.mean(jnp.abs((1.0 - m) * (out - gt))),
-        "tv": total_variation_in_holes(composite, m),
-    }
-    zero = jnp.zeros((), jnp.float32)
-    if use_vgg:
-        dtype = output.dtype  # VGG runs in the output's dtype (e.g. bfloat16)
-        # One pass per image set, gt without gradient. Never concatenate them along the batch:
-        # with the batch sharded over devices, the joined batch is laid out differently from its
-        # parts and XLA ships VGG feature maps between devices, forward and backward.
-        pools_out = vgg16_features(vgg, out.astype(dtype))
-        pools_comp = vgg16_features(vgg, composite.astype(dtype))
-        pools_gt = vgg16_features(vgg, jax.lax.stop_gradient(gt.astype(dtype)))
-        pools = list(zip(pools_out, pools_comp, pools_gt))
-        terms["perceptual"] = sum(_l1(p_out, p_gt) + _l1(p_comp, p_gt)
-                                  for p_out, p_comp, p_gt in pools)
-        grams = [(gram_matrix(p_out), gram_matrix(p_comp), gram_matrix(p_gt))
-                 for p_out, p_comp, p_gt in pools]
-        terms["style_out"] = sum(_l1(g_out, g_gt) for g_out, _, g_gt in grams)
-        terms["style_comp"] = sum(_l1(g_comp, g_gt) for _, g_comp, g_gt in grams)
-    else:
-        terms.update(perceptual=zero, style_out=zero, style_comp=zero)
-
-    terms = {k: terms[k] for k in TERMS}
+    zero = jnp.zeros((), dtype)
+    values = {k: fn(inputs) if use_vgg or k not in VGG_TERMS else zero
+              for k, fn in PAPER_TERMS.items()}
+    terms = {k: values[k] for k in TERMS}
     total = sum(w[k] * terms[k] for k in TERMS if w[k] != 0.0)
-    return jnp.asarray(total, jnp.float32), terms
+    for name, (weight, fn) in extra.items():
+        value = jnp.asarray(fn(inputs))
+        if value.shape != ():
+            raise ValueError(f"extra loss term {name!r} must return a scalar; got shape "
+                             f"{value.shape}.")
+        terms[name] = value
+        if weight != 0.0:
+            total = total + weight * value
+    return jnp.asarray(total, dtype), terms

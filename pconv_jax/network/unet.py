@@ -32,11 +32,18 @@ def paper_kernel_sizes(depth: int) -> tuple[int, ...]:
     return tuple((7, 5, 5)[i] if i < 3 else 3 for i in range(depth))
 
 
+def param_dtype(dtype) -> jnp.dtype:
+    """The parameters' dtype for a compute dtype: at least float32 (bfloat16 compute keeps
+    float32 parameters; float64 compute has float64 parameters)."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
 class PartialConv(nnx.Module):
     """A partial convolution layer: holds kernel (HWIO) and bias, calls `partial_conv`.
 
     With `partial=False` it is an ordinary convolution of the same shape (the mask passes
-    through untouched) for the paper's "Conv" baseline.
+    through untouched) for the paper's "Conv" baseline. `dtype` is the compute dtype; the
+    parameters are `param_dtype(dtype)`.
     """
 
     def __init__(self, in_features: int, out_features: int, kernel_size: int, *, stride: int = 1,
@@ -45,8 +52,8 @@ class PartialConv(nnx.Module):
         shape = (kernel_size, kernel_size, in_features, out_features)
         # He-normal on the fan-in (kh * kw * C_in), untruncated like the authors' kaiming_normal_.
         init = nnx.initializers.variance_scaling(2.0, "fan_in", "normal")
-        self.kernel = nnx.Param(init(rngs.params(), shape, jnp.float32))
-        self.bias = nnx.Param(jnp.zeros((out_features,), jnp.float32)) if use_bias else None
+        self.kernel = nnx.Param(init(rngs.params(), shape, param_dtype(dtype)))
+        self.bias = nnx.Param(jnp.zeros((out_features,), param_dtype(dtype))) if use_bias else None
         self.stride, self.dilation = stride, dilation
         self.partial, self.dtype = partial, dtype
 
@@ -70,8 +77,7 @@ class _Block(nnx.Module):
                  partial, momentum, dtype, rngs):
         self.conv = PartialConv(in_features, out_features, kernel_size, stride=stride,
                                 use_bias=not batch_norm, partial=partial, dtype=dtype, rngs=rngs)
-        self.bn = (nnx.BatchNorm(out_features, momentum=momentum, epsilon=1e-5, dtype=dtype,
-                                 rngs=rngs) if batch_norm else None)
+        self.bn = _batch_norm(out_features, momentum, dtype, rngs) if batch_norm else None
         self.activation = activation
 
     def __call__(self, x, mask, *, frozen_bn: bool = False):
@@ -83,6 +89,15 @@ class _Block(nnx.Module):
         elif self.activation == "leaky_relu":
             y = jax.nn.leaky_relu(y, 0.2)
         return y, new_mask
+
+
+def _batch_norm(features, momentum, dtype, rngs) -> nnx.BatchNorm:
+    bn = nnx.BatchNorm(features, momentum=momentum, epsilon=1e-5, dtype=dtype,
+                       param_dtype=param_dtype(dtype), rngs=rngs)
+    # Flax keeps the running statistics in float32 whatever param_dtype says.
+    bn.mean = nnx.BatchStat(bn.mean[...].astype(param_dtype(dtype)))
+    bn.var = nnx.BatchStat(bn.var[...].astype(param_dtype(dtype)))
+    return bn
 
 
 def _run_block(block, x, mask, frozen_bn):
@@ -112,7 +127,11 @@ class PConvUNet(nnx.Module):
 
     `model(image, mask)`: image (N, H, W, C) in [0, 1]; mask (N, H, W, 1) or (N, H, W, C),
     1 = valid, binarised at `MASK_THRESHOLD` (values > 0.5 are valid). H and W must be multiples
-    of 2**depth. Returns the raw output (N, H, W, out_channels) in float32.
+    of 2**depth. Returns the raw output (N, H, W, out_channels) in `param_dtype(dtype)`.
+
+    `dtype` is the compute dtype: 'float32', 'bfloat16' (mixed precision: float32 parameters,
+    float32 output) or 'float64' (with `jax_enable_x64`: float64 parameters, running
+    statistics and output, for gradient checks).
 
     `freeze_encoder_bn = True` (the paper's fine-tuning stage) makes the encoder's BatchNorm use
     its running statistics even in training mode; freezing its scale and bias is the optimizer's
@@ -211,10 +230,10 @@ class PConvUNet(nnx.Module):
         The masks are binary (N, h, w, 1); in the baseline (`partial=False`) they are None below
         the input."""
         self.check_inputs(image, mask)
-        mask = (mask > MASK_THRESHOLD).astype(jnp.float32)
-        x = image.astype(jnp.float32)
+        mask = (mask > MASK_THRESHOLD).astype(jnp.float32)  # exact in any dtype
+        x = image.astype(param_dtype(self.dtype))
         if not self.partial:  # the baseline sees holes filled with a constant
-            x = jnp.where(mask > 0, x, jnp.float32(self.hole_fill))
+            x = jnp.where(mask > 0, x, jnp.asarray(self.hole_fill, x.dtype))
         x = self._normalize(x).astype(self.dtype)
         levels = [(x, mask)]
         for block in self.encoder:
@@ -239,27 +258,27 @@ class PConvUNet(nnx.Module):
                 x, mask = self._apply(block, [x, skip_x], [_upsample2x(mask), skip_mask], False)
             else:
                 x, _ = self._apply(block, [x, skip_x], None, False)
-        output = self._denormalize(x.astype(jnp.float32))
+        output = self._denormalize(x.astype(param_dtype(self.dtype)))
         if not return_mask:
             return output
         if not self.partial:
             mask = jnp.ones(x.shape[:3] + (1,), jnp.float32)
         return output, mask
 
-    def _stats(self) -> tuple[jax.Array, jax.Array] | None:
+    def _stats(self, dtype) -> tuple[jax.Array, jax.Array] | None:
         stats = INPUT_NORMS[self.input_norm]
         if stats is None:
             return None
-        return jnp.asarray(stats[0], jnp.float32), jnp.asarray(stats[1], jnp.float32)
+        return jnp.asarray(stats[0], dtype), jnp.asarray(stats[1], dtype)
 
     def _normalize(self, pixels: jax.Array) -> jax.Array:
         """[0, 1] pixels -> the network's input space."""
-        stats = self._stats()
+        stats = self._stats(pixels.dtype)
         return pixels if stats is None else (pixels - stats[0]) / stats[1]
 
     def _denormalize(self, output: jax.Array) -> jax.Array:
         """The network's output space -> [0, 1] pixels."""
-        stats = self._stats()
+        stats = self._stats(output.dtype)
         return output if stats is None else output * stats[1] + stats[0]
 
 

@@ -151,12 +151,14 @@ def partial_conv(
     # then columns): XLA runs that far faster than a single-channel convolution.
     window_sum = _window_sum(count, (kh, kw), strides, pads, dilations)
     new_mask = (window_sum > 0.5).astype(jnp.float32)
-    ratio = jnp.where(new_mask > 0, (c_in * kh * kw) / jnp.maximum(window_sum, 1.0), 0.0)
 
-    # Rescale in at least float32 (bfloat16 features would round the ratio). The ratio is 0
-    # where the window is all hole, so only the bias needs the new mask there.
+    # Rescale in at least float32 (bfloat16 features would round the ratio; float64 features
+    # get a float64 ratio). The ratio is 0 where the window is all hole, so only the bias needs
+    # the new mask there.
     acc = jnp.promote_types(raw.dtype, jnp.float32)
-    y = raw.astype(acc) * ratio.astype(acc)
+    ratio = jnp.where(new_mask > 0, (c_in * kh * kw) / jnp.maximum(window_sum.astype(acc), 1.0),
+                      0.0)
+    y = raw.astype(acc) * ratio
     if bias is not None:
         y = y + bias.astype(acc) * new_mask.astype(acc)
     return y.astype(raw.dtype), new_mask

@@ -100,15 +100,23 @@ def _forward(graphdef: nnx.GraphDef, *, train: bool, freeze_encoder_bn: bool) ->
 
 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
-                    loss_weights: dict[str, float], freeze_encoder_bn: bool) -> Callable:
-    """A jitted `(state, batch, vgg) -> (state, metrics)`; the state is donated."""
+                    loss_weights: dict[str, float], freeze_encoder_bn: bool, *,
+                    extra_terms: dict[str, tuple[float, losses.TermFn]] | None = None
+                    ) -> Callable:
+    """A jitted `(state, batch, vgg) -> (state, metrics)`; the state is donated.
+
+    The loss is the paper's with `loss_weights`, plus `extra_terms` {name: (weight, fn)}: each
+    `fn(losses.LossInputs)` returns a scalar (see `losses.inpainting_loss`). The metrics hold
+    `loss` (the total), `grad_norm` and `loss_<name>` of every term, extra ones included.
+    """
     weights = {k: float(v) for k, v in loss_weights.items()}
+    extra = losses.check_extra_terms(extra_terms)  # bad entries fail here, not in the trace
     forward = _forward(graphdef, train=True, freeze_encoder_bn=freeze_encoder_bn)
 
     def loss_fn(params, batch_stats, batch, vgg):
         image, mask = model_inputs(batch)
         output, new_batch_stats = forward(params, batch_stats, image, mask)
-        total, terms = losses.inpainting_loss(output, image, mask, vgg, weights)
+        total, terms = losses.inpainting_loss(output, image, mask, vgg, weights, extra)
         return total, (terms, new_batch_stats)
 
     def train_step(state: TrainState, batch: dict[str, jax.Array], vgg):
@@ -132,11 +140,17 @@ class Steps:
     eval: Callable
 
 
-def make_steps(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef) -> Steps:
-    """Builds the optimizer once and the train and eval steps around it."""
+def make_steps(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef, *,
+               extra_terms: dict[str, tuple[float, losses.TermFn]] | None = None) -> Steps:
+    """Builds the optimizer once and the train and eval steps around it.
+
+    `extra_terms` {name: (weight, fn)} adds terms to the paper's loss (`make_train_step`);
+    pass the result to `train_and_evaluate(config, workdir, steps=...)`.
+    """
     tx = make_optimizer(config.train)
     freeze = bool(config.train.freeze_encoder_bn)
-    return Steps(tx, make_train_step(graphdef, tx, dict(config.loss.weights), freeze),
+    return Steps(tx, make_train_step(graphdef, tx, dict(config.loss.weights), freeze,
+                                     extra_terms=extra_terms),
                  make_eval_step(graphdef))
 
 
