@@ -22,7 +22,7 @@ from pconv_jax.training.step import create_train_state, make_train_step
 
 
 def step_config() -> ml_collections.ConfigDict:
-    """The tiny network and the loss without VGG terms (pconv_jax/configs/default.py: no TensorFlow)."""
+    """The tiny network and the loss without VGG terms (the default config: no TensorFlow)."""
     config = default_config()
     config.model.update(depth=3, base_width=4, max_width=8)
     for term in ("perceptual", "style_out", "style_comp"):
