@@ -310,8 +310,9 @@ def validate(config: ml_collections.ConfigDict, device_count: int | None = None)
 
     Types as in `pconv_jax/configs/default.py`; choices (`CHOICES`), integer minimums
     (`MINIMUMS`) and intervals (`INTERVALS`); the batch size a multiple of `device_count` (the
-    batch is global); image sizes multiples of 2**model.depth; the settings that go together (hole-ratio range,
-    dilation range, a folder for `data.name='folder'`, NVIDIA masks' folder, loss weights).
+    batch is global); image sizes multiples of 2**model.depth; the settings that go together
+    (hole-ratio range, dilation range, a folder for `data.name='folder'`, NVIDIA masks' folder,
+    loss weights).
     Files are not opened: a config stays valid on a machine without its data.
     """
     reference = default_config()
