@@ -204,7 +204,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     mesh = make_data_mesh()
     config_lib.validate(config, mesh.size)
     check_dataset(config)
-    vgg = losses.vgg_for_config(config.loss)  # None when no VGG term is on
+    vgg = losses.vgg_for_config(config.loss)  # None: no VGG term on and no file named
     vgg = None if vgg is None else replicate(vgg, mesh)
     cleanup = workdir_lib.CleanupIfStartFails(workdir, checkpoints.checkpoint_dir(workdir))
     workdir = workdir_lib.prepare_workdir(workdir)
