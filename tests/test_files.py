@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 
 import numpy as np
 import pytest
@@ -63,3 +64,12 @@ def test_disk_full_is_recognised_through_library_wrappers():
         assert files.is_disk_full(outer)
     assert not files.is_disk_full(OSError(errno.EACCES, "Permission denied"))
     assert files.human_bytes(1536) == "1.5 KiB" and files.human_bytes(12) == "12 bytes"
+
+
+def test_write_text_atomically(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text("old")
+    files.write_text_atomically(str(path), "new")
+    assert path.read_text() == "new"
+    assert os.listdir(tmp_path) == ["config.json"]  # no temporary file left
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o644

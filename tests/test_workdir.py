@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import signal
-import stat
 import subprocess
 import sys
 import textwrap
@@ -87,15 +86,6 @@ def test_training_into_a_busy_workdir_fails_at_once_and_writes_nothing(holder):
         train_and_evaluate(demo_config(), str(work))
     assert sorted(os.listdir(work)) == [".lock.0"]  # no config.json, checkpoints or logs
     assert process.poll() is None  # the holder runs on
-
-
-def test_write_text_atomically(tmp_path):
-    path = tmp_path / "config.json"
-    path.write_text("old")
-    workdir_lib.write_text_atomically(str(path), "new")
-    assert path.read_text() == "new"
-    assert os.listdir(tmp_path) == ["config.json"]  # no temporary file left
-    assert stat.S_IMODE(os.stat(path).st_mode) == 0o644
 
 
 # ----------------------------------------------------------------------------- config.json

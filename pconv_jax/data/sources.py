@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from pconv_jax import files
 from pconv_jax.data import images
 from pconv_jax.data.images import IMAGE_EXTENSIONS, to_rgb_uint8
 
@@ -359,8 +360,8 @@ def convert_tfds_to_array_record(version_dir: str) -> int:
     info["fileFormat"] = "array_record"
     info["alternativeFileFormats"] = sorted({*info.get("alternativeFileFormats", []),
                                              "tfrecord"} - {"array_record"})
-    from pconv_jax.files import write_text_atomically
-    write_text_atomically(info_path, json.dumps(info, indent=2))  # a full disk keeps the old one
+    # Atomic: a full disk keeps the old file.
+    files.write_text_atomically(info_path, json.dumps(info, indent=2))
     return len(shards)
 
 

@@ -25,7 +25,6 @@ from absl import logging
 
 from pconv_jax import config as config_lib
 from pconv_jax import files
-from pconv_jax.files import write_text_atomically
 
 
 class WorkdirBusyError(OSError):
@@ -245,5 +244,5 @@ class ConfigHistory:
         """Writes config.json (after `check`), first keeping the earlier one if it changed."""
         if self._keep_as:
             with open(self.path, encoding="utf-8", errors="replace") as f:
-                write_text_atomically(self._keep_as, f.read())
-        write_text_atomically(self.path, self._text)
+                files.write_text_atomically(self._keep_as, f.read())
+        files.write_text_atomically(self.path, self._text)
