@@ -83,16 +83,12 @@ def page_error(err: BaseException) -> str:
 
 # ----------------------------------------------------------------------------- methods
 
-def _round_up(value: int, multiple: int) -> int:
-    return -(-value // multiple) * multiple
-
-
 def bucket_side(side: int, multiple: int) -> int:
     """The padded side for an image side: the first bucket that holds it."""
     for bucket in BUCKET_SIDES:
-        if side <= _round_up(bucket, multiple):
-            return _round_up(bucket, multiple)
-    return _round_up(side, max(256, multiple))
+        if side <= inpaint.round_up(bucket, multiple):
+            return inpaint.round_up(bucket, multiple)
+    return inpaint.round_up(side, max(256, multiple))
 
 
 @dataclasses.dataclass
