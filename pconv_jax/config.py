@@ -271,7 +271,7 @@ def _check_types(config: ml_collections.ConfigDict, reference: ml_collections.Co
                  ) -> None:
     """Every setting that `reference` (the defaults) has holds a value of its default's type (an
     int where a float is expected is fine)."""
-    given = dict(_leaves(config))
+    given = flat_settings(config)
     for key, default in _leaves(reference):
         if key not in given:
             continue
@@ -297,11 +297,12 @@ def _in_interval(config: ml_collections.ConfigDict, key: str) -> float:
     number = not isinstance(value, bool) and isinstance(value, (int, float))
     if not (number and (low <= value if low_in else low < value)
             and (value <= high if high_in else value < high)):
-        interval = (("[" if low_in else "(") + f"{low:g}, {high:g}" + ("]" if high_in else ")"))
         if high == math.inf:
-            interval = f"{'>=' if low_in else '>'} {low:g}"
-            raise ValueError(f"config.{key} must be a number {interval}, got {value!r}")
-        raise ValueError(f"config.{key} must be a number in {interval}, got {value!r}")
+            wanted = f"{'>=' if low_in else '>'} {low:g}"
+        else:
+            opening, closing = "[" if low_in else "(", "]" if high_in else ")"
+            wanted = f"in {opening}{low:g}, {high:g}{closing}"
+        raise ValueError(f"config.{key} must be a number {wanted}, got {value!r}")
     return value
 
 
