@@ -4,35 +4,16 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
 
 import cv2
 import numpy as np
-from test_train_helpers import REPO
 
 from pconv_jax import cli
+from tests.helpers.commands import assert_one_line_error, run_command
+from tests.helpers.training import REPO, tiny_workdir
 
 TINY = ["--config.model.depth=2", "--config.model.base_width=4", "--config.model.max_width=8",
         "--config.data.image_size=16", "--config.data.workers=1"]
-
-
-def run_command(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "PCONV_JAX_DEBUG")}
-    env["PYTHONPATH"] = str(REPO)
-    return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=timeout)
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess, pattern: str) -> None:
-    assert result.returncode == 1, (result.returncode, result.stderr[-3000:])
-    assert "Traceback" not in result.stderr, result.stderr[-3000:]
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, result.stderr[-3000:]
-    ours = [line for line in result.stderr.splitlines()  # TensorFlow's C++ start-up lines aside
-            if not re.match(r"(WARNING: All log messages before absl|[IWE]\d{4} )", line)]
-    assert len(ours) <= 5, result.stderr[-3000:]
-    assert re.search(pattern, errors[0]), errors[0]
 
 
 def test_misspelt_config_key(tmp_path):
@@ -146,20 +127,10 @@ def test_help_lists_each_commands_own_flags():
     assert _listed_flags(script) == _listed_flags(module)
 
 
-def _tiny_workdir(workdir) -> None:
-    """A workdir with config.json and a step-0 checkpoint of a tiny network (no training)."""
-    from pconv_jax import config as config_lib
-    from pconv_jax.inference import convert
-    from pconv_jax.training.step import create_model
-    config = config_lib.default_config()
-    config.model.depth, config.model.base_width, config.model.max_width = 2, 4, 8
-    workdir.mkdir()
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
-    convert.write_checkpoint(config, create_model(config), str(workdir))
 
 
 def test_inpaint_shows_no_library_log_unless_verbose(tmp_path):
-    _tiny_workdir(tmp_path / "w")
+    tiny_workdir(tmp_path / "w")
     cv2.imwrite(str(tmp_path / "photo.png"), np.full((48, 64, 3), 90, np.uint8))
     holes = np.zeros((48, 64), np.uint8)
     holes[6:42, 8:56] = 255  # beyond a depth-2 network's reach: our own warning must show

@@ -8,9 +8,9 @@ import stat
 
 import numpy as np
 import pytest
-from full_disk import fill_disk_after
 
 from pconv_jax import files
+from tests.helpers.full_disk import fill_disk_after
 
 
 def test_a_full_disk_keeps_the_old_file_and_leaves_no_temporary_file(tmp_path, monkeypatch):

@@ -6,12 +6,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.test_util import check_grads
-from test_pconv import reference_partial_conv
 
 from pconv_jax import partial_conv
 from pconv_jax.loss import losses
 from pconv_jax.network.unet import PConvUNet
 from pconv_jax.network.vgg16 import random_vgg16
+from tests.helpers.references import reference_partial_conv
 
 
 def image_and_mask(size=16, seed=0):

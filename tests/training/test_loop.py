@@ -1,0 +1,494 @@
+"""train_and_evaluate end to end at tiny sizes: every config, the two stages, the NaN guard,
+config and workdir errors."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+from absl import flags
+from ml_collections import config_flags
+from PIL import Image
+
+from pconv_jax import config as config_lib
+from pconv_jax.data import pipeline
+from pconv_jax.loss import losses
+from pconv_jax.training import checkpoints, logs, loop
+from pconv_jax.training.loop import train_and_evaluate
+from tests.helpers.training import REPO, demo_config, load_config_file, param_leaves, shrink
+
+
+def _scalars(workdir: str, tag: str) -> dict[int, float]:
+    values = {}
+    for path in tf.io.gfile.glob(os.path.join(workdir, "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                if value.tag == tag:
+                    values[event.step] = float(tf.make_ndarray(value.tensor))
+    return values
+
+
+@pytest.mark.slow
+def test_demo_loss_decreases_then_finetune_freezes_encoder_bn(tmp_path, compiled_steps):
+    config = demo_config(steps=40)
+    config.train.log_every_steps = 5
+    config.train.checkpoint_every_steps = 20
+    train_dir = str(tmp_path / "train")
+    state = train_and_evaluate(config, train_dir, steps=compiled_steps(config))
+    assert int(state.step) == 40
+    losses = _scalars(train_dir, "loss")
+    assert sorted(losses) == list(range(5, 41, 5))
+    assert losses[40] < 0.7 * losses[5], losses
+    assert set(_scalars(train_dir, "eval_psnr")) == {40}
+    assert os.path.isfile(os.path.join(train_dir, "config.json"))
+
+    # Fine-tune from the train stage: encoder BN frozen (statistics and scale/bias).
+    fine = demo_config("finetune", steps=2)
+    fine.train.init_from = train_dir
+    fine_state = train_and_evaluate(fine, str(tmp_path / "finetune"), steps=compiled_steps(fine))
+    assert fine.train.learning_rate == 5e-4 and fine.train.freeze_encoder_bn
+    before_p, after_p = param_leaves(state.params), param_leaves(fine_state.params)
+    before_s, after_s = param_leaves(state.batch_stats), param_leaves(fine_state.batch_stats)
+    encoder_bn = [k for k in before_p if k.startswith("encoder/") and "/bn/" in k]
+    decoder_bn = [k for k in before_p if k.startswith("decoder/") and "/bn/" in k]
+    assert encoder_bn and decoder_bn
+    for key in encoder_bn:
+        np.testing.assert_array_equal(after_p[key], before_p[key], err_msg=key)
+    for key in [k for k in before_s if k.startswith("encoder/")]:
+        np.testing.assert_array_equal(after_s[key], before_s[key], err_msg=key)
+    for key in decoder_bn + [k for k in before_s if k.startswith("decoder/")]:
+        before = before_p.get(key, before_s.get(key))
+        after = after_p.get(key, after_s.get(key))
+        assert not np.array_equal(after, before), key
+    for key in [k for k in before_p if k.endswith("kernel")]:
+        assert not np.array_equal(after_p[key], before_p[key]), key
+
+
+def _mock_tfds_config(name: str, arg: str | None) -> ml_collections.ConfigDict:
+    config = shrink(load_config_file(name, arg), steps=2)
+    config.data.heldout_count = 2
+    config.train.checkpoint_every_steps = 2
+    return config
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,arg", [("places2", None), ("celeba_hq", "512,conv")])
+def test_tfds_configs_train_under_mock_data(name, arg, tmp_path, compiled_steps, monkeypatch):
+    config = _mock_tfds_config(name, arg)
+    config.data.download = True  # mock_data stands in for the download
+    monkeypatch.setattr(loop, "check_dataset", lambda config: None)  # no real dataset to check
+    with tfds.testing.mock_data(num_examples=16):
+        state = train_and_evaluate(config, str(tmp_path), steps=compiled_steps(config))
+    assert int(state.step) == 2
+    assert checkpoints.Checkpointer(str(tmp_path / "checkpoints"), save_every_steps=2, keep=1,
+                                    read_only=True).latest_step() == 2
+
+
+@pytest.mark.slow
+def test_folder_config_trains(tmp_path, compiled_steps):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 255, (40, 48, 3), np.uint8)).save(folder / f"{i}.png")
+    config = shrink(load_config_file("folder", "conv"), steps=2)
+    config.data.folder = str(folder)
+    config.data.heldout_count = 2
+    state = train_and_evaluate(config, str(tmp_path / "work"), steps=compiled_steps(config))
+    assert int(state.step) == 2
+
+
+@pytest.mark.slow
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch, compiled_steps):
+    create = pipeline.create_train_pipeline
+
+    class Poisoned:
+        """Real batches, but NaN images from the 7th batch on."""
+        def __init__(self, pipeline):
+            self.pipeline, self.count = pipeline, 0
+
+        def __next__(self):
+            batch, self.count = dict(next(self.pipeline)), self.count + 1
+            if self.count >= 7:
+                batch["image"] = np.full(batch["image"].shape, np.nan, np.float32)
+            return batch
+
+        def get_state(self):
+            return self.pipeline.get_state()
+
+        def set_state(self, state):
+            self.pipeline.set_state(state)
+
+        def close(self):
+            self.pipeline.close()
+
+    monkeypatch.setattr(pipeline, "create_train_pipeline",
+                        lambda *a, **k: Poisoned(create(*a, **k)))
+    config = demo_config(steps=12)
+    config.train.log_every_steps = 5
+    config.train.checkpoint_every_steps = 4
+    with pytest.raises(FloatingPointError, match=r"non-finite loss at step 7 \(in steps 6\.\.8\).*"
+                                                 r"last good checkpoint is step 4"):
+        train_and_evaluate(config, str(tmp_path), steps=compiled_steps(config))
+    model, step = checkpoints.restore_model(config, str(tmp_path))
+    assert step == 4
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(model))
+
+
+# ----------------------------------------------------------------------------- config files
+
+def test_config_args():
+    assert load_config_file("places2").experiment == "places2"
+    fine = load_config_file("places2", "finetune")
+    assert (fine.stage, fine.train.learning_rate, fine.train.freeze_encoder_bn) == (
+        "finetune", 5e-5, True)
+    assert fine.train.init_from == os.path.join("workdirs", "places2_train")
+    train = load_config_file("places2")
+    assert (train.train.learning_rate, train.model.depth, train.data.image_size) == (2e-4, 7, 256)
+    celeba = load_config_file("celeba_hq", "512,finetune,conv")
+    assert (celeba.data.name, celeba.model.depth, celeba.model.partial) == (
+        "celeb_a_hq/512", 8, False)
+    assert celeba.experiment == "celeba_hq_512_conv"
+    assert config_lib.default_workdir(celeba.experiment, celeba.stage) == os.path.join(
+        "workdirs", "celeba_hq_512_conv_finetune")
+    folder = load_config_file("folder")
+    assert (folder.data.image_size, folder.model.depth) == (512, 8)
+    demo = load_config_file("demo")
+    assert demo.data.image_size <= 128 and demo.model.max_width <= 64
+    assert demo.loss.weights.perceptual == 0.0
+    with pytest.raises(ValueError, match="unknown config argument '1024'"):
+        load_config_file("celeba_hq", "1024")
+    with pytest.raises(ValueError, match="unknown config argument 'tune'"):
+        load_config_file("places2", "tune")
+    cpu = load_config_file("folder", "finetune,cpu")
+    assert (cpu.experiment, cpu.stage, cpu.train.init_from) == (
+        "folder_cpu", "finetune", os.path.join("workdirs", "folder_cpu_train"))
+    with pytest.raises(ValueError, match=r"unknown config argument 'cpu'.*finetune, conv$"):
+        load_config_file("places2", "cpu")
+
+
+CONFIG_FILES = ["demo", "demo:finetune,conv", "places2", "places2:finetune",
+                "celeba_hq:512,finetune,conv", "folder:finetune", "folder:cpu,finetune"]
+
+
+def test_every_config_file_builds_without_tensorflow():
+    """Building a config (as the commands and benchmarks do) imports no TensorFlow or TFDS."""
+    code = textwrap.dedent(f"""
+        import sys
+        from pconv_jax.config import default_config, load_config
+        default_config()
+        for spec in {CONFIG_FILES!r}:
+            name, _, arg = spec.partition(":")
+            load_config(f"configs/{{name}}.py" + (f":{{arg}}" if arg else ""))
+        heavy = sorted(m for m in sys.modules
+                       if m.split(".")[0] in ("tensorflow", "tensorflow_datasets"))
+        print("heavy:", heavy)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "heavy: []" in out.stdout, out.stdout
+
+
+def test_experiment_configs_only_override_the_defaults():
+    """Every key of every config file is a key of the default config, with the same type."""
+    default = config_lib.default_config().to_dict()
+
+    def flat(tree, prefix=""):
+        for key, value in tree.items():
+            if isinstance(value, dict):
+                yield from flat(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}", value
+
+    want = dict(flat(default))
+    for spec in CONFIG_FILES:
+        name, _, arg = spec.partition(":")
+        got = dict(flat(load_config_file(name, arg or None).to_dict()))
+        assert got.keys() == want.keys(), spec
+        assert all(type(got[k]) is type(want[k]) for k in want), spec
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("data.batch_size", 0, r"config.data.batch_size must be an integer >= 1, got 0"),
+    ("data.batch_size", -4, r"config.data.batch_size must be an integer >= 1, got -4"),
+    ("data.batch_size", 12, r"batch_size = 12 \(global\) must be a multiple of the device count 8"),
+    ("train.log_every_steps", 0, r"config.train.log_every_steps must be an integer >= 1"),
+    ("train.eval_every_steps", 0, r"config.train.eval_every_steps must be"),
+    ("train.checkpoint_every_steps", 0, r"config.train.checkpoint_every_steps must be"),
+    ("train.keep_checkpoints", 0, r"config.train.keep_checkpoints must be an integer >= 1"),
+    ("data.image_size", 60, r"data.image_size = 60 must be a multiple of 2\*\*model.depth = 8"),
+    ("eval.image_size", 36, r"config.eval.image_size = 36 must be a multiple of 2\*\*model.depth"),
+    ("model.dtype", "float8", r"config.model.dtype must be one of 'float32', 'bfloat16', got "
+                              r"'float8'"),
+    ("train.learning_rate", -0.5, r"config.train.learning_rate must be a number > 0, got -0.5"),
+    ("train.learning_rate", 0.0, r"config.train.learning_rate must be a number > 0, got 0.0"),
+    ("data.name", "bogus", r"config.data.name must be one of 'demo', 'folder', "
+                           r"'places365_small', .*got 'bogus'"),
+    ("masks.border", "bogus", r"config.masks.border must be one of 'any', 'avoid', 'touch'"),
+    ("masks.source", "bogus", r"config.masks.source must be one of 'generated', 'nvidia'"),
+    ("masks.source", "nvidia", r"'nvidia' needs config.masks.nvidia_train_dir"),
+    ("masks.hole_ratio_min", 0.5, r"hole_ratio_min \(0.5\) must be below .*hole_ratio_max"),
+    ("masks.hole_ratio_max", 1.5, r"config.masks.hole_ratio_max must be a number in \(0, 1\]"),
+    ("masks.nvidia_dilation_max", 2, r"nvidia_dilation_min \(5\) must not exceed"),
+    ("data.prefetch", 0, r"config.data.prefetch must be an integer >= 1, got 0"),
+    ("data.workers", -7, r"config.data.workers must be an integer >= -1, got -7"),
+    ("data.worker_processes", -2, r"config.data.worker_processes must be an integer >= -1"),
+    ("data.resize_mode", "zoom", r"config.data.resize_mode must be one of 'crop', 'resize'"),
+    ("data.heldout_fraction", 1.0, r"config.data.heldout_fraction must be a number in \[0, 1\)"),
+    ("model.input_norm", "bogus", r"config.model.input_norm must be one of 'none', 'imagenet'"),
+    ("model.base_width", 0, r"config.model.base_width must be an integer >= 1, got 0"),
+    ("model.max_width", 0, r"config.model.max_width must be an integer >= 1, got 0"),
+    ("model.bn_momentum", 1.0, r"config.model.bn_momentum must be a number in \[0, 1\)"),
+    ("train.adam_b2", 1.0, r"config.train.adam_b2 must be a number in \[0, 1\)"),
+    ("seed", -1, r"config.seed must be an integer >= 0, got -1"),
+    ("stage", "warmup", r"config.stage must be one of 'train', 'finetune'"),
+    ("loss.vgg_weights", None, r"config.loss.vgg_weights must be a string, got None"),
+])
+def test_bad_settings_are_refused_before_the_workdir_exists(tmp_path, key, value, message):
+    config = demo_config()
+    section, _, name = key.rpartition(".")
+    (config[section] if section else config)[name] = value
+    workdir = tmp_path / "work"
+    with pytest.raises(ValueError, match=message):
+        train_and_evaluate(config, str(workdir))
+    assert not workdir.exists()
+
+
+def test_keep_checkpoints_zero_leaves_existing_checkpoints_alone(tmp_path):
+    saved = tmp_path / "checkpoints" / "2"
+    saved.mkdir(parents=True)
+    (saved / "marker").write_text("")
+    config = demo_config()
+    config.train.keep_checkpoints = 0
+    with pytest.raises(ValueError, match="keep_checkpoints must be an integer >= 1, got 0"):
+        train_and_evaluate(config, str(tmp_path))
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["2", "checkpoints", "marker"]
+
+
+def _parse_config_flags(argv: list[str], monkeypatch) -> ml_collections.ConfigDict:
+    """Parses argv as train.py does (config_flags reads the overrides from sys.argv)."""
+    monkeypatch.setattr(sys, "argv", argv)
+    flag_values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "", flag_values=flag_values, lock_config=True)
+    flag_values(argv)
+    return flag_values.config
+
+
+def test_overrides_and_unknown_override_key(monkeypatch):
+    path = str(REPO / "configs" / "demo.py")
+    config = _parse_config_flags(["train.py", f"--config={path}:finetune",
+                                  "--config.train.num_steps=7"], monkeypatch)
+    assert config.train.num_steps == 7 and config.stage == "finetune"
+    with pytest.raises((flags.Error, KeyError, AttributeError), match="no_such_key"):
+        _parse_config_flags(["train.py", f"--config={path}", "--config.train.no_such_key=1"],
+                            monkeypatch)
+
+
+def test_missing_tfds_dataset_is_a_clear_error(tmp_path):
+    config = shrink(load_config_file("places2"))
+    config.data.tfds_data_dir = str(tmp_path / "tfds")
+    config.data.download = False
+    with pytest.raises(FileNotFoundError, match="places365_small.*not prepared.*download"):
+        train_and_evaluate(config, str(tmp_path / "work"))
+
+
+def test_unwritable_workdir_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    with pytest.raises(OSError, match="cannot write to the workdir.*--workdir"):
+        train_and_evaluate(demo_config(), str(blocker / "work"))
+
+
+def test_image_grid_layout():
+    image = np.full((2, 4, 4, 3), 0.5, np.float32)
+    mask = np.ones((2, 4, 4, 1), np.float32)
+    mask[:, :2] = 0.0
+    output = np.zeros_like(image)
+    grid = logs.image_grid(image, mask, output, 0.25 * np.ones_like(image))
+    assert grid.shape == (2 * 4 + 2, 4 * 4 + 3 * 2, 3) and grid.dtype == np.uint8
+    assert (grid[0, 0] == 255).all() and (grid[3, 0] == 128).all()  # holes white, known pixels
+    assert (grid[0, 6] == 0).all() and (grid[0, 12] == 64).all() and (grid[0, 18] == 128).all()
+    assert (grid[4:6] == 255).all()  # the gap between rows
+
+
+# ----------------------------------------------------------------------------- first runs
+
+def test_setting_choices_agree_with_the_modules_that_read_them():
+    from pconv_jax.data import masks, sources
+    from pconv_jax.loss import losses as loss_lib
+    from pconv_jax.network import unet
+    choices = config_lib.CHOICES
+    assert set(choices["model.input_norm"]) == set(unet.INPUT_NORMS)
+    assert set(choices["masks.border"]) == set(masks._BORDERS)
+    assert set(choices["data.name"]) == set(pipeline.DATASETS)
+    assert set(config_lib.TFDS_DATASETS) == set(sources.TFDS_NAMES)
+    assert set(config_lib.default_config().loss.weights) == set(loss_lib.TERMS)
+
+
+def test_a_tfds_dataset_that_is_not_prepared_names_its_size_and_three_ways(tmp_path):
+    config = shrink(load_config_file("places2"))
+    config.data.tfds_data_dir = str(tmp_path / "tfds")
+    assert not config.data.download  # the default: no 29 GiB download unasked
+    with pytest.raises(FileNotFoundError) as err:
+        loop.check_dataset(config)
+    text = str(err.value)
+    for part in ("places365_small is not prepared in", "24.9 GiB download",
+                 "config.data.download=True", "config.data.tfds_data_dir",
+                 "configs/folder.py --config.data.folder"):
+        assert part in text, text
+    from pconv_jax.data import sources  # eval.py's path too, not the TFRecord message
+    with pytest.raises(FileNotFoundError, match="places365_small is not prepared in .* Three ways"):
+        sources.tfds_source("places365_small", "validation", data_dir=config.data.tfds_data_dir,
+                            download=False)
+    celeba = shrink(load_config_file("celeba_hq", "512"))
+    celeba.data.tfds_data_dir = str(tmp_path / "tfds")
+    celeba.data.download = True
+    with pytest.raises(FileNotFoundError, match=r"data512x512.tar does not exist.*manual_dir"):
+        loop.check_dataset(celeba)
+    assert not (tmp_path / "tfds").exists()
+
+
+def test_offline_download_fails_at_once_with_one_line(tmp_path, monkeypatch):
+    import socket
+
+    def offline(address, timeout):
+        raise socket.gaierror(-3, "Temporary failure in name resolution")
+
+    monkeypatch.setattr(socket, "create_connection", offline)
+    config = shrink(load_config_file("places2"))
+    config.data.tfds_data_dir = str(tmp_path / "tfds")
+    config.data.download = True
+    with pytest.raises(OSError, match=r"download host data.csail.mit.edu cannot be reached "
+                                      r"\(.*name resolution\): connect to the internet, or point"):
+        train_and_evaluate(config, str(tmp_path / "work"))
+    assert sorted(os.listdir(tmp_path)) == []
+
+
+def test_a_start_that_fails_in_a_new_workdir_leaves_no_folder(tmp_path):
+    """Too few held-out images for the held-out batch: the error names the setting, and the
+    workdir the run had created is gone."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(5):
+        Image.fromarray(np.full((40, 48, 3), 40 * i, np.uint8)).save(folder / f"{i}.png")
+    config = demo_config()
+    config.data.name, config.data.folder, config.data.heldout_count = "folder", str(folder), 1
+    workdir = tmp_path / "runs" / "work"
+    with pytest.raises(ValueError, match=r"holds only 1 held-out images .* 2 were asked for; "
+                                         r"lower config.train.eval_batch_size or hold out more "
+                                         r"images \(config.data.heldout_count"):
+        train_and_evaluate(config, str(workdir))
+    assert sorted(os.listdir(tmp_path)) == ["images"]
+
+
+@pytest.mark.slow
+def test_a_refused_or_failed_resume_leaves_config_json_unchanged(tmp_path, compiled_steps,
+                                                                  caplog):
+    config = demo_config(steps=2)
+    train_and_evaluate(config, str(tmp_path), steps=compiled_steps(config))
+    saved = (tmp_path / "config.json").read_text()
+    files = sorted(os.listdir(tmp_path))
+
+    reseeded = demo_config(steps=4)
+    reseeded.seed = 3
+    with pytest.raises(ValueError, match=r"at step 2 trained with other settings: seed: 0 -> 3"):
+        train_and_evaluate(reseeded, str(tmp_path), steps=compiled_steps(reseeded))
+    failing = demo_config(steps=4)
+    failing.train.eval_batch_size = 1000  # fails after the restore, on the held-out batch
+    with pytest.raises(ValueError, match="lower config.train.eval_batch_size"):
+        train_and_evaluate(failing, str(tmp_path), steps=compiled_steps(failing))
+    assert (tmp_path / "config.json").read_text() == saved
+    assert sorted(os.listdir(tmp_path)) == files
+
+    with caplog.at_level(logging.WARNING):
+        state = train_and_evaluate(reseeded, str(tmp_path), steps=compiled_steps(reseeded),
+                                   allow_config_change=True)
+    assert int(state.step) == 4
+    assert (tmp_path / "config.2.json").read_text() == saved
+    assert "resuming at step 2 with changed settings: seed: 0 -> 3" in caplog.text
+
+
+@pytest.mark.slow
+def test_folder_cpu_recipe_trains_on_a_few_photos(tmp_path, compiled_steps):
+    config = load_config_file("folder", "cpu")
+    assert (config.data.image_size, config.model.depth, config.data.worker_processes) == (
+        64, 4, 0)
+    assert losses.vgg_for_config(config.loss) is None  # no VGG16 file needed
+    assert config.experiment == "folder_cpu" and config.train.num_steps <= 1000
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(10):  # photos of a few sizes, scaled down whole
+        shape = (90 + 10 * i, 120, 3) if i % 2 else (160, 100 + 7 * i, 3)
+        Image.fromarray(rng.integers(0, 255, shape, np.uint8)).save(folder / f"{i}.jpg")
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.data.folder = str(folder)
+    config.train.num_steps = 2
+    config.train.async_checkpoints = False
+    state = train_and_evaluate(config, str(tmp_path / "work"), steps=compiled_steps(config))
+    assert int(state.step) == 2
+    assert set(_scalars(str(tmp_path / "work"), "eval_psnr")) == {2}
+
+
+def test_places365_download_fetches_only_the_splits_training_reads(tmp_path):
+    """The builder's split generators under `only_splits`: no test archive (4.4 GiB) is fetched
+    and no test split prepared."""
+    from pconv_jax.data import sources
+
+    class Downloads:
+        """A TFDS download manager that records what it is asked for."""
+        def __init__(self):
+            self.urls = []
+
+        def download(self, urls):
+            self.urls.extend(urls.values())
+            return {k: str(tmp_path / k) for k in urls}
+
+        def download_and_extract(self, url):
+            self.urls.append(url)
+            return str(tmp_path / "filelist")
+
+        def iter_archive(self, path):
+            return iter(())
+
+    builder = tfds.builder("places365_small", data_dir=str(tmp_path / "tfds"))
+    downloads = Downloads()
+    generators = sources.only_splits(builder._split_generators,
+                                     sources.PREPARED_SPLITS["places365_small"])(downloads)
+    assert [g.name for g in generators] == ["train", "validation"]
+    assert sorted(os.path.basename(u) for u in downloads.urls) == [
+        "filelist_places365-standard.tar", "train_256_places365standard.tar", "val_256.tar"]
+    assert set(sources.tfds_splits("places365_small", 0)) == {g.name for g in generators}
+
+
+def test_extra_loss_terms_train_through_the_loop_and_are_logged(tmp_path):
+    """`make_steps(..., extra_terms=...)` in `train_and_evaluate`: each extra term is logged
+    next to the paper's; one reads VGG16 features of a named file whose paper terms are off."""
+    import jax.numpy as jnp
+
+    from pconv_jax.network.vgg16 import random_vgg16
+    from pconv_jax.training.step import make_steps, network_graphdef
+    from pconv_jax.weights import vgg16_files
+
+    config = demo_config(steps=2)
+    vgg16_files.save_npz(random_vgg16(jax.random.key(0)), tmp_path / "vgg.npz")
+    config.loss.vgg_weights = str(tmp_path / "vgg.npz")
+    extra = {"l2": (0.5, lambda x: jnp.mean((x.output - x.target) ** 2)),
+             "pool1": (0.1, lambda x: jnp.mean(jnp.abs(x.features.output[0]
+                                                       - x.features.target[0])))}
+    steps = make_steps(config, network_graphdef(config), extra_terms=extra)
+    workdir = str(tmp_path / "work")
+    assert int(train_and_evaluate(config, workdir, steps=steps).step) == 2
+    for tag in ("loss_l2", "loss_pool1", "loss_hole", "loss"):
+        logged = _scalars(workdir, tag)
+        assert set(logged) == {2} and logged[2] > 0, tag
