@@ -7,6 +7,7 @@ import re
 
 import cv2
 import numpy as np
+import pytest
 
 from pconv_jax import cli
 from tests.helpers.commands import assert_one_line_error, run_command
@@ -44,6 +45,7 @@ def test_missing_image(tmp_path):
     assert_one_line_error(result, r"nope.png' does not exist")
 
 
+@pytest.mark.slow
 def test_module_commands_keep_their_command_lines(tmp_path):
     out = tmp_path / "masks"
     result = run_command("-m", "pconv_jax.data.masks", "write-test-set", str(out),
@@ -55,6 +57,7 @@ def test_module_commands_keep_their_command_lines(tmp_path):
     assert_one_line_error(result, r"VGG16 weights file not found")
 
 
+@pytest.mark.slow
 def test_eval_on_a_mask_folder_with_no_usable_mask(tmp_path):
     masks = tmp_path / "masks"
     masks.mkdir()
@@ -66,6 +69,7 @@ def test_eval_on_a_mask_folder_with_no_usable_mask(tmp_path):
     assert_one_line_error(result, rf"no usable masks in {masks} \(12 files left out: ")
 
 
+@pytest.mark.slow
 def test_eval_compare_and_its_mistakes(tmp_path):
     workdir = tmp_path / "w"
     common = ["eval.py", "--config", "configs/demo.py", "--workdir", str(workdir), *TINY,
@@ -116,6 +120,7 @@ def _listed_flags(help_text: str) -> set[str]:
     return set(re.findall(r"^  --(?:\[no\])?([\w-]+)", help_text, re.MULTILINE))
 
 
+@pytest.mark.slow
 def test_help_lists_each_commands_own_flags():
     for command, expected in HELP_FLAGS.items():
         result = run_command(*command, "--help", timeout=120)  # absl's --help exits with 1
@@ -129,6 +134,7 @@ def test_help_lists_each_commands_own_flags():
 
 
 
+@pytest.mark.slow
 def test_inpaint_shows_no_library_log_unless_verbose(tmp_path):
     tiny_workdir(tmp_path / "w")
     cv2.imwrite(str(tmp_path / "photo.png"), np.full((48, 64, 3), 90, np.uint8))
@@ -167,6 +173,7 @@ def test_the_library_log_filter_keeps_the_projects_records_and_library_errors():
     assert passes(f"{lib}/orbax/checkpoint/checkpoint_manager.py", logging.ERROR)
 
 
+@pytest.mark.slow
 def test_bad_settings_and_a_missing_dataset_fail_before_any_workdir(tmp_path):
     """One `error:` line each, and no workdir (nor TFDS folder) left behind."""
     for override, pattern in [

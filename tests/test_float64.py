@@ -4,6 +4,7 @@ whole loss passes `check_grads` at float64 tolerance. x64 is on only inside each
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 from jax.test_util import check_grads
 
@@ -23,6 +24,7 @@ def image_and_mask(size=16, seed=0):
     return image, mask
 
 
+@pytest.mark.slow
 def test_full_loss_passes_check_grads_in_float64_wrt_network_parameters():
     with jax.enable_x64(True):
         model = PConvUNet(depth=3, widths=(4, 8, 8), dtype=jnp.float64, rngs=nnx.Rngs(0))
@@ -48,6 +50,7 @@ def test_full_loss_passes_check_grads_in_float64_wrt_network_parameters():
         check_grads(loss, (params,), order=2, modes=["rev"], eps=1e-7)
 
 
+@pytest.mark.slow
 def test_float64_network_computes_what_the_float32_network_does():
     image, mask = image_and_mask(seed=1)
     model32 = PConvUNet(depth=3, widths=(4, 8, 8), rngs=nnx.Rngs(0))
@@ -76,6 +79,7 @@ def test_float64_partial_conv_rescales_in_float64():
         np.testing.assert_allclose(y, want, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_loss_of_float32_images_with_x64_on_is_the_float32_loss():
     image, mask = image_and_mask(seed=3)
     out = np.asarray(image[::-1], np.float32)

@@ -25,6 +25,7 @@ def _children(before=frozenset()):
             if p.pid not in before and "resource_tracker" not in " ".join(p.cmdline())]
 
 
+@pytest.mark.slow
 def test_worker_processes_give_the_thread_pipelines_batches(tmp_path):
     # Other tests of the session may own children (e.g. the web app's browser): not ours.
     others = frozenset(p.pid for p in psutil.Process().children(recursive=True))
@@ -54,6 +55,7 @@ def test_worker_processes_give_the_thread_pipelines_batches(tmp_path):
     assert np.all(runs[2][0]["mask"] <= 1)
 
 
+@pytest.mark.slow
 def test_batches_are_copied_out_of_their_slots_off_the_calling_thread(monkeypatch):
     # The training loop's thread only dispatches steps: the copy-out (30 ms for 384 images of
     # 256²) happens in the pipeline's collector thread while the device computes.
@@ -74,6 +76,7 @@ def test_batches_are_copied_out_of_their_slots_off_the_calling_thread(monkeypatc
     assert all(b["image"].shape == (4, 16, 16, 3) for b in batches)
 
 
+@pytest.mark.slow
 def test_a_killed_worker_process_ends_the_run_with_an_error():
     others = frozenset(p.pid for p in psutil.Process().children(recursive=True))
     config = data_config("demo", size=16, batch=4)

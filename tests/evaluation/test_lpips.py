@@ -67,6 +67,7 @@ def as_unit(images):
     return jnp.asarray(images, jnp.float32) / 255.0
 
 
+@pytest.mark.slow
 def test_matches_the_lpips_package_on_seeded_pairs(metric, script, reference):
     for i, (count, h, w) in enumerate(script.PAIRS):
         a, b = as_unit(reference[f"a_{i}"]), as_unit(reference[f"b_{i}"])
@@ -231,6 +232,7 @@ def test_mismatched_integer_or_tiny_images_are_refused(metric):
         metric(jnp.zeros((1, 15, 32, 3)), jnp.zeros((1, 15, 32, 3)))
 
 
+@pytest.mark.slow
 @pytest.mark.multidevice
 def test_batch_sharded_pairs_give_the_same_values(metric):
     rng = np.random.default_rng(3)
@@ -243,6 +245,7 @@ def test_batch_sharded_pairs_give_the_same_values(metric):
     np.testing.assert_allclose(np.asarray(got), np.asarray(metric(a, b)), rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_eval_reports_lpips_per_mask_with_the_named_files(tmp_path, backbone, metric):
     from pconv_jax.data import pipeline
     from pconv_jax.evaluation import baselines, table1

@@ -183,6 +183,7 @@ def test_a_full_disk_while_generating_test_masks_leaves_no_partial_set(tmp_path,
     assert len(table1.prepare_test_masks(tiny_eval_config(), str(tmp_path), (32, 32))) == 12
 
 
+@pytest.mark.slow
 def test_end_to_end_tiny_checkpoint_eval_and_inpaint_command(tmp_path, compiled_steps):
     """train_and_evaluate a few steps, eval.py's protocol on it, then the inpaint command."""
     import warnings

@@ -59,6 +59,7 @@ def workdirs(tmp_path_factory):
 
 @pytest.mark.parametrize("norm,mean,std", [("symmetric", 0.5, 0.5),
                                            ("imagenet", IMAGENET_MEAN, IMAGENET_STD)])
+@pytest.mark.slow
 def test_input_norm_is_normalise_in_denormalise_out(norm, mean, std):
     rng = np.random.default_rng(0)
     image = rng.random((2, 16, 16, 3), np.float32)
@@ -77,6 +78,7 @@ def test_unknown_input_norm_is_refused():
 
 # ----------------------------------------------------------------------------- parity
 
+@pytest.mark.slow
 @pytest.mark.parametrize("source", SOURCES)
 def test_raw_output_matches_upstream(source):
     config, model = pconv_checkpoints.load_pconv_checkpoint(source, FIXTURES / f"{source}.pth")
@@ -88,6 +90,7 @@ def test_raw_output_matches_upstream(source):
     np.testing.assert_allclose(ours, ref["raw_output"], rtol=1e-4, atol=1e-4 * scale)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("source", SOURCES)
 def test_inpaint_command_writes_upstreams_composite(source, workdirs, tmp_path):
     ref = _reference(source)

@@ -66,6 +66,7 @@ def trained_workdir(tmp_path_factory):
     return workdir
 
 
+@pytest.mark.slow
 def test_the_command_exports_a_workdir_that_runs_in_a_fresh_process_without_pconv_jax(
         trained_workdir, tmp_path):
     from pconv_jax import config as config_lib
@@ -115,6 +116,7 @@ def test_the_artifact_is_written_atomically_and_refuses_sides_that_do_not_fit(tm
         run(np.zeros((1, 18, 16, 3), np.float32), np.ones((1, 18, 16, 1), np.float32))
 
 
+@pytest.mark.slow
 def test_bad_input_is_one_error_line(tmp_path):
     module = ("-m", "pconv_jax.inference.export")
     assert_one_line_error(run_command(*module, "--workdir", str(tmp_path)),

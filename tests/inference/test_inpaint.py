@@ -186,6 +186,7 @@ def test_an_all_hole_mask_is_refused(photo):
         inpaint.ModelInpainter(model)(np.zeros((1, 8, 8, 3)), np.zeros((1, 8, 8, 1)))
 
 
+@pytest.mark.slow
 def test_holes_beyond_the_receptive_field_are_filled_with_a_warning():
     # A depth-2 network reaches about 10 px; a 40x40 hole in a 64x96 image leaves its centre
     # unreached, where the network outputs exactly 0 (black).

@@ -25,6 +25,7 @@ def l2(x: losses.LossInputs) -> jax.Array:
     return jnp.mean((x.output - x.target) ** 2)
 
 
+@pytest.mark.slow
 def test_an_extra_l2_term_adds_exactly_its_gradient_and_is_reported():
     config = demo_config(size=16)
     config.loss.weights.update(perceptual=0.05, style_out=120.0, style_comp=120.0)  # all terms

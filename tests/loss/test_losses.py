@@ -253,6 +253,7 @@ def test_default_config_and_bad_weights():
                                weights={"perceptual": 0.0, "style_out": 0, "style_comp": 0})
 
 
+@pytest.mark.slow
 def test_gradient_wrt_model_parameters_is_finite_for_all_hole_and_hole_free_masks(random_vgg):
     model = PConvUNet(depth=2, widths=(4, 8), kernel_sizes=(3, 3), rngs=nnx.Rngs(0))
     _, gt, _ = make_inputs(9, shape=(2, 8, 8, 3))

@@ -204,6 +204,7 @@ def test_code_in_the_file_is_refused(tmp_path):
         inception_files.load_inception(tmp_path / "evil.pth")
 
 
+@pytest.mark.slow
 def test_eval_reports_fid_and_is_from_the_named_weights_file(tmp_path, weights_file):
     from pconv_jax.inference import evaluate
     results = evaluate.run(tiny_eval_config(inception_weights=str(weights_file), is_splits=4),

@@ -183,6 +183,7 @@ def test_bfloat16_compute():
     np.testing.assert_allclose(out16, out32, atol=0.1 * float(jnp.abs(out32).max()))
 
 
+@pytest.mark.slow
 def test_remat_gives_the_same_output_gradients_and_statistics():
     image = jax.random.uniform(jax.random.key(6), (2, 16, 16, 3))
     mask = jnp.asarray(box_mask(2, 16, 3, 3, 6, 6))

@@ -222,6 +222,7 @@ def full_pth(tmp_path_factory, full_state):
     return path
 
 
+@pytest.mark.slow
 def test_relu_features_of_all_13_convs_match_reference(full_pth, full_state):
     params = vgg16_files.load_vgg16(full_pth, blocks=5)
     assert len(params.convs) == 13 and vgg.num_blocks(params) == 5

@@ -169,6 +169,7 @@ def test_sigterm_requests_a_final_save(tmp_path):
     assert signal.getsignal(signal.SIGTERM) is not None
 
 
+@pytest.mark.slow
 def test_sigterm_during_training_saves_and_stops(tmp_path, monkeypatch, compiled_steps):
     from pconv_jax.data import pipeline
     create = pipeline.create_train_pipeline
@@ -272,6 +273,7 @@ def test_checkpoint_without_network_settings_restores_with_a_warning(tmp_path, c
     assert tree_equal(nnx.state(model, nnx.Param), state.params)
 
 
+@pytest.mark.slow
 def test_conv_resume_of_a_pconv_workdir_is_refused_before_anything_changes(tmp_path):
     config = demo_config(steps=2)
     train_and_evaluate(config, str(tmp_path))
@@ -417,6 +419,7 @@ def test_checkpoints_rotating_faster_than_they_are_read_never_advise_moving_them
     assert "move the checkpoints away" not in str(info.value)
 
 
+@pytest.mark.slow
 def test_resume_past_an_unreadable_step_keeps_it_aside_and_saves_that_step_anew(tmp_path, caplog):
     config = demo_config(steps=4)  # saves steps 2 and 4
     train_and_evaluate(config, str(tmp_path))
@@ -494,6 +497,7 @@ def test_non_finite_state_is_never_saved(tmp_path):
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["3"]
 
 
+@pytest.mark.slow
 def test_huge_learning_rate_stops_before_saving_a_non_finite_state(tmp_path):
     config = demo_config(steps=3)
     config.train.learning_rate = 1e39

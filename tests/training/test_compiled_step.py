@@ -62,6 +62,7 @@ def describe(found: list[collectives.Collective]) -> str:
     return "; ".join(f"{c.op} {' '.join(c.shapes)}" for c in found[:8])
 
 
+@pytest.mark.slow
 @pytest.mark.multidevice
 def test_train_step_all_reduces_only_gradients_and_statistics(compiled_steps):
     assert jax.device_count() == 8

@@ -7,6 +7,8 @@ import logging
 import os
 import time
 
+import pytest
+
 from pconv_jax.training import logs
 
 
@@ -53,6 +55,7 @@ def test_the_warning_names_the_setting_in_use(caplog):
     assert "config.data.workers" not in caplog.text
 
 
+@pytest.mark.slow
 def test_train_loop_logs_data_wait_fraction(tmp_path):
     import tensorflow as tf
 

@@ -471,6 +471,7 @@ def test_places365_download_fetches_only_the_splits_training_reads(tmp_path):
     assert set(sources.tfds_splits("places365_small", 0)) == {g.name for g in generators}
 
 
+@pytest.mark.slow
 def test_extra_loss_terms_train_through_the_loop_and_are_logged(tmp_path):
     """`make_steps(..., extra_terms=...)` in `train_and_evaluate`: each extra term is logged
     next to the paper's; one reads VGG16 features of a named file whose paper terms are off."""

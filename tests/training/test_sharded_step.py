@@ -52,6 +52,7 @@ def assert_close(a: dict, b: dict, rtol: float) -> None:
         np.testing.assert_allclose(a[key], b[key], rtol=0, atol=rtol * scale, err_msg=key)
 
 
+@pytest.mark.slow
 @pytest.mark.multidevice
 def test_eight_devices_equal_one_device():
     assert jax.device_count() == 8
