@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -24,6 +25,16 @@ SLURM_TASK_PER_NODE = {
     "SLURM_STEP_NUM_TASKS": "2", "SLURM_STEP_NODELIST": "gpu[003-004]",
     "SLURM_STEP_TASKS_PER_NODE": "1(x2)", "SLURM_JOB_NODELIST": "gpu[003-004]",
 }
+
+
+LAUNCH_VARIABLES = re.compile(r"(SLURM_|OMPI_|JAX_COORDINATOR|JAX_LOCAL_DEVICE_IDS|TORCHELASTIC_|"
+                              r"TPU_WORKER_HOSTNAMES$|JOB_COMPLETION_INDEX$|MASTER_ADDR$|"
+                              r"MASTER_PORT$|WORLD_SIZE$|RANK$|LOCAL_RANK$|LOCAL_WORLD_SIZE$)")
+
+
+def without_launchers(env) -> dict:
+    """`env` less any launcher's variables (a test may itself run under SLURM or torchrun)."""
+    return {k: v for k, v in env.items() if not LAUNCH_VARIABLES.match(k)}
 
 
 def test_single_machine_is_left_alone():
@@ -139,6 +150,8 @@ def test_first_host(nodelist, host):
 def test_initialize_distributed_passes_every_argument(monkeypatch):
     calls = []
     monkeypatch.setattr(mesh.jax.distributed, "initialize", lambda **kw: calls.append(kw))
+    for name in set(os.environ) - set(without_launchers(os.environ)):
+        monkeypatch.delenv(name)
     for name, value in SLURM_TASK_PER_NODE.items():
         monkeypatch.setenv(name, value)
     assert mesh.initialize_distributed() is True
@@ -148,12 +161,42 @@ def test_initialize_distributed_passes_every_argument(monkeypatch):
 
 
 def test_train_refuses_a_half_described_launch(monkeypatch, tmp_path):
+    for name in set(os.environ) - set(without_launchers(os.environ)):
+        monkeypatch.delenv(name)
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
     result = run_command("train.py", "--config", "configs/demo.py", "--workdir",
                          str(tmp_path / "run"), timeout=120)
     assert_one_line_error(result, r"torchrun launch lacks MASTER_ADDR and MASTER_PORT")
     assert not (tmp_path / "run").exists()
+
+
+def test_sbatch_example_runs_one_task_per_node():
+    script = REPO / "examples" / "slurm.sbatch"
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    directives = re.findall(r"^#SBATCH (\S+)", script.read_text(), re.MULTILINE)
+    assert "--ntasks-per-node=1" in directives and "--gpus-per-node=8" in directives
+    assert re.search(r"^srun .*python train.py \"\$@\"$", script.read_text(), re.MULTILINE)
+
+
+def test_kubernetes_example_describes_a_whole_launch():
+    yaml = pytest.importorskip("yaml")
+    service, job = yaml.safe_load_all((REPO / "examples" / "kubernetes_job.yaml").read_text())
+    assert service["kind"] == "Service" and service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["selector"] == {"job-name": job["metadata"]["name"]}
+    pods = job["spec"]["template"]["spec"]
+    assert job["spec"]["completionMode"] == "Indexed"
+    assert pods["subdomain"] == service["metadata"]["name"]
+    count = job["spec"]["completions"]
+    assert job["spec"]["parallelism"] == count
+    [container] = pods["containers"]
+    flags = dict(arg[2:].split("=", 1) for arg in container["args"])
+    assert flags["coordinator_address"].startswith(
+        f"{job['metadata']['name']}-0.{service['metadata']['name']}:")
+    for index in range(count):  # what each pod passes to jax.distributed.initialize
+        launch = cluster.detect({"JOB_COMPLETION_INDEX": str(index)},
+                                flags["coordinator_address"], int(flags["num_processes"]))
+        assert (launch.num_processes, launch.process_id) == (count, index)
 
 
 WORKER = textwrap.dedent("""
@@ -205,7 +248,7 @@ def test_two_processes_on_loopback(launcher, visible):
     """Each process joins the other and drives its host's devices: all of them for one process
     per host (the CPU client ignores the restriction, the CUDA setting shows what a GPU sees)."""
     port = _free_port()
-    base = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    base = {k: v for k, v in without_launchers(os.environ).items() if k != "XLA_FLAGS"}
     base.update(XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
     workers = []
     for index in range(2):
