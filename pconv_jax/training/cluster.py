@@ -107,7 +107,7 @@ def _slurm(env: Mapping[str, str]) -> _Found | None:
             raise ValueError(f"a SLURM job of {tasks} tasks, but this process was not started "
                              "by srun (no SLURM_STEP_NUM_TASKS), so it would train alone: "
                              f"start it with `srun python train.py ...` ({_SEE})")
-        return _Found(None, 1, 0, None)
+        return _Found(None, 1, None, None)  # one process; a flag may not borrow its index
     coordinator = None
     if env.get("SLURM_STEP_NODELIST"):
         coordinator = _address(env, first_host(env["SLURM_STEP_NODELIST"]),
@@ -184,7 +184,7 @@ _FLAGS = {"coordinator_address": "--coordinator_address", "num_processes": "--nu
 def detect(env: Mapping[str, str], coordinator_address: str | None = None,
            num_processes: int | None = None, process_id: int | None = None) -> Launch | None:
     """This process's launch, or None for a single process. Flags win over JAX_COORDINATOR_ADDRESS,
-    which wins over what a launcher's variables imply; all three flags ignore the environment."""
+    which wins over what a launcher's variables imply; with all three flags no launcher is read."""
     given = {"coordinator_address": coordinator_address or env.get("JAX_COORDINATOR_ADDRESS"),
              "num_processes": num_processes, "process_id": process_id}
     launcher, found = "flags", None

@@ -129,6 +129,8 @@ def test_explicit_flags_win():
      r"--num_processes=<the Job's completions>"),
     ({"OMPI_COMM_WORLD_SIZE": "2", "OMPI_COMM_WORLD_RANK": "0"}, (),
      r"openmpi launch lacks --coordinator_address"),
+    ({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "1", "SLURM_PROCID": "0"}, ("h:1", 2),
+     r"slurm launch lacks --process_id"),
     ({}, (None, 2), r"--coordinator_address, --num_processes and --process_id together "
      r"\(missing --coordinator_address, --process_id\)"),
     ({"JOB_COMPLETION_INDEX": "2"}, ("h:1", 2), r"process index 2 is not in 0..1"),
