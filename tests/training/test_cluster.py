@@ -162,6 +162,7 @@ def test_initialize_distributed_passes_every_argument(monkeypatch):
                       "cluster_detection_method": "deactivate"}]
 
 
+@pytest.mark.slow
 def test_train_refuses_a_half_described_launch(monkeypatch, tmp_path):
     for name in set(os.environ) - set(without_launchers(os.environ)):
         monkeypatch.delenv(name)
