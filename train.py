@@ -7,9 +7,9 @@
 The workdir defaults to workdirs/<experiment>_<stage> (e.g. workdirs/places2_train); a run in a
 workdir that holds checkpoints resumes from the latest one (with the same data, masks, seed and
 stage unless --allow_config_change; the settings of every run are kept, see
-`pconv_jax/training/workdir.py`). Multi-host: pass
---coordinator_address, --num_processes and --process_id, or launch in a cluster environment
-(SLURM, Open MPI, Cloud TPU) that JAX detects.
+`pconv_jax/training/workdir.py`). Multi-host: start one process per host with srun (SLURM),
+mpirun (Open MPI), a Kubernetes Indexed Job, torchrun-style variables or --coordinator_address,
+--num_processes and --process_id; each process drives every local GPU (docs/cluster.md).
 """
 
 from absl import app, flags, logging

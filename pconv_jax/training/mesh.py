@@ -18,18 +18,9 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from pconv_jax.training import cluster
+
 DATA_AXIS = "data"
-
-
-def _cluster_is_multiprocess() -> bool:
-    """Whether the environment describes a multi-process launch that JAX's
-    `jax.distributed.initialize()` detects by itself (SLURM, Open MPI, Cloud TPU pods, or an
-    explicit JAX_COORDINATOR_ADDRESS)."""
-    env = os.environ
-    return (int(env.get("SLURM_NTASKS", "1") or 1) > 1
-            or int(env.get("OMPI_COMM_WORLD_SIZE", "1") or 1) > 1
-            or "," in env.get("TPU_WORKER_HOSTNAMES", "")
-            or "JAX_COORDINATOR_ADDRESS" in env)
 
 
 def initialize_distributed(coordinator_address: str | None = None,
@@ -37,21 +28,19 @@ def initialize_distributed(coordinator_address: str | None = None,
                            process_id: int | None = None) -> bool:
     """Calls `jax.distributed.initialize` when the run is multi-process; returns whether it did.
 
-    Explicit arguments (e.g. from --coordinator_address/--num_processes/--process_id) win; without
-    them a cluster environment (SLURM, Open MPI, Cloud TPU, JAX_COORDINATOR_ADDRESS) is detected.
-    A single-process run (no arguments, no cluster variables) is left alone.
+    Explicit arguments (--coordinator_address/--num_processes/--process_id) win; without them the
+    launcher's environment is read (`cluster.detect`: SLURM, Open MPI, Kubernetes Indexed Jobs,
+    torchrun-style variables, Cloud TPU). A single-process run is left alone; a launch described
+    only in part raises ValueError.
     """
-    explicit = coordinator_address is not None or (num_processes or 1) > 1
-    if not explicit and not _cluster_is_multiprocess():
+    launch = cluster.detect(os.environ, coordinator_address, num_processes, process_id)
+    if launch is None:
         return False
-    if explicit and (coordinator_address is None or num_processes is None or process_id is None):
-        raise ValueError("a multi-process launch needs --coordinator_address, --num_processes and "
-                         "--process_id together (or none of them, in a cluster environment)")
-    jax.distributed.initialize(coordinator_address=coordinator_address,
-                               num_processes=num_processes, process_id=process_id)
-    logging.info("distributed: process %d of %d, %d local / %d global devices",
-                 jax.process_index(), jax.process_count(), jax.local_device_count(),
-                 jax.device_count())
+    jax.distributed.initialize(**launch.jax_arguments())
+    logging.info("distributed (%s): process %d of %d, local devices %s: %d local / %d global",
+                 launch.launcher, jax.process_index(), jax.process_count(),
+                 "all" if launch.local_device_ids is None else list(launch.local_device_ids),
+                 jax.local_device_count(), jax.device_count())
     return True
 
 
