@@ -303,30 +303,27 @@ _OTHER_WAYS = ("point config.data.tfds_data_dir at a prepared copy, or unpack th
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class TfdsSource(DataSource):
-    """A TFDS dataset that TFDS downloads and prepares itself when config.data.download is set
-    (as ArrayRecord files, only the splits read here), read at random through
-    `tfds.data_source`. Images are read still encoded and decoded with OpenCV on demand (in the
-    pipeline's threads).
+    """A TFDS dataset that TFDS downloads and prepares itself (as ArrayRecord files) when
+    config.data.download is set, read at random through `tfds.data_source`. Images are read
+    still encoded and decoded with OpenCV on demand (in the pipeline's threads).
 
     `heldout_split`: the split held out for evaluation; '' holds out the last
     config.data.heldout_count examples of 'train'. `download_host`, `download_size`: the host
     TFDS downloads from (its checksums file) and what a first run downloads, for `check`.
+    `prepared_splits`: the only splits a download fetches and prepares, for a builder whose
+    downloads are keyed by split and that has splits not read here (Places365's 4.4 GiB test
+    archive); () prepares them all.
     """
     name: str
     title: str
     heldout_split: str = ""
     download_host: str = ""
     download_size: str = ""
+    prepared_splits: tuple[str, ...] = ()
 
     @property
     def heldout_settings(self) -> str:
         return "" if self.heldout_split else "config.data.heldout_count"
-
-    @property
-    def prepared_splits(self) -> tuple[str, ...] | None:
-        """The splits a download prepares, where the dataset may have more (Places365's
-        4.4 GiB test archive); None: all of them."""
-        return ("train", self.heldout_split) if self.heldout_split else None
 
     def splits(self, data: ml_collections.ConfigDict) -> tuple[str, str]:
         """(train split, held-out split), e.g. ('train[:-1000]', 'train[-1000:]')."""
@@ -356,9 +353,9 @@ class TfdsSource(DataSource):
         if builder.is_prepared():
             return
         where = f"TFDS dataset {self.name} is not prepared in {str(builder.data_dir)!r}"
-        self._check_download(builder, data, where)
+        self._check_unprepared(builder, data, where)
 
-    def _check_download(self, builder, data: ml_collections.ConfigDict, where: str) -> None:
+    def _check_unprepared(self, builder, data: ml_collections.ConfigDict, where: str) -> None:
         if not data.download:
             raise FileNotFoundError(
                 f"{where}. Three ways forward: set config.data.download=True to let TFDS "
@@ -376,7 +373,7 @@ class TfdsSource(DataSource):
         import tensorflow_datasets as tfds
         return tfds.builder(self.name, data_dir=data.tfds_data_dir or None)
 
-    def prepared_builder(self, data: ml_collections.ConfigDict):
+    def _prepared_builder(self, data: ml_collections.ConfigDict):
         """The TFDS builder, prepared (downloading it if config.data.download allows); if not
         allowed, `check`'s error when it is not prepared."""
         import tensorflow_datasets as tfds
@@ -386,7 +383,7 @@ class TfdsSource(DataSource):
         builder = self._builder(data)
         if not data.download or builder.is_prepared():
             return builder
-        if self.prepared_splits:  # download and prepare only the splits read here
+        if self.prepared_splits:
             builder._split_generators = only_splits(builder._split_generators,
                                                     self.prepared_splits)
         config = tfds.download.DownloadConfig(manual_dir=data.manual_dir or None)
@@ -407,7 +404,7 @@ class TfdsSource(DataSource):
 
         from pconv_jax.data import images
 
-        builder = self.prepared_builder(data)
+        builder = self._prepared_builder(data)
         try:
             examples = builder.as_data_source(split=split,
                                               decoders={"image": tfds.decode.SkipDecoding()})
@@ -421,11 +418,12 @@ class TfdsSource(DataSource):
 class ManualTfdsSource(TfdsSource):
     """A TFDS dataset that TFDS cannot download: its `archive` is made by hand (as
     `manual_help` says, a text with {archive} and {manual}) and put in config.data.manual_dir
-    (default: <tfds_data_dir>/downloads/manual); then TFDS prepares it."""
+    (default: <tfds_data_dir>/downloads/manual); then TFDS prepares it. `check` with
+    config.data.download wants the archive there."""
     archive: str
     manual_help: str
 
-    def _check_download(self, builder, data: ml_collections.ConfigDict, where: str) -> None:
+    def _check_unprepared(self, builder, data: ml_collections.ConfigDict, where: str) -> None:
         manual = data.manual_dir or os.path.join(str(builder._data_dir_root), "downloads",
                                                  "manual")
         archive = os.path.join(manual, self.archive)
@@ -482,7 +480,8 @@ SOURCES: dict[str, DataSource] = {source.name: source for source in (
     DemoSource(),
     FolderSource(),
     TfdsSource(name="places365_small", title="Places365-Standard", heldout_split="validation",
-               download_host="data.csail.mit.edu", download_size=PLACES365_DOWNLOAD),
+               download_host="data.csail.mit.edu", download_size=PLACES365_DOWNLOAD,
+               prepared_splits=("train", "validation")),
     ManualTfdsSource(name="celeb_a_hq/256", title="CelebA-HQ", archive="data256x256.tar",
                      manual_help=CELEBA_HQ_HELP),
     ManualTfdsSource(name="celeb_a_hq/512", title="CelebA-HQ", archive="data512x512.tar",

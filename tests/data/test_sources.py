@@ -34,7 +34,7 @@ def test_the_registry_holds_every_source_under_its_name():
     assert sources.get("places365_small").splits(data) == ("train", "validation")
     celeba = sources.get("celeb_a_hq/512")
     assert celeba.splits(data) == ("train[:-1000]", "train[-1000:]")
-    assert celeba.archive == "data512x512.tar" and celeba.prepared_splits is None
+    assert celeba.archive == "data512x512.tar" and celeba.prepared_splits == ()
     data.heldout_count = 0
     with pytest.raises(ValueError, match="CelebA-HQ has only a train split: config.data."
                                          "heldout_count must be >= 1"):
