@@ -24,10 +24,12 @@ import math
 import os
 import re
 import types
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import ml_collections
 from absl import logging
+
+from pconv_jax.data import sources as data_sources
 
 STAGES = ("train", "finetune")
 
@@ -206,13 +208,13 @@ def unknown_key_message(err: BaseException, overrides: Sequence[str]) -> str:
 # ----------------------------------------------------------------------------- validation
 
 # The settings that name one of a few choices. The modules that read them hold the same lists
-# (tests check that they agree); this module imports none of them (no JAX, no TensorFlow).
-TFDS_DATASETS = ("places365_small", "celeb_a_hq/256", "celeb_a_hq/512")
-CHOICES: dict[str, tuple[str, ...]] = {
+# (tests check that they agree); this module imports none of them (no JAX, no TensorFlow) but
+# the data sources' registry, which imports nothing heavy.
+CHOICES: dict[str, Collection[str]] = {
     "stage": STAGES,
     "model.dtype": ("float32", "bfloat16"),
     "model.input_norm": ("none", "imagenet", "symmetric"),
-    "data.name": ("demo", "folder") + TFDS_DATASETS,
+    "data.name": data_sources.SOURCES.keys(),  # a live view: a source registered later counts
     "data.resize_mode": ("crop", "resize"),
     "masks.source": ("generated", "nvidia"),
     "masks.border": ("any", "avoid", "touch"),

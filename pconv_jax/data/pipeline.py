@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import functools
 import gc
-import math
 import os
 import signal
 import sys
@@ -38,13 +37,12 @@ import ml_collections
 import numpy as np
 from absl import flags, logging
 
+from pconv_jax.data import crops
 from pconv_jax.data import sources as data_sources
-from pconv_jax.data.images import read_image
 from pconv_jax.data.masks import generate_mask
 from pconv_jax.data.nvidia_masks import NvidiaTrainMasks
 from pconv_jax.data.shared_batches import SharedBatchSlots
 
-DATASETS = ("demo", "folder") + data_sources.TFDS_NAMES
 Batch = dict[str, np.ndarray]
 Example = dict[str, np.ndarray]
 
@@ -275,79 +273,6 @@ def _process(process_index: int | None, process_count: int | None) -> tuple[int,
     return process_index, process_count
 
 
-def _check_mode(mode: str) -> str:
-    if mode not in ("crop", "resize"):
-        raise ValueError(f"config.data.resize_mode must be 'crop' or 'resize', got {mode!r}.")
-    return mode
-
-
-# A scaled image of up to this many crops' pixels is made whole (area averaging when shrinking,
-# bilinear when enlarging); of a larger enlargement (a thin strip: 1x20000 at 256 would take
-# 4.7 GB) only the crop is computed, so memory per example stays bounded by the crop size.
-_WHOLE_SCALE_CROPS = 16
-
-
-def _scaled_shape(shape: Sequence[int], size: int, mode: str) -> tuple[int, int, float]:
-    """(height, width, scale) of an image scaled so that its shorter side is >= size ('crop')
-    or == size ('resize')."""
-    h, w = shape[:2]
-    scale = size / min(h, w)
-    if mode == "crop":
-        scale = max(scale, 1.0)
-    return max(math.ceil(h * scale), size), max(math.ceil(w * scale), size), scale
-
-
-def _scaled_crop(image: np.ndarray, size: int, mode: str, top: int, left: int) -> np.ndarray:
-    """The size×size window at (top, left) of a uint8 image scaled by `_scaled_shape`; a view
-    when no scaling is needed."""
-    h, w = image.shape[:2]
-    new_h, new_w, scale = _scaled_shape(image.shape, size, mode)
-    if (new_h, new_w) == (h, w):
-        return image[top:top + size, left:left + size]
-    if new_h * new_w <= max(h * w, _WHOLE_SCALE_CROPS * size * size):
-        interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-        image = cv2.resize(image, (new_w, new_h), interpolation=interpolation)
-        return image[top:top + size, left:left + size]
-    return _enlarged_window(image, (new_h, new_w), top, left, size)
-
-
-def _enlarged_window(image: np.ndarray, scaled: tuple[int, int], top: int, left: int,
-                     size: int) -> np.ndarray:
-    """The size×size window at (top, left) of `image` enlarged bilinearly to `scaled`, with the
-    sampling positions and edge handling of `cv2.resize`, computed from the source pixels it
-    needs only."""
-    h, w = image.shape[:2]
-    step_y, step_x = h / scaled[0], w / scaled[1]  # source pixels per scaled pixel (<= 1)
-    y, x = (top + 0.5) * step_y - 0.5, (left + 0.5) * step_x - 0.5  # source of pixel (0, 0)
-    # The source rows and columns the window reads (remap also needs them below 32767).
-    y0, x0 = max(0, math.floor(y)), max(0, math.floor(x))
-    y1 = min(h, math.floor(y + (size - 1) * step_y) + 2)
-    x1 = min(w, math.floor(x + (size - 1) * step_x) + 2)
-    to_source = np.array([[step_x, 0.0, x - x0], [0.0, step_y, y - y0]])
-    return cv2.warpAffine(image[y0:y1, x0:x1], to_source, (size, size),
-                          flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                          borderMode=cv2.BORDER_REPLICATE)
-
-
-def _train_image(image: np.ndarray, rng: np.random.Generator, size: int, mode: str
-                 ) -> np.ndarray:
-    """Random crop and horizontal flip: uint8 (H, W, 3) -> uint8 (S, S, 3).
-
-    A view of the image or of its scaled copy: stacking the batch is the only copy.
-    """
-    h, w, _ = _scaled_shape(image.shape, size, mode)
-    top, left, flip = rng.integers(0, [h - size + 1, w - size + 1, 2])
-    crop = _scaled_crop(image, size, mode, top, left)
-    return crop[:, ::-1] if flip else crop
-
-
-def _eval_image(image: np.ndarray, size: int, mode: str) -> np.ndarray:
-    """Centre crop: uint8 (H, W, 3) -> float32 [0, 1] (S, S, 3)."""
-    h, w, _ = _scaled_shape(image.shape, size, mode)
-    crop = _scaled_crop(image, size, mode, (h - size) // 2, (w - size) // 2)
-    return crop.astype(np.float32) / 255.0
-
-
 def make_mask_fn(mask_config: ml_collections.ConfigDict, size: int
                  ) -> Callable[[Sequence[int]], np.ndarray]:
     """A function seed → mask float32 (size, size, 1), 1 = valid, as `config.masks` asks."""
@@ -371,18 +296,6 @@ def _host_source(source: data_sources.ImageSource, process_index: int, process_c
         raise ValueError(f"{len(source)} training images cannot be shared by {process_count} "
                          f"processes.")
     return source.subset(range(process_index, per_process * process_count, process_count))
-
-
-def _train_source(config: ml_collections.ConfigDict) -> data_sources.ImageSource:
-    data = config.data
-    if data.name == "demo":
-        return data_sources.demo_source("train")
-    if data.name == "folder":
-        return data_sources.folder_source(data.folder, "train", heldout_count=data.heldout_count,
-                                          heldout_fraction=data.heldout_fraction)
-    train_split, _ = data_sources.tfds_splits(data.name, data.heldout_count)
-    return data_sources.tfds_source(data.name, train_split, data_dir=data.tfds_data_dir,
-                                    manual_dir=data.manual_dir, download=data.download)
 
 
 class TrainExample:
@@ -413,7 +326,7 @@ class TrainExample:
         image = self.source.load(int(self.order(epoch)[offset]))
         rng = np.random.default_rng([self.crop_key, position])
         mask = self.mask_fn((self.mask_key, position))
-        return {"image": _train_image(image, rng, self.size, self.mode),
+        return {"image": crops.random_crop(image, rng, self.size, self.mode),
                 "mask": mask.astype(np.uint8)}
 
 
@@ -435,93 +348,20 @@ def create_train_pipeline(config: ml_collections.ConfigDict, *, seed: int,
       A `TrainPipeline` yielding uint8 {'image': (B_local, S, S, 3), 'mask': (B_local, S, S, 1)}.
     """
     data = config.data
-    if data.name not in DATASETS:
-        raise ValueError(f"config.data.name must be one of {DATASETS}, got {data.name!r}.")
+    data_source = data_sources.get(data.name)
     process_index, process_count = _process(process_index, process_count)
     if data.batch_size % process_count:
         raise ValueError(f"config.data.batch_size {data.batch_size} is not divisible by the "
                          f"{process_count} processes.")
     local_batch = data.batch_size // process_count
-    size, mode = int(data.image_size), _check_mode(data.resize_mode)
+    size, mode = int(data.image_size), crops.check_mode(data.resize_mode)
     workers, prefetch = resolve_workers(data.workers), int(data.prefetch)
     processes = resolve_workers(data.worker_processes, "worker_processes")
     if prefetch < 1:
         raise ValueError(f"config.data.prefetch must be >= 1 (batches), got {prefetch}.")
     mask_fn = make_mask_fn(config.masks, size)
-    source = _host_source(_train_source(config), process_index, process_count)
+    source = _host_source(data_source.train(data), process_index, process_count)
     example = TrainExample(source, [_key(seed, process_index, i) for i in range(3)], size, mode,
                            mask_fn)
     return TrainPipeline(example, local_batch, workers=workers, prefetch=prefetch,
                          processes=processes, skipped_names=_SkippedNames(source))
-
-
-def _demo_eval_images(size: int) -> list[np.ndarray]:
-    """Non-overlapping crops on a grid over each held-out demo photograph (native resolution)."""
-    source = data_sources.demo_source("heldout")
-    crops = []
-    for i in range(len(source)):
-        image = source.load(i)
-        if min(image.shape[:2]) < size:
-            crops.append(image)  # centre-cropped after scaling up
-            continue
-        rows, cols = image.shape[0] // size, image.shape[1] // size
-        top, left = (image.shape[0] - rows * size) // 2, (image.shape[1] - cols * size) // 2
-        crops.extend(image[top + r * size:top + (r + 1) * size,
-                           left + c * size:left + (c + 1) * size]
-                     for r in range(rows) for c in range(cols))
-    return crops
-
-
-def load_eval_images(config: ml_collections.ConfigDict, count: int | None = None, *,
-                     size: int | None = None, count_setting: str = "config.eval.num_images"
-                     ) -> np.ndarray:
-    """The first `count` held-out images, centre-cropped: float32 [0, 1], (count, S, S, 3).
-
-    Held-out sets: Places365's validation split, CelebA-HQ's last `heldout_count` train
-    examples, a folder's held-out files, the demo's held-out photographs (as grid crops).
-    Every process gets the same images.
-
-    Args:
-      config: the whole config (reads `config.data`, `config.eval.num_images` and
-        `config.eval.image_size`).
-      count: number of images; default `config.eval.num_images`.
-      size: side length; default `eval_image_size(config)`.
-      count_setting: the setting `count` comes from, named when too few images are held out.
-    """
-    data = config.data
-    count = int(config.eval.num_images if count is None else count)
-    size = int(size or eval_image_size(config))
-    mode = _check_mode(data.resize_mode)
-    if data.name == "demo":
-        images = _demo_eval_images(size)
-    elif data.name == "folder":
-        source = data_sources.folder_source(data.folder, "heldout",
-                                            heldout_count=data.heldout_count,
-                                            heldout_fraction=data.heldout_fraction)
-        images = []  # unreadable held-out files are skipped, not replaced (no duplicates)
-        for path in source.names:
-            if len(images) == count:
-                break
-            try:
-                images.append(read_image(path))
-            except (OSError, ValueError) as error:
-                logging.warning("skipping unreadable held-out image %s (%s)", path, error)
-    elif data.name in data_sources.TFDS_NAMES:
-        _, heldout_split = data_sources.tfds_splits(data.name, data.heldout_count)
-        source = data_sources.tfds_source(data.name, heldout_split, data_dir=data.tfds_data_dir,
-                                          manual_dir=data.manual_dir, download=data.download)
-        images = [source.load(i) for i in range(min(count, len(source)))]
-    else:
-        raise ValueError(f"config.data.name must be one of {DATASETS}, got {data.name!r}.")
-    if len(images) < count:
-        more = (" (config.data.heldout_count or heldout_fraction)" if data.name == "folder" else
-                " (config.data.heldout_count)" if data.name.startswith("celeb_a_hq") else "")
-        raise ValueError(f"{data.name} holds only {len(images)} held-out images of size {size}, "
-                         f"{count} were asked for; lower {count_setting} or hold out more "
-                         f"images{more}.")
-    return np.stack([_eval_image(image, size, mode) for image in images[:count]])
-
-
-def eval_image_size(config: ml_collections.ConfigDict) -> int:
-    """The side of every evaluation image: `config.eval.image_size`, or the training size."""
-    return int(config.eval.image_size or config.data.image_size)

@@ -1,24 +1,30 @@
-"""Where images come from: the bundled demo photographs, an image folder, TFDS datasets.
+"""Where images come from: the registry of data sources (`config.data.name`) and their parts.
 
-Every source is an `ImageSource`: a random-access list of items with a loader returning uint8
-RGB arrays (H, W, 3). TFDS datasets are read through `tfds.data_source` over their ArrayRecord
-files (random access, no TensorFlow).
+`get(name)` returns the registered `DataSource`: its training and held-out images (each an
+`ImageSource`, a random-access list of items with a loader returning uint8 RGB arrays
+(H, W, 3)) and the check a run makes before it creates anything. Registered: the bundled demo
+photographs, an image folder, TFDS datasets (read through `tfds.data_source` over their
+ArrayRecord files: random access, no TensorFlow). Adding a source is one entry in `SOURCES`.
+
+Importing this module loads no image, JAX or TensorFlow code (those are imported where they are
+used): `pconv_jax.config` reads the registry's names.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from pconv_jax import files
-from pconv_jax.data import images
-from pconv_jax.data.images import IMAGE_EXTENSIONS, to_rgb_uint8
+
+if TYPE_CHECKING:
+    import ml_collections
+    import numpy as np
 
 _log = logging.getLogger(__name__)
 
@@ -27,8 +33,6 @@ _log = logging.getLogger(__name__)
 DEMO_TRAIN = ("astronaut", "chelsea", "rocket", "stereo_motorcycle", "hubble_deep_field",
               "china.jpg")
 DEMO_HELDOUT = ("coffee", "flower.jpg")
-
-TFDS_NAMES = ("places365_small", "celeb_a_hq/256", "celeb_a_hq/512")
 
 
 class ImageSource:
@@ -97,6 +101,7 @@ class ImageSource:
 # ----------------------------------------------------------------------------- demo
 
 def _load_demo_image(name: str) -> np.ndarray:
+    from pconv_jax.data.images import to_rgb_uint8
     if name.endswith(".jpg"):
         from sklearn.datasets import load_sample_image
         return to_rgb_uint8(load_sample_image(name))
@@ -125,6 +130,7 @@ def list_image_files(folder: str) -> list[str]:
     simply the files' relative paths. Files are not paired by name, so `a.jpg` beside `a.png`
     are two images.
     """
+    from pconv_jax.data.images import IMAGE_EXTENSIONS
     if not folder or not os.path.isdir(folder):
         raise FileNotFoundError(f"image folder {folder!r} does not exist; set config.data.folder "
                                 f"to a folder of {'/'.join(IMAGE_EXTENSIONS)} images.")
@@ -177,6 +183,7 @@ def split_folder(paths: Sequence[str], *, heldout_count: int = 0,
 def folder_source(folder: str, split: str, *, heldout_count: int = 0,
                   heldout_fraction: float = 0.0) -> ImageSource:
     """The images of `split` ('train' or 'heldout') of an image folder, decoded on demand."""
+    from pconv_jax.data import images
     images.pixel_limit()  # a bad PCONV_MAX_PIXELS fails here, not as a skip of every file
     train, heldout = split_folder(list_image_files(folder), heldout_count=heldout_count,
                                   heldout_fraction=heldout_fraction)
@@ -185,96 +192,257 @@ def folder_source(folder: str, split: str, *, heldout_count: int = 0,
     return ImageSource([os.path.join(folder, p) for p in names], images.read_image)
 
 
+# ----------------------------------------------------------------------------- data sources
+
+class DataSource:
+    """What the registry (`SOURCES`) holds for a `config.data.name`: the training and held-out
+    images, and the check a run makes before it creates anything. Every method reads
+    `config.data` (given as `data`) and nothing else.
+    """
+
+    name: str
+    heldout_settings = ""  # the settings that hold out more images, named when too few are
+
+    def check(self, data: ml_collections.ConfigDict) -> None:
+        """Before a run creates a workdir or downloads: nothing if the source can be read (or
+        prepared), else a clear error naming what is missing and the ways forward."""
+
+    def train(self, data: ml_collections.ConfigDict) -> ImageSource:
+        """The training images."""
+        raise NotImplementedError
+
+    def heldout(self, data: ml_collections.ConfigDict) -> ImageSource:
+        """The held-out images, never trained on."""
+        raise NotImplementedError
+
+    def heldout_images(self, data: ml_collections.ConfigDict, count: int, size: int
+                       ) -> list[np.ndarray]:
+        """The held-out images evaluation uses, in order, uint8 (H, W, 3): at least the first
+        `count` when there are as many (`heldout.load_eval_images` centre-crops them to the side
+        `size` and keeps `count`)."""
+        del size
+        source = self.heldout(data)
+        return [source.load(i) for i in range(min(count, len(source)))]
+
+
+class DemoSource(DataSource):
+    """The demo photographs (`DEMO_TRAIN`, `DEMO_HELDOUT`); evaluation uses grid crops of the
+    held-out ones at their native resolution."""
+
+    name = "demo"
+
+    def train(self, data: ml_collections.ConfigDict) -> ImageSource:
+        return demo_source("train")
+
+    def heldout(self, data: ml_collections.ConfigDict) -> ImageSource:
+        return demo_source("heldout")
+
+    def heldout_images(self, data: ml_collections.ConfigDict, count: int, size: int
+                       ) -> list[np.ndarray]:
+        """Non-overlapping size×size crops on a grid over each held-out photograph (an image
+        smaller than that is given whole, to be scaled up)."""
+        source = self.heldout(data)
+        crops = []
+        for i in range(len(source)):
+            image = source.load(i)
+            if min(image.shape[:2]) < size:
+                crops.append(image)
+                continue
+            rows, cols = image.shape[0] // size, image.shape[1] // size
+            top = (image.shape[0] - rows * size) // 2
+            left = (image.shape[1] - cols * size) // 2
+            crops.extend(image[top + r * size:top + (r + 1) * size,
+                               left + c * size:left + (c + 1) * size]
+                         for r in range(rows) for c in range(cols))
+        return crops
+
+
+class FolderSource(DataSource):
+    """The image files under config.data.folder, split by `split_folder`."""
+
+    name = "folder"
+    heldout_settings = "config.data.heldout_count or heldout_fraction"
+
+    def _split(self, data: ml_collections.ConfigDict, split: str) -> ImageSource:
+        return folder_source(data.folder, split, heldout_count=data.heldout_count,
+                             heldout_fraction=data.heldout_fraction)
+
+    def train(self, data: ml_collections.ConfigDict) -> ImageSource:
+        return self._split(data, "train")
+
+    def heldout(self, data: ml_collections.ConfigDict) -> ImageSource:
+        return self._split(data, "heldout")
+
+    def heldout_images(self, data: ml_collections.ConfigDict, count: int, size: int
+                       ) -> list[np.ndarray]:
+        """Unreadable held-out files are skipped, not replaced (no image is given twice)."""
+        from pconv_jax.data.images import read_image
+        images = []
+        for path in self.heldout(data).names:
+            if len(images) == count:
+                break
+            try:
+                images.append(read_image(path))
+            except (OSError, ValueError) as error:
+                _log.warning("skipping unreadable held-out image %s (%s)", path, error)
+        return images
+
+
 # ----------------------------------------------------------------------------- TFDS
 
-_CELEBA_HQ_HELP = (
-    "CelebA-HQ cannot be downloaded automatically. Prepare it by hand as TFDS describes below, "
-    "placing the files in config.data.manual_dir (default: <tfds_data_dir>/downloads/manual), "
-    "then run again. Alternatively set config.data.name='folder' and config.data.folder to a "
-    "folder of CelebA-HQ images.")
+# What a first run of Places365 downloads, and CelebA-HQ's hand-made archive.
+PLACES365_DOWNLOAD = ("train_256_places365standard.tar, 24.3 GiB, and val_256.tar, 0.5 GiB: a "
+                      "24.9 GiB download, about 50 GiB of disk while TFDS prepares it")
+CELEBA_HQ_HELP = ("CelebA-HQ (30,000 faces) cannot be downloaded by TFDS: build {archive} as "
+                  "https://github.com/tkarras/progressive_growing_of_gans#preparing-datasets-"
+                  "for-training describes and put it in config.data.manual_dir ({manual})")
+DOWNLOAD_HOST_TIMEOUT = 10.0  # seconds to reach a download host before a run starts
+_OTHER_WAYS = ("point config.data.tfds_data_dir at a prepared copy, or unpack the images and "
+               "train with configs/folder.py --config.data.folder=DIR")
 
 
-# What a first run of a TFDS dataset needs: the host TFDS downloads Places365 from (its
-# checksums file) and the archives of the splits it prepares; CelebA-HQ's hand-made archive.
-PLACES365_DOWNLOAD = ("data.csail.mit.edu", "train_256_places365standard.tar, 24.3 GiB, and "
-                      "val_256.tar, 0.5 GiB: a 24.9 GiB download, about 50 GiB of disk while "
-                      "TFDS prepares it")
-CELEBA_HQ_HELP = ("CelebA-HQ (30,000 faces) cannot be downloaded by TFDS: build "
-                  "data{size}x{size}.tar as https://github.com/tkarras/progressive_growing_of_gans"
-                  "#preparing-datasets-for-training describes and put it in "
-                  "config.data.manual_dir ({manual})")
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TfdsSource(DataSource):
+    """A TFDS dataset that TFDS downloads and prepares itself (as ArrayRecord files) when
+    config.data.download is set, read at random through `tfds.data_source`. Images are read
+    still encoded and decoded with OpenCV on demand (in the pipeline's threads).
 
-
-def check_tfds_dataset(name: str, *, data_dir: str = "", manual_dir: str = "",
-                       download: bool = False, timeout: float = 10.0) -> None:
-    """Nothing if the dataset is prepared; else a FileNotFoundError naming what is missing, how
-    big it is, and the ways forward (let TFDS download it with config.data.download=True, point
-    config.data.tfds_data_dir at a prepared copy, or train on the unpacked images with
-    configs/folder.py). With `download`, a download host that cannot be reached is an OSError
-    within `timeout` seconds (not minutes of retries), and CelebA-HQ's archive must exist.
-    Downloads nothing and creates no folder.
+    `heldout_split`: the split held out for evaluation; '' holds out the last
+    config.data.heldout_count examples of 'train'. `download_host`, `download_size`: the host
+    TFDS downloads from (its checksums file) and what a first run downloads, for `check`.
+    `prepared_splits`: the only splits a download fetches and prepares, for a builder whose
+    downloads are keyed by split and that has splits not read here (Places365's 4.4 GiB test
+    archive); () prepares them all.
     """
-    import tensorflow_datasets as tfds
+    name: str
+    title: str
+    heldout_split: str = ""
+    download_host: str = ""
+    download_size: str = ""
+    prepared_splits: tuple[str, ...] = ()
 
-    if name not in TFDS_NAMES:
-        raise ValueError(f"unknown TFDS dataset {name!r}; expected one of {TFDS_NAMES}.")
-    builder = tfds.builder(name, data_dir=data_dir or None)
-    if builder.is_prepared():
-        return
-    where = f"TFDS dataset {name} is not prepared in {str(builder.data_dir)!r}"
-    ways = ("point config.data.tfds_data_dir at a prepared copy, or unpack the images and train "
-            "with configs/folder.py --config.data.folder=DIR")
-    if name.startswith("celeb_a_hq"):
-        size = name.rpartition("/")[2]
-        manual = manual_dir or os.path.join(str(builder._data_dir_root), "downloads", "manual")
-        archive = os.path.join(manual, f"data{size}x{size}.tar")
-        help_text = CELEBA_HQ_HELP.format(size=size, manual=manual)
-        if not download:
+    @property
+    def heldout_settings(self) -> str:
+        return "" if self.heldout_split else "config.data.heldout_count"
+
+    def splits(self, data: ml_collections.ConfigDict) -> tuple[str, str]:
+        """(train split, held-out split), e.g. ('train[:-1000]', 'train[-1000:]')."""
+        if self.heldout_split:
+            return "train", self.heldout_split
+        count = data.heldout_count
+        if count < 1:
+            raise ValueError(f"{self.title} has only a train split: config.data.heldout_count "
+                             f"must be >= 1 to hold out its last examples for evaluation.")
+        return f"train[:-{count}]", f"train[-{count}:]"
+
+    def train(self, data: ml_collections.ConfigDict) -> ImageSource:
+        return self._split(data, self.splits(data)[0])
+
+    def heldout(self, data: ml_collections.ConfigDict) -> ImageSource:
+        return self._split(data, self.splits(data)[1])
+
+    def check(self, data: ml_collections.ConfigDict) -> None:
+        """Nothing if the dataset is prepared; else a FileNotFoundError naming what is missing,
+        how big it is, and the ways forward (let TFDS download it with config.data.download=True,
+        point config.data.tfds_data_dir at a prepared copy, or train on the unpacked images with
+        configs/folder.py). With config.data.download, a download host that cannot be reached is
+        an OSError within `DOWNLOAD_HOST_TIMEOUT` (not minutes of retries). Downloads nothing and
+        creates no folder.
+        """
+        builder = self._builder(data)
+        if builder.is_prepared():
+            return
+        where = f"TFDS dataset {self.name} is not prepared in {str(builder.data_dir)!r}"
+        self._check_unprepared(builder, data, where)
+
+    def _check_unprepared(self, builder, data: ml_collections.ConfigDict, where: str) -> None:
+        if not data.download:
+            raise FileNotFoundError(
+                f"{where}. Three ways forward: set config.data.download=True to let TFDS "
+                f"download it ({self.download_size}); or {_OTHER_WAYS}.")
+        import socket
+        try:
+            socket.create_connection((self.download_host, 80),
+                                     timeout=DOWNLOAD_HOST_TIMEOUT).close()
+        except OSError as err:
+            raise OSError(f"{where} and its download host {self.download_host} cannot be "
+                          f"reached ({err}): connect to the internet, or {_OTHER_WAYS}."
+                          ) from None
+
+    def _builder(self, data: ml_collections.ConfigDict):
+        import tensorflow_datasets as tfds
+        return tfds.builder(self.name, data_dir=data.tfds_data_dir or None)
+
+    def _prepared_builder(self, data: ml_collections.ConfigDict):
+        """The TFDS builder, prepared (downloading it if config.data.download allows); if not
+        allowed, `check`'s error when it is not prepared."""
+        import tensorflow_datasets as tfds
+
+        if not data.download:
+            self.check(data)
+        builder = self._builder(data)
+        if not data.download or builder.is_prepared():
+            return builder
+        if self.prepared_splits:
+            builder._split_generators = only_splits(builder._split_generators,
+                                                    self.prepared_splits)
+        config = tfds.download.DownloadConfig(manual_dir=data.manual_dir or None)
+        try:  # ArrayRecord: the random-access format `tfds.data_source` reads
+            builder.download_and_prepare(download_config=config, file_format="array_record")
+        except Exception as error:
+            self._preparing_failed(builder, error)
+            raise
+        return builder
+
+    def _preparing_failed(self, builder, error: Exception) -> None:
+        """Raises a clearer error for a failed download or preparation, if there is one."""
+
+    def _split(self, data: ml_collections.ConfigDict, split: str) -> ImageSource:
+        """The images of a TFDS split; a copy prepared as TFRecord only is an error naming the
+        command that converts it."""
+        import tensorflow_datasets as tfds
+
+        from pconv_jax.data import images
+
+        builder = self._prepared_builder(data)
+        try:
+            examples = builder.as_data_source(split=split,
+                                              decoders={"image": tfds.decode.SkipDecoding()})
+        except NotImplementedError as error:  # no random-access format among the prepared ones
+            raise FileNotFoundError(_tfrecord_help(self.name, str(builder.data_dir))) from error
+        return ImageSource(range(len(examples)),
+                           lambda i: images.decode_image_bytes(examples[i]["image"]))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ManualTfdsSource(TfdsSource):
+    """A TFDS dataset that TFDS cannot download: its `archive` is made by hand (as
+    `manual_help` says, a text with {archive} and {manual}) and put in config.data.manual_dir
+    (default: <tfds_data_dir>/downloads/manual); then TFDS prepares it. `check` with
+    config.data.download wants the archive there."""
+    archive: str
+    manual_help: str
+
+    def _check_unprepared(self, builder, data: ml_collections.ConfigDict, where: str) -> None:
+        manual = data.manual_dir or os.path.join(str(builder._data_dir_root), "downloads",
+                                                 "manual")
+        archive = os.path.join(manual, self.archive)
+        help_text = self.manual_help.format(archive=self.archive, manual=manual)
+        if not data.download:
             raise FileNotFoundError(f"{where}. {help_text}, then set config.data.download=True "
-                                    f"to let TFDS prepare it; or {ways}.")
+                                    f"to let TFDS prepare it; or {_OTHER_WAYS}.")
         if not os.path.isfile(archive):
             raise FileNotFoundError(f"{where} and {archive} does not exist. {help_text}; or "
-                                    f"{ways}.")
-        return
-    host, sizes = PLACES365_DOWNLOAD
-    if not download:
-        raise FileNotFoundError(
-            f"{where}. Three ways forward: set config.data.download=True to let TFDS download "
-            f"it ({sizes}); or {ways}.")
-    import socket
-    try:
-        socket.create_connection((host, 80), timeout=timeout).close()
-    except OSError as err:
-        raise OSError(f"{where} and its download host {host} cannot be reached ({err}): "
-                      f"connect to the internet, or {ways}.") from None
+                                    f"{_OTHER_WAYS}.")
 
-
-def tfds_builder(name: str, *, data_dir: str = "", manual_dir: str = "", download: bool = True):
-    """Returns a prepared TFDS builder for `name`, downloading it if allowed; if not, a clear
-    error (`check_tfds_dataset`) when it is not prepared."""
-    import tensorflow_datasets as tfds
-
-    if not download:
-        check_tfds_dataset(name, data_dir=data_dir, manual_dir=manual_dir, download=False)
-    builder = tfds.builder(name, data_dir=data_dir or None)
-    if not download or builder.is_prepared():
-        return builder
-    if name in PREPARED_SPLITS:  # download and prepare only the splits training reads
-        builder._split_generators = only_splits(builder._split_generators, PREPARED_SPLITS[name])
-    config = tfds.download.DownloadConfig(manual_dir=manual_dir or None)
-    try:  # ArrayRecord: the random-access format `tfds.data_source` reads
-        builder.download_and_prepare(download_config=config, file_format="array_record")
-    except Exception as error:
-        if name.startswith("celeb_a_hq"):
-            instructions = getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", "") or ""
-            raise RuntimeError(f"{_CELEBA_HQ_HELP}\n\nTFDS instructions:\n{instructions}\n"
-                               f"TFDS said: {error}") from error
-        raise
-    return builder
-
-
-# The splits `tfds_splits` reads, where a dataset has more (Places365's 4.4 GiB test archive).
-PREPARED_SPLITS = {"places365_small": ("train", "validation")}
+    def _preparing_failed(self, builder, error: Exception) -> None:
+        instructions = getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", "") or ""
+        raise RuntimeError(
+            f"{self.title} cannot be downloaded automatically. Prepare it by hand as TFDS "
+            f"describes below, placing the files in config.data.manual_dir (default: "
+            f"<tfds_data_dir>/downloads/manual), then run again. Alternatively set "
+            f"config.data.name='folder' and config.data.folder to a folder of {self.title} "
+            f"images.\n\nTFDS instructions:\n{instructions}\nTFDS said: {error}") from error
 
 
 class _SplitsDownloads:
@@ -305,19 +473,32 @@ def only_splits(split_generators: Callable, splits: Sequence[str]) -> Callable:
     return generators
 
 
-def tfds_splits(name: str, heldout_count: int) -> tuple[str, str]:
-    """(train split, held-out split) of a TFDS dataset.
+# ----------------------------------------------------------------------------- the registry
 
-    Places365-small has a validation split; CelebA-HQ only has 'train', whose last
-    `heldout_count` examples are held out.
-    """
-    if name == "places365_small":
-        return "train", "validation"
-    if heldout_count < 1:
-        raise ValueError("CelebA-HQ has only a train split: config.data.heldout_count must be "
-                         ">= 1 to hold out its last examples for evaluation.")
-    return f"train[:-{heldout_count}]", f"train[-{heldout_count}:]"
+# `config.data.name` -> its source. Adding a source is one entry here.
+SOURCES: dict[str, DataSource] = {source.name: source for source in (
+    DemoSource(),
+    FolderSource(),
+    TfdsSource(name="places365_small", title="Places365-Standard", heldout_split="validation",
+               download_host="data.csail.mit.edu", download_size=PLACES365_DOWNLOAD,
+               prepared_splits=("train", "validation")),
+    ManualTfdsSource(name="celeb_a_hq/256", title="CelebA-HQ", archive="data256x256.tar",
+                     manual_help=CELEBA_HQ_HELP),
+    ManualTfdsSource(name="celeb_a_hq/512", title="CelebA-HQ", archive="data512x512.tar",
+                     manual_help=CELEBA_HQ_HELP),
+)}
 
+
+def get(name: str) -> DataSource:
+    """The registered source called `name` (`config.data.name`); an unknown name is a
+    ValueError listing the registered ones."""
+    source = SOURCES.get(name)
+    if source is None:
+        raise ValueError(f"config.data.name must be one of {tuple(SOURCES)}, got {name!r}.")
+    return source
+
+
+# ----------------------------------------------------------------------------- TFRecord copies
 
 def _tfrecord_help(name: str, version_dir: str) -> str:
     return (f"TFDS dataset {name} in {version_dir} is prepared as TFRecord files only, which "
@@ -374,25 +555,6 @@ def main(argv: Sequence[str]) -> None:
                              "VERSION_DIR (a TFDS dataset prepared as TFRecord)")
     count = convert_tfds_to_array_record(os.path.expanduser(argv[2]))
     print(f"wrote {count} ArrayRecord shards to {argv[2]}")
-
-
-def tfds_source(name: str, split: str, *, data_dir: str = "", manual_dir: str = "",
-                download: bool = True) -> ImageSource:
-    """The images of a TFDS split (e.g. 'train[:-1000]') through `tfds.data_source`.
-
-    Images are read still encoded and decoded with OpenCV on demand (in the pipeline's threads).
-    A copy prepared as TFRecord only is an error naming the command that converts it.
-    """
-    import tensorflow_datasets as tfds
-
-    builder = tfds_builder(name, data_dir=data_dir, manual_dir=manual_dir, download=download)
-    try:
-        examples = builder.as_data_source(split=split,
-                                          decoders={"image": tfds.decode.SkipDecoding()})
-    except NotImplementedError as error:  # no random-access file format among the prepared ones
-        raise FileNotFoundError(_tfrecord_help(name, str(builder.data_dir))) from error
-    return ImageSource(range(len(examples)),
-                       lambda i: images.decode_image_bytes(examples[i]["image"]))
 
 
 if __name__ == "__main__":

@@ -15,8 +15,7 @@ from unittest import mock
 import cv2
 import numpy as np
 
-from pconv_jax.data import images
-from pconv_jax.data.sources import TFDS_NAMES
+from pconv_jax.data import images, sources
 
 
 def _photo(rng: np.random.Generator, shape: tuple[int, int]) -> bytes:
@@ -28,8 +27,8 @@ def _photo(rng: np.random.Generator, shape: tuple[int, int]) -> bytes:
 
 def write_synthetic_tfds(name: str, data_dir: str, *, train: int, heldout: int = 4,
                          file_format: str = "array_record", solid: bool = False, seed: int = 0):
-    """Prepares TFDS dataset `name` in `data_dir` from `train` (+ `heldout` validation, for
-    Places365) generated JPEGs; returns the builder.
+    """Prepares TFDS dataset `name` in `data_dir` from `train` (+ `heldout` in its held-out
+    split, for Places365) generated JPEGs; returns the builder.
 
     With `solid`, example i is one grey level, 10 * i % 250 (any crop or flip keeps it, JPEG
     within a level or two), so tests can tell which examples a pipeline read; the validation
@@ -37,8 +36,9 @@ def write_synthetic_tfds(name: str, data_dir: str, *, train: int, heldout: int =
     """
     import tensorflow_datasets as tfds
 
-    if name not in TFDS_NAMES:
-        raise ValueError(f"unknown TFDS dataset {name!r}; expected one of {TFDS_NAMES}.")
+    source = sources.get(name)
+    if not isinstance(source, sources.TfdsSource):
+        raise ValueError(f"{name!r} is not a TFDS dataset.")
     builder = tfds.builder(name, data_dir=data_dir, file_format=file_format)
     features = builder.info.features
     shape = features["image"].shape[:2]
@@ -63,8 +63,8 @@ def write_synthetic_tfds(name: str, data_dir: str, *, train: int, heldout: int =
     def split_generators(self, dl_manager):
         del self, dl_manager
         splits = {"train": examples(0, train)}
-        if name == "places365_small":
-            splits["validation"] = examples(train, heldout)
+        if source.heldout_split:
+            splits[source.heldout_split] = examples(train, heldout)
         return splits
 
     with mock.patch.object(type(builder), "_split_generators", split_generators):

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import ml_collections
 import numpy as np
 
-from pconv_jax.data import pipeline
+from pconv_jax.data import heldout
 from pconv_jax.evaluation import baselines, table1
 from pconv_jax.evaluation.learned_metrics import LearnedMetrics
 from pconv_jax.inference.inpaint import ModelInpainter, workdir_config
@@ -64,7 +64,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, method: str | None =
             candidate.label = f"{candidate.method}: {candidate.label}"
     workdir_lib.prepare_workdir(workdir, writing="the results into")
 
-    images = np.asarray(pipeline.load_eval_images(config), np.float32)
+    images = np.asarray(heldout.load_eval_images(
+        config.data, config.eval.num_images, heldout.eval_image_size(config)), np.float32)
     test_masks = table1.prepare_test_masks(config, workdir, images.shape[1:3])
     reference = table1.reference_features(images, learned, config.eval.batch_size)
     rows = [_evaluate(config, candidate, images, test_masks, names, learned, reference,

@@ -29,6 +29,8 @@ import numpy as np
 from absl import logging
 
 from pconv_jax import config as config_lib
+from pconv_jax.data import heldout
+from pconv_jax.data import sources as data_sources
 from pconv_jax.data.masks import generate_mask
 from pconv_jax.loss import losses
 from pconv_jax.training import checkpoints, logs
@@ -60,10 +62,10 @@ class Preempted(SystemExit):
 
 def eval_batch(config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
     """The fixed held-out batch: the first eval_batch_size held-out images with seeded masks."""
-    from pconv_jax.data import pipeline
     count = int(config.train.eval_batch_size)
-    images = np.asarray(pipeline.load_eval_images(
-        config, count, count_setting="config.train.eval_batch_size"), np.float32)
+    images = np.asarray(heldout.load_eval_images(
+        config.data, count, heldout.eval_image_size(config),
+        count_setting="config.train.eval_batch_size"), np.float32)
     size = images.shape[1:3]
     masks = np.stack([generate_mask((config.seed, 10_000 + i), size,
                                     hole_ratio_range=(config.masks.hole_ratio_min,
@@ -73,16 +75,6 @@ def eval_batch(config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
 
 
 # ----------------------------------------------------------------------------- the loop
-
-def check_dataset(config: ml_collections.ConfigDict) -> None:
-    """Before any workdir or download: a TFDS dataset that is not prepared (or cannot be) is a
-    clear error naming what is missing and the ways forward (`sources.check_tfds_dataset`)."""
-    data = config.data
-    if data.name in config_lib.TFDS_DATASETS:
-        from pconv_jax.data import sources
-        sources.check_tfds_dataset(data.name, data_dir=data.tfds_data_dir,
-                                   manual_dir=data.manual_dir, download=data.download)
-
 
 def _restore_or_init(config, checkpointer, tx, mesh, pipeline):
     """(graphdef, state): own checkpoint -> config.train.init_from -> fresh init."""
@@ -203,7 +195,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     # --- Checks and frozen VGG, before the workdir exists.
     mesh = make_data_mesh()
     config_lib.validate(config, mesh.size)
-    check_dataset(config)
+    data_sources.get(config.data.name).check(config.data)  # e.g. a TFDS set not prepared
     vgg = losses.vgg_for_config(config.loss)  # None: no VGG term on and no file named
     vgg = None if vgg is None else replicate(vgg, mesh)
     cleanup = workdir_lib.CleanupIfStartFails(workdir, checkpoints.checkpoint_dir(workdir))

@@ -16,6 +16,7 @@ from tests.helpers.data import (
     check_batch,
     data_config,
     equal_batches,
+    eval_images,
     grey_levels,
     make_pipeline,
     solid_folder,
@@ -26,12 +27,12 @@ def test_demo_pipeline_and_eval_images():
     config = data_config("demo", size=48, batch=3)
     batch = next(data.create_train_pipeline(config, seed=0, process_index=0, process_count=1))
     check_batch(batch, 3, 48)
-    evaluation = data.load_eval_images(config, 5)
+    evaluation = eval_images(config, 5)
     assert evaluation.shape == (5, 48, 48, 3) and evaluation.dtype == np.float32
     assert 0.0 <= evaluation.min() and evaluation.max() <= 1.0
-    np.testing.assert_array_equal(evaluation, data.load_eval_images(config, 5))
+    np.testing.assert_array_equal(evaluation, eval_images(config, 5))
     with pytest.raises(ValueError, match="held-out images"):
-        data.load_eval_images(config, 10_000)
+        eval_images(config, 10_000)
 
 
 def test_demo_images_are_bundled_colour_photographs():
@@ -126,7 +127,7 @@ def test_folder_processes_disjoint(tmp_path):
         seen.append(set().union(*map(grey_levels, batches)))
     assert len(seen[0]) == len(seen[1]) == 5
     assert not seen[0] & seen[1]
-    heldout = data.load_eval_images(config, 2)
+    heldout = eval_images(config, 2)
     assert not {round(v * 255) for v in heldout[:, 0, 0, 0]} & (seen[0] | seen[1])
 
 
@@ -168,7 +169,7 @@ def test_oversized_folder_images_are_logged_skips(tmp_path, caplog, monkeypatch)
     with caplog.at_level(logging.WARNING):
         batches = [next(pipeline) for _ in range(3)]  # a whole epoch of 10 training images
         pipeline.close()
-        evaluation = data.load_eval_images(config, 3)
+        evaluation = eval_images(config, 3)
     assert 5 not in set().union(*map(grey_levels, batches))
     assert pipeline.skipped_files == 1
     assert "big2.png" in caplog.text and "70x60 pixels" in caplog.text
@@ -177,29 +178,6 @@ def test_oversized_folder_images_are_logged_skips(tmp_path, caplog, monkeypatch)
     monkeypatch.setenv("PCONV_MAX_PIXELS", "-1")
     with pytest.raises(ValueError, match="PCONV_MAX_PIXELS must be a positive number"):
         make_pipeline(config)
-
-
-def test_thin_images_are_cropped_before_scaling_in_bounded_memory():
-    import tracemalloc
-    thin = np.random.default_rng(0).integers(0, 256, (1, 3000, 3), np.uint8)
-    tracemalloc.start()
-    crop = data._train_image(thin, np.random.default_rng(1), 64, "crop")
-    centre = data._eval_image(thin, 64, "resize")
-    peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
-    assert crop.shape == centre.shape == (64, 64, 3)
-    assert peak < 1_000_000  # the whole strip scaled up: 64 x 192000 x 3 = 37 MB
-    # The window holds the pixels of the scaled strip (to OpenCV's fixed-point rounding).
-    y, x = np.mgrid[0:3, 0:400]
-    strip = np.stack([x * 0.6, 100 + y * 40 + x * 0.1, 255 - x * 0.6], -1).astype(np.uint8)
-    scaled = cv2.resize(strip, (4267, 32), interpolation=cv2.INTER_LINEAR)  # 3 -> 32 rows
-    for left in (0, 1, 2000, 4267 - 32):
-        window = data._scaled_crop(strip, 32, "crop", 0, left)
-        assert np.abs(window.astype(int) - scaled[:, left:left + 32]).max() <= 1
-    # Images of usual shapes are scaled whole, as ever (the same bytes: resumed runs match).
-    image = np.random.default_rng(2).integers(0, 256, (20, 30, 3), np.uint8)
-    whole = cv2.resize(image, (48, 32), interpolation=cv2.INTER_LINEAR)
-    np.testing.assert_array_equal(data._scaled_crop(image, 32, "crop", 0, 5), whole[:, 5:37])
 
 
 def test_nvidia_training_masks_in_pipeline(tmp_path):
@@ -237,7 +215,7 @@ def test_tfds_pipeline_on_generated_array_record_files(name, tmp_path):
     # Disjoint shares of the 16 (CelebA-HQ: 20 - 4 held out) or 20 training examples.
     assert len(seen[0]) == len(seen[1]) == (8 if name.startswith("celeb") else 10)
     assert not seen[0] & seen[1]
-    heldout = data.load_eval_images(config, 4)
+    heldout = eval_images(config, 4)
     assert heldout.shape == (4, 32, 32, 3) and heldout.dtype == np.float32
     heldout_ids = {round(v * 255 / 10) for v in heldout[:, 0, 0, 0]}
     assert len(heldout_ids) == 4 and not heldout_ids & (seen[0] | seen[1])
@@ -264,7 +242,7 @@ def test_tfds_pipeline_under_mock_data():
     with tfds.testing.mock_data(num_examples=6):
         config = data_config("places365_small", size=32, batch=4, download=True)
         check_batch(next(make_pipeline(config)), 4, 32)
-        evaluation = data.load_eval_images(config, 3)
+        evaluation = eval_images(config, 3)
         assert evaluation.shape == (3, 32, 32, 3) and evaluation.dtype == np.float32
 
 

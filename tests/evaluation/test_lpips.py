@@ -247,7 +247,7 @@ def test_batch_sharded_pairs_give_the_same_values(metric):
 
 @pytest.mark.slow
 def test_eval_reports_lpips_per_mask_with_the_named_files(tmp_path, backbone, metric):
-    from pconv_jax.data import pipeline
+    from pconv_jax.data import heldout
     from pconv_jax.evaluation import baselines, table1
     from pconv_jax.inference import evaluate
     from pconv_jax.weights import vgg16_files
@@ -257,7 +257,8 @@ def test_eval_reports_lpips_per_mask_with_the_named_files(tmp_path, backbone, me
     results = evaluate.run(config, str(tmp_path / "w"), method="telea",
                            metric_names="lpips,l1", progress=False)
     # the same numbers as the metric on the same composites, computed here directly
-    images = np.asarray(pipeline.load_eval_images(config), np.float32)
+    images = np.asarray(heldout.load_eval_images(
+        config.data, config.eval.num_images, heldout.eval_image_size(config)), np.float32)
     test_masks = table1.EvalMaskSet.scan(results["test_masks"])
     index = np.arange(len(test_masks))
     composites = baselines.classical_inpainter("telea")(

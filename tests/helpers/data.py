@@ -3,6 +3,7 @@
 import cv2
 import numpy as np
 
+from pconv_jax.data import heldout
 from pconv_jax.data import pipeline as data
 from tests.helpers.training import default_config
 
@@ -15,6 +16,11 @@ def data_config(name="demo", size=32, batch=4, **data_overrides):
     config.data.workers = 2
     config.data.update(data_overrides)
     return config
+
+
+def eval_images(config, count):
+    """The first `count` held-out images at the evaluation size, as evaluation reads them."""
+    return heldout.load_eval_images(config.data, count, heldout.eval_image_size(config))
 
 
 def check_batch(batch, batch_size, size, holes=True):

@@ -20,9 +20,9 @@ from ml_collections import config_flags
 from PIL import Image
 
 from pconv_jax import config as config_lib
-from pconv_jax.data import pipeline
+from pconv_jax.data import pipeline, sources
 from pconv_jax.loss import losses
-from pconv_jax.training import checkpoints, logs, loop
+from pconv_jax.training import checkpoints, logs
 from pconv_jax.training.loop import train_and_evaluate
 from tests.helpers.training import REPO, demo_config, load_config_file, param_leaves, shrink
 
@@ -85,7 +85,7 @@ def _mock_tfds_config(name: str, arg: str | None) -> ml_collections.ConfigDict:
 def test_tfds_configs_train_under_mock_data(name, arg, tmp_path, compiled_steps, monkeypatch):
     config = _mock_tfds_config(name, arg)
     config.data.download = True  # mock_data stands in for the download
-    monkeypatch.setattr(loop, "check_dataset", lambda config: None)  # no real dataset to check
+    monkeypatch.setattr(sources.TfdsSource, "check", lambda self, data: None)  # none to check
     with tfds.testing.mock_data(num_examples=16):
         state = train_and_evaluate(config, str(tmp_path), steps=compiled_steps(config))
     assert int(state.step) == 2
@@ -324,38 +324,13 @@ def test_image_grid_layout():
 # ----------------------------------------------------------------------------- first runs
 
 def test_setting_choices_agree_with_the_modules_that_read_them():
-    from pconv_jax.data import masks, sources
+    from pconv_jax.data import masks
     from pconv_jax.loss import losses as loss_lib
     from pconv_jax.network import unet
     choices = config_lib.CHOICES
     assert set(choices["model.input_norm"]) == set(unet.INPUT_NORMS)
     assert set(choices["masks.border"]) == set(masks._BORDERS)
-    assert set(choices["data.name"]) == set(pipeline.DATASETS)
-    assert set(config_lib.TFDS_DATASETS) == set(sources.TFDS_NAMES)
     assert set(config_lib.default_config().loss.weights) == set(loss_lib.TERMS)
-
-
-def test_a_tfds_dataset_that_is_not_prepared_names_its_size_and_three_ways(tmp_path):
-    config = shrink(load_config_file("places2"))
-    config.data.tfds_data_dir = str(tmp_path / "tfds")
-    assert not config.data.download  # the default: no 29 GiB download unasked
-    with pytest.raises(FileNotFoundError) as err:
-        loop.check_dataset(config)
-    text = str(err.value)
-    for part in ("places365_small is not prepared in", "24.9 GiB download",
-                 "config.data.download=True", "config.data.tfds_data_dir",
-                 "configs/folder.py --config.data.folder"):
-        assert part in text, text
-    from pconv_jax.data import sources  # eval.py's path too, not the TFRecord message
-    with pytest.raises(FileNotFoundError, match="places365_small is not prepared in .* Three ways"):
-        sources.tfds_source("places365_small", "validation", data_dir=config.data.tfds_data_dir,
-                            download=False)
-    celeba = shrink(load_config_file("celeba_hq", "512"))
-    celeba.data.tfds_data_dir = str(tmp_path / "tfds")
-    celeba.data.download = True
-    with pytest.raises(FileNotFoundError, match=r"data512x512.tar does not exist.*manual_dir"):
-        loop.check_dataset(celeba)
-    assert not (tmp_path / "tfds").exists()
 
 
 def test_offline_download_fails_at_once_with_one_line(tmp_path, monkeypatch):
@@ -438,37 +413,6 @@ def test_folder_cpu_recipe_trains_on_a_few_photos(tmp_path, compiled_steps):
     state = train_and_evaluate(config, str(tmp_path / "work"), steps=compiled_steps(config))
     assert int(state.step) == 2
     assert set(_scalars(str(tmp_path / "work"), "eval_psnr")) == {2}
-
-
-def test_places365_download_fetches_only_the_splits_training_reads(tmp_path):
-    """The builder's split generators under `only_splits`: no test archive (4.4 GiB) is fetched
-    and no test split prepared."""
-    from pconv_jax.data import sources
-
-    class Downloads:
-        """A TFDS download manager that records what it is asked for."""
-        def __init__(self):
-            self.urls = []
-
-        def download(self, urls):
-            self.urls.extend(urls.values())
-            return {k: str(tmp_path / k) for k in urls}
-
-        def download_and_extract(self, url):
-            self.urls.append(url)
-            return str(tmp_path / "filelist")
-
-        def iter_archive(self, path):
-            return iter(())
-
-    builder = tfds.builder("places365_small", data_dir=str(tmp_path / "tfds"))
-    downloads = Downloads()
-    generators = sources.only_splits(builder._split_generators,
-                                     sources.PREPARED_SPLITS["places365_small"])(downloads)
-    assert [g.name for g in generators] == ["train", "validation"]
-    assert sorted(os.path.basename(u) for u in downloads.urls) == [
-        "filelist_places365-standard.tar", "train_256_places365standard.tar", "val_256.tar"]
-    assert set(sources.tfds_splits("places365_small", 0)) == {g.name for g in generators}
 
 
 @pytest.mark.slow
