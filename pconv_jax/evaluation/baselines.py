@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 import cv2
 import numpy as np
 
-from pconv_jax.network.unet import MASK_THRESHOLD
+from pconv_jax.convention import MASK_THRESHOLD
 
 _OPENCV_FLAGS = {"telea": cv2.INPAINT_TELEA, "ns": cv2.INPAINT_NS}
 CLASSICAL_METHODS = ("patchmatch", "telea", "ns")  # the names `classical_inpainter` takes

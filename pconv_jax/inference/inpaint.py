@@ -63,10 +63,11 @@ from tqdm import tqdm
 
 from pconv_jax import cli
 from pconv_jax import config as config_lib
+from pconv_jax.convention import MASK_THRESHOLD
 from pconv_jax.data import images
 from pconv_jax.data.images import IMAGE_EXTENSIONS
 from pconv_jax.evaluation.table1 import METHODS
-from pconv_jax.network.unet import MASK_THRESHOLD, composite
+from pconv_jax.network.unet import composite
 
 
 def read_pair(image_path: str, mask_path: str, holes: str = "white"
