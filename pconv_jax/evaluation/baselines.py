@@ -62,7 +62,7 @@ def inpaint_patchmatch(images: np.ndarray, masks: np.ndarray, patch_radius: int 
     def fill(pixels: np.ndarray, holes: np.ndarray) -> np.ndarray:
         return library.inpaint(pixels, holes, patch_size=patch_radius)
 
-    # The native library releases the GIL: one image per usable core (1.7x on 2 cores).
+    # The native library releases the GIL: one image per usable core (docs/evaluation.md).
     return _fill_each(images, masks, fill, threads=len(os.sched_getaffinity(0)))
 
 

@@ -90,7 +90,7 @@ def _write_test_set_atomically(directory: str, **kwargs) -> None:
     staging = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.", dir=parent)
     try:
         masks_lib.write_test_set(staging, **kwargs)
-        if os.path.isdir(directory):  # an incomplete set from before this fix
+        if os.path.isdir(directory):  # a set with the wrong file count (`prepare_test_masks`)
             shutil.rmtree(directory)
         os.rename(staging, directory)
     except BaseException as err:

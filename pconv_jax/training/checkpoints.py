@@ -120,7 +120,7 @@ def network_config(model_config: ml_collections.ConfigDict | dict) -> dict[str, 
 def check_network(saved: dict | None, requested: dict | None, where: str) -> None:
     """Raises IncompatibleCheckpointError naming every setting whose values differ.
 
-    `saved` None (a checkpoint from before networks were recorded) skips the check with a
+    `saved` None (a checkpoint without a network record) skips the check with a
     warning. A setting recorded on one side only (added or removed since) is warned about, not
     refused, so that a new setting does not invalidate existing checkpoints.
     """
