@@ -11,6 +11,10 @@ Every setting and its default lives in `pconv_jax/configs/default.py`; the exper
 
 E.g. `--config configs/celeba_hq.py:512,finetune,conv`. An unknown token is an error.
 
+One loader: ml_collections' config_flags reads `--config FILE[:arg]` and `--config.KEY=VALUE`
+for the commands (`define_config_flag`, `parse_flags`), and `load_config(spec, overrides)` hands
+it the same arguments in Python; the errors become one line each (`parse_flags`).
+
 This module imports no TensorFlow, JAX or model code: building a config is cheap.
 """
 
