@@ -13,12 +13,11 @@ mpirun (Open MPI), a Kubernetes Indexed Job, torchrun-style variables or --coord
 """
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
 from pconv_jax import cli
+from pconv_jax import config as config_lib
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "config file, e.g. configs/places2.py:finetune", lock_config=True)
+_CONFIG = config_lib.define_config_flag("config file, e.g. configs/places2.py:finetune")
 _WORKDIR = flags.DEFINE_string("workdir", None, "checkpoints, TensorBoard logs (default: "
                                "workdirs/<experiment>_<stage>)")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None,
@@ -34,7 +33,6 @@ flags.mark_flags_as_required(["config"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from pconv_jax import config as config_lib
     config = _CONFIG.value
     config_lib.validate(config)  # before JAX, TensorFlow or the workdir
     from pconv_jax.training import loop, mesh  # after absl parsed the flags

@@ -6,7 +6,7 @@ scikit-image. Prints one JSON line per (method, size): mean seconds per image ov
 and the seconds per bin.
 
     python benchmarks/bench_baselines.py                       # 256 and 512 px
-    python benchmarks/bench_baselines.py --sizes 512 --methods patchmatch --patch-radius 5
+    python benchmarks/bench_baselines.py --sizes 512 --methods patchmatch --patch_radius 5
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
     parser.add_argument("--methods", nargs="+", default=list(baselines.CLASSICAL_METHODS),
                         choices=baselines.CLASSICAL_METHODS)
-    parser.add_argument("--patch-radius", type=int, default=3, help="PatchMatch (config: 3)")
+    parser.add_argument("--patch_radius", type=int, default=3, help="PatchMatch (config: 3)")
     args = parser.parse_args()
 
     photo = skimage.data.astronaut()  # 512x512 RGB

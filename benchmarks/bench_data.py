@@ -145,7 +145,7 @@ def _prepare(data_dir: str, sizes: list[int], sources: list[str]) -> None:
     for size in sizes:
         write_jpegs(os.path.join(data_dir, f"folder_{size}"), 64, size)
     if "tfds" in sources:
-        from pconv_jax.data.synthetic_tfds import write_synthetic_tfds
+        from pconv_jax.testing.synthetic_tfds import write_synthetic_tfds
         for size in sizes:
             write_synthetic_tfds(TFDS_NAME[size], os.path.join(data_dir, "tfds"), train=128)
 

@@ -5,7 +5,7 @@ warm-up; compile time is reported separately. The two networks are timed interle
 a noisy machine affects both alike; the ratio partial/plain is the figure to read.
 
     python benchmarks/bench_model.py                     # the paper's sizes
-    python benchmarks/bench_model.py --width-scale 0.25  # a quicker look
+    python benchmarks/bench_model.py --width_scale 0.25  # a quicker look
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--width-scale", type=float, default=1.0,
+    parser.add_argument("--width_scale", type=float, default=1.0,
                         help="multiply the paper's widths (1.0 = the paper's network)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     args = parser.parse_args()

@@ -81,7 +81,7 @@ from jax.sharding import PartitionSpec as P  # noqa: E402
 
 from pconv_jax import config as config_lib  # noqa: E402
 from pconv_jax.network.vgg16 import random_vgg16  # noqa: E402
-from pconv_jax.training import collectives  # noqa: E402
+from pconv_jax.testing import collectives  # noqa: E402
 from pconv_jax.training import mesh as mesh_lib  # noqa: E402
 from pconv_jax.training.step import TrainState, create_model, make_train_step  # noqa: E402
 

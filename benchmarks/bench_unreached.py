@@ -6,7 +6,7 @@ the share of hole pixels beyond reach (filled from halved copies) and the second
 `ModelInpainter` call with and without compilation.
 
     python benchmarks/bench_unreached.py                           # demo network, 512 px masks
-    python benchmarks/bench_unreached.py --depth 7 --width 512 --height 512 --base-width 64
+    python benchmarks/bench_unreached.py --depth 7 --width 512 --height 512 --base_width 64
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--depth", type=int, default=4, help="the demo network: 4")
-    parser.add_argument("--base-width", type=int, default=16)
-    parser.add_argument("--max-width", type=int, default=64)
+    parser.add_argument("--base_width", type=int, default=16)
+    parser.add_argument("--max_width", type=int, default=64)
     parser.add_argument("--height", type=int, default=512)
     parser.add_argument("--width", type=int, default=512)
     parser.add_argument("--masks", type=int, default=2, help="masks per hole-ratio bin")

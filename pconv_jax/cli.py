@@ -20,7 +20,7 @@ import pickle
 import sys
 import traceback
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from absl import app, flags
 
@@ -73,50 +73,32 @@ def fail(message: str) -> None:
     exit_now(EXIT_ERROR)
 
 
-def _flag_error_text(err: BaseException, argv: Sequence[str]) -> str:
-    """One line for an error raised while absl parses the flags (config files included)."""
+def check_renamed_flags(argv: Sequence[str], renamed: Mapping[str, str]) -> None:
+    """ValueError naming the new spelling of a flag in `argv` that `renamed` lists (old -> new),
+    e.g. `--method telea` -> 'use --config.eval.method=telea'."""
+    for i, arg in enumerate(argv[1:], 1):
+        if arg == "--":
+            return
+        name, has_value, value = arg.lstrip("-").partition("=")
+        if arg.startswith("-") and name in renamed:
+            if not has_value and i + 1 < len(argv) and not argv[i + 1].startswith("-"):
+                value = argv[i + 1]
+            raise ValueError(f"--{name} is now --{renamed[name]}: use "
+                             f"--{renamed[name]}={value or '...'}")
+
+
+def parse_flags(argv: Sequence[str], renamed: Mapping[str, str] | None = None) -> list[str]:
+    """absl's flag parsing (`config.parse_flags`: config files and overrides too) with this
+    module's error handling (for `app.run(flags_parser=...)`); `renamed`: old flag -> new."""
     from pconv_jax import config as config_lib
-    if isinstance(err, KeyError):  # config_flags: an override of a key the config lacks
-        overrides = [a.split(".", 1)[1] for a in argv
-                     if a.startswith("--") and "." in a.split("=", 1)[0]]
-        return config_lib.unknown_key_message(err, overrides)
-    text = str(err)
-    if "Error whilst parsing config file" in text:  # config_flags wraps get_config's error
-        flag = text.split(":", 1)[0]
-        last = [line for line in text.splitlines() if line.strip()][-1]
-        return f"{flag}: {last.split(': ', 1)[-1]}"
-    return text.strip().splitlines()[0] if text.strip() else type(err).__name__
-
-
-def _load_config_flags() -> None:
-    """Loads every config-file flag now, so that a missing or broken file fails at parse time."""
-    from ml_collections import config_flags
-    for name in list(flags.FLAGS):
-        flag = flags.FLAGS[name]
-        if not config_flags.config_flags.is_config_flag(flag) or flag.value is None:
-            continue
-        try:
-            flag.value.keys()  # a config that failed to load raises on any access
-        except OSError as err:
-            path = config_flags.get_config_filename(flag)
-            reason = ("does not exist" if not os.path.isfile(path) else
-                      f"cannot be loaded: {str(err.__cause__ or err).splitlines()[-1].strip()}")
-            raise OSError(f"--{name}: config file {path!r} {reason}") from err
-
-
-def parse_flags(argv: Sequence[str]) -> list[str]:
-    """absl's flag parsing with this module's error handling (for `app.run(flags_parser=...)`)."""
     try:
-        try:
-            rest = flags.FLAGS(argv)
-        except AttributeError as err:  # config_flags: an override of a key the config lacks
-            raise KeyError(err.args[0] if err.args else str(err)) from err
-        _load_config_flags()
-        return rest
+        check_renamed_flags(argv, renamed or {})
+        return config_lib.parse_flags(flags.FLAGS, argv)
     except (flags.Error, *USER_ERRORS) as err:
         if "--debug" in argv or debug_enabled():
             raise
-        fail(_flag_error_text(err, argv))
+        text = error_message(err).removeprefix("error: ").strip()
+        fail(text.splitlines()[0] if text else type(err).__name__)
 
 
 def _list_own_flags_in_help() -> None:
@@ -167,8 +149,13 @@ def quiet_library_logs() -> None:
             handler.addFilter(_LibraryLogFilter())
 
 
-def run(main: Callable[[Sequence[str]], None]) -> None:
-    """`absl.app.run(main)` with the error handler above, for flag parsing and `main` alike."""
+def run(main: Callable[[Sequence[str]], None], renamed: Mapping[str, str] | None = None
+        ) -> None:
+    """`absl.app.run(main)` with the error handler above, for flag parsing and `main` alike.
+
+    `renamed`: {old flag: new flag} of the command; an old one is a one-line error naming the
+    new spelling.
+    """
     def guarded(argv: Sequence[str]) -> None:
         if not _VERBOSE.value:
             quiet_library_logs()
@@ -182,4 +169,4 @@ def run(main: Callable[[Sequence[str]], None]) -> None:
             traceback.print_exc()  # a bug (or --debug): the traceback, then a prompt exit too
             exit_now(EXIT_ERROR)
     _list_own_flags_in_help()
-    app.run(guarded, flags_parser=parse_flags)
+    app.run(guarded, flags_parser=lambda argv: parse_flags(argv, renamed))

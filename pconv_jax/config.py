@@ -11,23 +11,29 @@ Every setting and its default lives in `pconv_jax/configs/default.py`; the exper
 
 E.g. `--config configs/celeba_hq.py:512,finetune,conv`. An unknown token is an error.
 
+One loader: ml_collections' config_flags reads `--config FILE[:arg]` and `--config.KEY=VALUE`
+for the commands (`define_config_flag`, `parse_flags`), and `load_config(spec, overrides)` hands
+it the same arguments in Python; the errors become one line each (`parse_flags`).
+
 This module imports no TensorFlow, JAX or model code: building a config is cheap.
 """
 
 from __future__ import annotations
 
-import ast
+import contextlib
 import dataclasses
+import difflib
 import importlib.util
 import json
 import math
 import os
 import re
 import types
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 
 import ml_collections
-from absl import logging
+from absl import flags, logging
+from ml_collections import config_flags
 
 from pconv_jax.data import sources as data_sources
 
@@ -67,11 +73,13 @@ def parse_config_arg(arg: str | None, *, sizes: tuple[int, ...] = (),
 # The file that lists every setting with its default; the experiment configs start from it.
 DEFAULT_CONFIG_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs",
                                    "default.py")
+CONFIG_FLAG = "config"  # the commands' config flag: --config FILE[:arg] --config.KEY=VALUE
 
 
 def default_config() -> ml_collections.ConfigDict:
     """An unlocked copy of `pconv_jax/configs/default.py`'s config: every setting at its default."""
-    return ml_collections.ConfigDict(load_config(DEFAULT_CONFIG_FILE).to_dict())
+    from pconv_jax.configs import default  # it imports this module
+    return ml_collections.ConfigDict(default.get_config().to_dict())
 
 
 def default_workdir(experiment: str, stage: str) -> str:
@@ -97,22 +105,100 @@ def sibling(config_file: str, name: str) -> types.ModuleType:
     return load_module(os.path.join(os.path.dirname(os.path.abspath(config_file)), name + ".py"))
 
 
+def define_config_flag(help_string: str, flag_values: flags.FlagValues = flags.FLAGS,
+                       sys_argv: Sequence[str] | None = None) -> flags.FlagHolder:
+    """The commands' `--config path.py[:arg]` flag with its `--config.KEY=VALUE` overrides
+    (ml_collections' config_flags; the config comes locked)."""
+    return config_flags.DEFINE_config_file(CONFIG_FLAG, None, help_string,
+                                           flag_values=flag_values, lock_config=True,
+                                           sys_argv=sys_argv)
+
+
 def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
     """The locked config of 'path/to/file.py[:arg]' (its `get_config(arg)`) or a `config.json`.
 
-    `overrides` are 'key=value' strings, e.g. 'train.num_steps=10', as on the command line
-    (`--config.train.num_steps=10`): values are Python or JSON literals (else strings), keys must
-    exist. A `config.json` is read by `read_config_json` (validated, errors name the file).
+    `overrides` are 'key=value' strings, e.g. 'train.num_steps=10': the command line's
+    `--config=spec --config.train.num_steps=10`, parsed the same way (`parse_flags`): each value
+    is read as its key's type, keys must exist. A `config.json` is read by `read_config_json`
+    (validated, errors name the file).
     """
-    path, _, arg = spec.partition(":")
+    argv = ["load_config", *(f"--{CONFIG_FLAG}.{o}" for o in overrides)]
+    flag_values = flags.FlagValues()
+    path = spec.partition(":")[0]
     if path.endswith(".json"):
-        config = read_config_json(path)
+        with _one_line_errors(argv):  # a config given as a value is overridden right away
+            config_flags.DEFINE_config_dict(CONFIG_FLAG, read_config_json(path),
+                                            flag_values=flag_values, sys_argv=argv)
     else:
-        module = load_module(path)
-        config = module.get_config(arg) if arg else module.get_config()
-    config.lock()
-    apply_overrides(config, overrides)
-    return config
+        argv.insert(1, f"--{CONFIG_FLAG}={spec}")
+        define_config_flag("", flag_values, sys_argv=argv)
+    parse_flags(flag_values, argv)
+    return flag_values[CONFIG_FLAG].value
+
+
+def parse_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> list[str]:
+    """absl's parsing of `argv` (config files and their overrides included), the rest returned.
+
+    A config file is loaded now, so that a missing or broken file fails here. Mistakes raise
+    one line: KeyError for an unknown override key (naming the nearest key), OSError for a
+    config file that is missing or fails to load, ValueError for a bad `:arg` or value.
+    """
+    with _one_line_errors(argv):
+        rest = flag_values(argv)
+    for name in flag_values:
+        flag = flag_values[name]
+        if not config_flags.config_flags.is_config_flag(flag) or flag.value is None:
+            continue
+        try:
+            flag.value.keys()  # config_flags defers a load error to the first access
+        except OSError as err:
+            path = config_flags.get_config_filename(flag)
+            reason = ("does not exist" if not os.path.isfile(path) else
+                      f"cannot be loaded: {_one_line(err.__cause__ or err)}")
+            raise OSError(f"--{name}: config file {path!r} {reason}") from err
+    return rest
+
+
+@contextlib.contextmanager
+def _one_line_errors(argv: Sequence[str]) -> Iterator[None]:
+    """config_flags' errors while it reads `argv`, as one line (see `parse_flags`)."""
+    try:
+        yield
+    except (KeyError, AttributeError) as err:  # config_flags: an override the config lacks
+        message = unknown_key_message(argv)
+        if message is None:
+            raise
+        raise KeyError(message) from err
+    except flags.IllegalFlagValueError as err:  # a bad value, or the config file's own error
+        innermost = err
+        while innermost.__context__ is not None:
+            innermost = innermost.__context__
+        where = str(err).split(": ", 1)[0]  # 'flag --config=...'
+        raise ValueError(f"{where}: {_one_line(innermost)}") from err
+
+
+def _one_line(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[-1] if lines else type(err).__name__
+
+
+def unknown_key_message(argv: Sequence[str]) -> str | None:
+    """The message for the first `--config.KEY` override in `argv` whose key the settings of
+    `pconv_jax/configs/default.py` lack, with the nearest key; None if every key exists."""
+    for arg in argv:
+        match = re.match(rf"--?(?:no)?{CONFIG_FLAG}\.([^=]+)", arg)
+        if not match:
+            continue
+        key, section = match.group(1), default_config()
+        for name in key.split("."):
+            is_section = isinstance(section, ml_collections.ConfigDict)
+            if not is_section or name not in section:
+                nearest = difflib.get_close_matches(name, section.keys() if is_section else [], n=1)
+                hint = f" (did you mean {nearest[0]!r}?)" if nearest else ""
+                return (f"unknown config key {name!r} in {key}{hint}; every key and its default "
+                        f"is listed in pconv_jax/configs/default.py")
+            section = section[name]
+    return None
 
 
 def read_config_json(path: str) -> ml_collections.ConfigDict:
@@ -171,38 +257,6 @@ def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
         raise FileNotFoundError(f"no config.json in workdir {workdir!r}: pass --config, the "
                                 f"config file the model was trained with")
     return load_config(path)
-
-
-def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str]) -> None:
-    """Sets 'a.b=value' overrides on a config; a key the config lacks is a KeyError."""
-    for override in overrides:
-        key, _, text = override.partition("=")
-        *parents, leaf = key.split(".")
-        section = config
-        for name in parents:
-            if not isinstance(section, ml_collections.ConfigDict) or name not in section:
-                raise KeyError(unknown_key_message(KeyError(name), [override]))
-            section = section[name]
-        if not isinstance(section, ml_collections.ConfigDict) or leaf not in section:
-            raise KeyError(unknown_key_message(KeyError(leaf), [override]))
-        try:
-            value = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            value = {"true": True, "false": False}.get(text.lower(), text)
-        section[leaf] = value
-
-
-def unknown_key_message(err: BaseException, overrides: Sequence[str]) -> str:
-    """The message for an override naming a key the config lacks (`err`: ConfigDict's error)."""
-    text = str(err.args[0] if err.args else err)
-    key = re.search(r"[A-Za-z_][A-Za-z0-9_]*", text)
-    key = key.group(0) if key else text
-    named = [o.partition("=")[0] for o in overrides if key in o.partition("=")[0].split(".")]
-    where = f" in {', '.join(named)}" if named else ""
-    suggestion = re.search(r'Did you mean "([^"\\]+)"', text)
-    hint = f" (did you mean {suggestion.group(1)!r}?)" if suggestion else ""
-    return (f"unknown config key {key!r}{where}{hint}; every key and its default is listed in "
-            f"pconv_jax/configs/default.py")
 
 
 # ----------------------------------------------------------------------------- validation

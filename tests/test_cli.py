@@ -49,7 +49,7 @@ def test_missing_image(tmp_path):
 def test_module_commands_keep_their_command_lines(tmp_path):
     out = tmp_path / "masks"
     result = run_command("-m", "pconv_jax.data.masks", "write-test-set", str(out),
-                         "--per-cell", "1", "--size", "32", "--seed", "1")
+                         "--per_cell", "1", "--size", "32", "--seed", "1")
     assert result.returncode == 0, result.stderr[-3000:]
     assert len(list(out.glob("*.png"))) == 12
     result = run_command("-m", "pconv_jax.weights.vgg16_files", "convert",
@@ -63,7 +63,7 @@ def test_eval_on_a_mask_folder_with_no_usable_mask(tmp_path):
     masks.mkdir()
     for i in range(12):  # all-valid masks: every file contradicts its hole-ratio bin
         cv2.imwrite(str(masks / f"{i:05d}.png"), np.zeros((16, 16), np.uint8))
-    result = run_command("eval.py", "--config", "configs/demo.py", "--method", "telea",
+    result = run_command("eval.py", "--config", "configs/demo.py", "--config.eval.method=telea",
                          "--workdir", str(tmp_path / "w"), f"--config.eval.test_masks={masks}",
                          *TINY)
     assert_one_line_error(result, rf"no usable masks in {masks} \(12 files left out: ")
@@ -74,15 +74,24 @@ def test_eval_compare_and_its_mistakes(tmp_path):
     workdir = tmp_path / "w"
     common = ["eval.py", "--config", "configs/demo.py", "--workdir", str(workdir), *TINY,
               "--config.eval.num_images=2", "--config.eval.masks_per_cell=1"]
-    result = run_command(*common, "--compare", "patchmatch,ns", "--metrics", "l1,ssim")
+    result = run_command(*common, "--compare", "patchmatch,ns", "--config.eval.metrics=l1,ssim")
     assert result.returncode == 0, result.stderr[-3000:]
     table = (workdir / "comparison.md").read_text()
     assert "| PatchMatch |" in table and "| OpenCV Navier-Stokes |" in table
     assert "*SSIM*" in table and "PSNR" not in table
-    result = run_command(*common, "--method", "ns", "--compare", "telea")
-    assert_one_line_error(result, r"--method and --compare exclude each other")
-    result = run_command(*common, "--method", "ns", "--metrics", "l1,fdi")
+    result = run_command(*common, "--config.eval.method=ns", "--compare", "telea")
+    assert_one_line_error(result, r"--config.eval.method and --compare exclude each other")
+    result = run_command(*common, "--config.eval.method=ns", "--config.eval.metrics=l1,fdi")
     assert_one_line_error(result, r"unknown metric\(s\) \['fdi'\]")
+
+
+def test_eval_flags_that_became_config_keys_name_the_new_spelling():
+    for old, new in [(["--method", "telea"], "--config.eval.method=telea"),
+                     (["--metrics=l1,psnr"], "--config.eval.metrics=l1,psnr"),
+                     (["--checkpoint", "200"], "--config.eval.checkpoint_step=200")]:
+        result = run_command("eval.py", "--config", "configs/demo.py", *old)
+        assert_one_line_error(result, rf"--{old[0].lstrip('-').split('=')[0]} is now "
+                                      rf"--config\.eval\.\w+: use {re.escape(new)}$")
 
 
 def test_training_on_unreadable_images_exits_promptly(tmp_path):
@@ -108,11 +117,11 @@ def test_error_message_and_debug(monkeypatch):
 
 HELP_FLAGS = {  # a command -> flags its --help must list (its own, and the shared ones)
     ("train.py",): ["--config", "--workdir", "--debug", "--verbose"],
-    ("eval.py",): ["--config", "--compare", "--metrics", "--debug", "--verbose"],
+    ("eval.py",): ["--config", "--compare", "--debug", "--verbose"],
     ("inpaint.py",): ["--image", "--mask", "--out", "--workdir", "--debug", "--verbose"],
     ("app.py",): ["--workdir", "--max_side", "--port", "--debug", "--verbose"],
     ("-m", "pconv_jax.inference.convert"): ["--force", "--channel_order", "--verbose"],
-    ("-m", "pconv_jax.data.masks"): ["--per-cell", "--size", "--verbose"],
+    ("-m", "pconv_jax.data.masks"): ["--per_cell", "--size", "--verbose"],
 }
 
 
@@ -127,6 +136,9 @@ def test_help_lists_each_commands_own_flags():
         assert "Traceback" not in result.stderr, result.stderr[-3000:]
         listed = _listed_flags(result.stdout)
         assert {f.removeprefix("--") for f in expected} <= listed, (command, result.stdout)
+        assert not [f for f in listed if "-" in f], (command, listed)  # one style: underscores
+        if command == ("eval.py",):  # the settings of config.eval have one spelling
+            assert not {"method", "metrics", "checkpoint"} & listed, listed
     script = run_command("inpaint.py", "--help").stdout
     module = run_command("-m", "pconv_jax.inference.inpaint", "--help").stdout
     assert _listed_flags(script) == _listed_flags(module)

@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from pconv_jax.network.unet import MASK_THRESHOLD
+from pconv_jax.convention import MASK_THRESHOLD
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 MASK_FILE_THRESHOLD = 128  # a mask file's pixel (0..255) counts as white from this value on

@@ -11,7 +11,7 @@ any other mask: its holes touch the border or only come close to it.
 
 Writing a test set with the NVIDIA test-set layout (PNG, white 255 = hole)::
 
-    python -m pconv_jax.data.masks write-test-set OUT_DIR --per-cell 1000 --size 512 --seed 0
+    python -m pconv_jax.data.masks write-test-set OUT_DIR --per_cell 1000 --size 512 --seed 0
 """
 
 from __future__ import annotations
@@ -281,19 +281,19 @@ def write_test_set(out_dir: str, *, per_cell: int = 1000, size: int = 512, seed:
 
 def define_flags() -> None:
     """The command's flags (defined by the command only, so that importing this module doesn't)."""
-    flags.DEFINE_integer("per-cell", 1000, "masks per bin and N/B cell")
+    flags.DEFINE_integer("per_cell", 1000, "masks per bin and N/B cell")
     flags.DEFINE_integer("size", 512, "side of the square masks")
     flags.DEFINE_integer("seed", 0, "seed of the set")
     flags.DEFINE_integer("workers", 1, "processes drawing masks")
 
 
 def main(argv: Sequence[str]) -> None:
-    """`python -m pconv_jax.data.masks write-test-set OUT_DIR [--per-cell K] [--size S] ...`."""
+    """`python -m pconv_jax.data.masks write-test-set OUT_DIR [--per_cell K] [--size S] ...`."""
     if len(argv) != 3 or argv[1] != "write-test-set":
         raise app.UsageError("usage: python -m pconv_jax.data.masks write-test-set OUT_DIR "
-                             "[--per-cell K] [--size S] [--seed N] [--workers W]")
+                             "[--per_cell K] [--size S] [--seed N] [--workers W]")
     out_dir, args = argv[2], flags.FLAGS
-    count = write_test_set(out_dir, per_cell=args["per-cell"].value, size=args.size,
+    count = write_test_set(out_dir, per_cell=args.per_cell, size=args.size,
                            seed=args.seed, workers=args.workers)
     print(f"wrote {count} masks to {out_dir}")
 

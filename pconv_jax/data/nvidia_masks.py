@@ -83,6 +83,28 @@ class TestMaskSet:
                 if (bin_index is None or r.bin_index == bin_index)
                 and (border is None or r.border == border)]
 
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def file_indices(self) -> np.ndarray:
+        """Each record's position in the set's file numbering (00000.png = 0)."""
+        return np.array([r.index for r in self.records])
+
+    @property
+    def bins(self) -> np.ndarray:
+        return np.array([r.bin_index for r in self.records])
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """Each record's 'N' or 'B'."""
+        return tuple(r.border for r in self.records)
+
+    def load(self, indices: Sequence[int], size: tuple[int, int]) -> np.ndarray:
+        """Masks (B, H, W, 1) float32, 1 = valid, of the records at `indices`, resized
+        nearest-neighbour to `size`."""
+        return load_test_masks([self.records[i] for i in indices], tuple(size))
+
 
 def _check_file(path: str, index: int, per_cell: int, holes: Holes, tolerance: float,
                 check_border: bool) -> tuple[TestMaskRecord | None, LeftOutFile | None]:
@@ -125,7 +147,8 @@ def scan_test_masks(directory: str, *, holes: Holes = "white", tolerance: float 
 
     Returns:
       A `TestMaskSet`; mislabelled or unreadable files are left out of `records`, listed with
-      the reason in `left_out` and announced with a warning.
+      the reason in `left_out` and announced with a warning. A set with no usable file is a
+      ValueError.
     """
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"test mask folder {directory!r} does not exist.")
@@ -148,6 +171,11 @@ def scan_test_masks(directory: str, *, holes: Holes = "white", tolerance: float 
     if left_out:
         warnings.warn(f"{len(left_out)} of {count} test masks in {directory!r} were left out "
                       f"(mislabelled or unreadable), e.g. {left_out[0]}", stacklevel=2)
+    if not records:
+        shown = "; ".join(str(f) for f in left_out[:2])
+        more = f"; and {len(left_out) - 2} more" if len(left_out) > 2 else ""
+        raise ValueError(f"no usable masks in {directory} ({len(left_out)} files left out: "
+                         f"{shown}{more})")
     return TestMaskSet(records, per_cell, left_out)
 
 

@@ -106,7 +106,7 @@ class TrainPipeline:
             if not self.workers:  # everything in the calling thread, for debugging
                 return iter(batches)
         # A collector thread stacks (threads) or copies out (processes) the next batch while
-        # the training loop dispatches steps: at 384 images of 256² per host, 30 ms a batch.
+        # the training loop dispatches steps, off the loop's thread (figures: docs/data.md).
         self._source_iterator = iter(batches)
         return grain.experimental.ThreadPrefetchDatasetIterator(self._source_iterator, 1)
 
@@ -204,7 +204,7 @@ def _init_worker(worker_index: int, worker_count: int) -> None:
     """In a worker process: Ctrl-C (SIGINT to the terminal's process group) is the parent's to
     handle (it stops the workers when it closes the pipeline); OpenCV on one thread, as the
     workers already share the cores; the modules imported by now live as long as the worker, so
-    they are kept out of the garbage collector's full passes (TFDS at 256²: 135 -> 8 ms each)."""
+    they are kept out of the garbage collector's full passes (docs/performance.md)."""
     del worker_count
     global _worker_index
     _worker_index = worker_index

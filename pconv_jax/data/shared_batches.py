@@ -1,11 +1,11 @@
 """Shared-memory slots that input worker processes stack their batches into, reused in turn.
 
 A fresh shared-memory block per batch (grain's `SharedMemoryArray`) makes the kernel allocate
-and zero every page of every batch, and the worker pay a page fault for each: 3.6 ms for a 4 MB
-batch on a 2-core virtual machine, against 0.4 ms for stacking it into reused memory. Here each
-worker owns a few slots, allocated once by the parent, and fills them in turn; only the
-(worker, slot) pair travels through grain's queue. The parent copies a batch out of its slot
-(about 1 ms for a 4 MB batch there) and hands the slot back.
+and zero every page of every batch, and the worker pay a page fault for each (several times the
+cost of stacking into reused memory; figures in docs/data.md). Here each worker owns a few
+slots, allocated once by the parent, and fills them in turn; only the (worker, slot) pair
+travels through grain's queue. The parent copies a batch out of its slot and hands the slot
+back.
 
 Hand-back: each worker has a FIFO holding one byte per free slot. A worker takes a byte before
 it fills its next slot, blocking while all are in use; the parent writes one once it has copied

@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 import cv2
 import numpy as np
 
-from pconv_jax.network.unet import MASK_THRESHOLD
+from pconv_jax.convention import MASK_THRESHOLD
 
 _OPENCV_FLAGS = {"telea": cv2.INPAINT_TELEA, "ns": cv2.INPAINT_NS}
 CLASSICAL_METHODS = ("patchmatch", "telea", "ns")  # the names `classical_inpainter` takes
@@ -62,7 +62,7 @@ def inpaint_patchmatch(images: np.ndarray, masks: np.ndarray, patch_radius: int 
     def fill(pixels: np.ndarray, holes: np.ndarray) -> np.ndarray:
         return library.inpaint(pixels, holes, patch_size=patch_radius)
 
-    # The native library releases the GIL: one image per usable core (1.7x on 2 cores).
+    # The native library releases the GIL: one image per usable core (docs/evaluation.md).
     return _fill_each(images, masks, fill, threads=len(os.sched_getaffinity(0)))
 
 

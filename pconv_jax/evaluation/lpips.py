@@ -26,7 +26,7 @@ import numpy as np
 
 from pconv_jax.network.vgg16 import NUM_BLOCKS, VGGParams, num_blocks, vgg16_relu_features
 from pconv_jax.weights import checks
-from pconv_jax.weights.pconv_checkpoints import read_torch_file
+from pconv_jax.weights.torch_pickle import read_torch_file
 from pconv_jax.weights.vgg16_files import load_vgg16
 
 SHIFT = (-0.030, -0.088, -0.188)

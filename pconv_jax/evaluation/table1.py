@@ -25,7 +25,6 @@ Protocol (deterministic, so two methods are compared on identical pairs):
 
 from __future__ import annotations
 
-import dataclasses
 import glob
 import json
 import math
@@ -66,51 +65,8 @@ def cell_name(bin_index: int, label: str) -> str:
 
 # ---------------------------------------------------------------------------- test masks
 
-@dataclasses.dataclass(frozen=True)
-class EvalMaskSet:
-    """A test mask set in NVIDIA test-set order, with each file's bin and N/B label."""
-    records: tuple[nvidia_masks.TestMaskRecord, ...]
-    left_out: tuple[nvidia_masks.LeftOutFile, ...] = ()
-
-    @classmethod
-    def scan(cls, directory: str) -> EvalMaskSet:
-        """Reads a test mask directory (NVIDIA test set or `write_test_set` output).
-
-        Files whose pixels contradict their label (hole ratio outside the bin, wrong N/B) or
-        that cannot be read are left out with a warning (see `nvidia_masks.scan_test_masks`).
-        """
-        scanned = nvidia_masks.scan_test_masks(directory)
-        if not scanned.records:
-            left_out = [str(f) for f in scanned.left_out]
-            shown = "; ".join(left_out[:2])
-            more = f"; and {len(left_out) - 2} more" if len(left_out) > 2 else ""
-            raise ValueError(f"no usable masks in {directory} ({len(left_out)} files left "
-                             f"out: {shown}{more})")
-        return cls(tuple(scanned.records), tuple(scanned.left_out))
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    @property
-    def file_indices(self) -> np.ndarray:
-        """Each record's position in the set's file numbering (00000.png = 0)."""
-        return np.array([r.index for r in self.records])
-
-    @property
-    def bins(self) -> np.ndarray:
-        return np.array([r.bin_index for r in self.records])
-
-    @property
-    def labels(self) -> tuple[str, ...]:
-        return tuple(r.border for r in self.records)
-
-    def load(self, indices: Sequence[int], size: tuple[int, int]) -> np.ndarray:
-        """Masks (B, H, W, 1) float32, 1 = valid, resized nearest-neighbour to `size`."""
-        return nvidia_masks.load_test_masks([self.records[i] for i in indices], tuple(size))
-
-
 def prepare_test_masks(config: ml_collections.ConfigDict, workdir: str,
-                       size: tuple[int, int]) -> EvalMaskSet:
+                       size: tuple[int, int]) -> nvidia_masks.TestMaskSet:
     """The configured test set, generating our own into the workdir when none is named."""
     directory = config.eval.test_masks
     if not directory:
@@ -124,7 +80,7 @@ def prepare_test_masks(config: ml_collections.ConfigDict, workdir: str,
             logging.info("writing %d test masks to %s", expected, directory)
             _write_test_set_atomically(directory, per_cell=k, size=size[0],
                                        seed=config.eval.mask_seed)
-    return EvalMaskSet.scan(directory)
+    return nvidia_masks.scan_test_masks(directory)
 
 
 def _write_test_set_atomically(directory: str, **kwargs) -> None:
@@ -134,7 +90,7 @@ def _write_test_set_atomically(directory: str, **kwargs) -> None:
     staging = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.", dir=parent)
     try:
         masks_lib.write_test_set(staging, **kwargs)
-        if os.path.isdir(directory):  # an incomplete set from before this fix
+        if os.path.isdir(directory):  # a set with the wrong file count (`prepare_test_masks`)
             shutil.rmtree(directory)
         os.rename(staging, directory)
     except BaseException as err:
@@ -159,7 +115,7 @@ def parse_metrics(text: str | Sequence[str]) -> tuple[str, ...]:
 
 # ---------------------------------------------------------------------------- protocol
 
-def evaluate(inpaint: Inpainter, images: np.ndarray, test_masks: EvalMaskSet, *,
+def evaluate(inpaint: Inpainter, images: np.ndarray, test_masks: nvidia_masks.TestMaskSet, *,
              batch_size: int = 8, psnr_cap: float = metrics.PSNR_CAP,
              metric_names: Sequence[str] = DEFAULT_METRICS,
              learned: LearnedMetrics | None = None, progress: bool = True
@@ -220,7 +176,7 @@ def _padded_batches(count: int, batch_size: int) -> Iterator[tuple[np.ndarray, n
         yield idx, np.concatenate([idx, np.full(batch_size - len(idx), idx[-1])])
 
 
-def summarize(per_mask: dict[str, np.ndarray], test_masks: EvalMaskSet,
+def summarize(per_mask: dict[str, np.ndarray], test_masks: nvidia_masks.TestMaskSet,
               metric_names: Sequence[str] = DEFAULT_METRICS,
               learned: LearnedMetrics | None = None,
               reference: dict[str, np.ndarray] | None = None) -> dict[str, dict]:

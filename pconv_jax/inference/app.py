@@ -41,10 +41,10 @@ import cv2
 import numpy as np
 
 from pconv_jax.cli import USER_ERRORS
+from pconv_jax.convention import MASK_THRESHOLD
 from pconv_jax.data import images, sources
 from pconv_jax.evaluation import baselines
 from pconv_jax.inference import inpaint
-from pconv_jax.network.unet import MASK_THRESHOLD
 
 # Padded sides the network sees (each rounded up to the network's size multiple); a larger side
 # is rounded up to a multiple of 256. Few sides = few compilations.

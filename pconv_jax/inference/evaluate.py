@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import ml_collections
 import numpy as np
 
-from pconv_jax.data import heldout
+from pconv_jax.data import heldout, nvidia_masks
 from pconv_jax.evaluation import baselines, table1
 from pconv_jax.evaluation.learned_metrics import LearnedMetrics
 from pconv_jax.inference.inpaint import ModelInpainter, workdir_config
@@ -126,7 +126,7 @@ def _candidate(config: ml_collections.ConfigDict, workdir: str, entry: str,
 
 
 def _evaluate(config: ml_collections.ConfigDict, candidate: Candidate, images: np.ndarray,
-              test_masks: table1.EvalMaskSet, names: Sequence[str],
+              test_masks: nvidia_masks.TestMaskSet, names: Sequence[str],
               learned: LearnedMetrics, reference: dict[str, np.ndarray],
               progress: bool) -> dict:
     """One method's row: its table, per-mask values and timing."""

@@ -10,10 +10,10 @@ A folder (each image is paired with the mask of the same file name stem, e.g. a.
     python -m pconv_jax.inference.inpaint --workdir WORKDIR --image photos/ --mask masks/ \
         --out results/
 
-Masks: by default white = hole (the NVIDIA test-set convention); `--mask-holes black` for masks
+Masks: by default white = hole (the NVIDIA test-set convention); `--mask_holes black` for masks
 drawn the other way. Pixel values >= 128 count as white. A mask of another size than its image
 is resized nearest-neighbour (with a warning). A mask without any known pixel is refused, and so
-is a mask without any hole pixel (nothing to inpaint: check `--mask-holes`).
+is a mask without any hole pixel (nothing to inpaint: check `--mask_holes`).
 
 Files are read by `pconv_jax.data.images`: photos are turned upright by their EXIF orientation, a
 truncated or corrupt file is refused with its name. In folder mode two files with the same stem
@@ -63,10 +63,11 @@ from tqdm import tqdm
 
 from pconv_jax import cli
 from pconv_jax import config as config_lib
+from pconv_jax.convention import MASK_THRESHOLD
 from pconv_jax.data import images
 from pconv_jax.data.images import IMAGE_EXTENSIONS
 from pconv_jax.evaluation.table1 import METHODS
-from pconv_jax.network.unet import MASK_THRESHOLD, composite
+from pconv_jax.network.unet import composite
 
 
 def read_pair(image_path: str, mask_path: str, holes: str = "white"
@@ -81,10 +82,10 @@ def read_pair(image_path: str, mask_path: str, holes: str = "white"
     mask = images.read_mask(mask_path, holes, image.shape[:2], warn_if_resized=True)
     if not (mask > MASK_THRESHOLD).any():
         raise ValueError(f"mask {mask_path!r} marks every pixel as a hole: there are no known "
-                         f"pixels to inpaint from (check --mask-holes)")
+                         f"pixels to inpaint from (check --mask_holes)")
     if (mask > MASK_THRESHOLD).all():
         raise ValueError(f"mask {mask_path!r} has no hole pixel ({holes} = hole): there is "
-                         f"nothing to inpaint (check --mask-holes)")
+                         f"nothing to inpaint (check --mask_holes)")
     return image, mask
 
 
@@ -311,7 +312,7 @@ def define_flags() -> None:
     flags.DEFINE_string("config", None, "config file (path.py[:arg] or config.json) if the "
                         "workdir has none")
     flags.DEFINE_integer("checkpoint", None, "checkpoint step (default: latest)")
-    flags.DEFINE_enum("mask-holes", "white", ["white", "black"], "which mask colour marks holes")
+    flags.DEFINE_enum("mask_holes", "white", ["white", "black"], "which mask colour marks holes")
     flags.DEFINE_string("panel", None, "single image: also write [input with holes | result | "
                         "original] to this file")
     flags.DEFINE_enum("method", "model", list(METHODS),
@@ -345,7 +346,7 @@ def main(argv: Sequence[str]) -> None:
     method = functools.partial(inpaint_image, fill, multiple=multiple)
     for image_path, mask_path in tqdm(pairs, unit="image", file=sys.stderr,
                                       disable=not folder_mode):
-        image, mask = read_pair(image_path, mask_path, args["mask-holes"].value)
+        image, mask = read_pair(image_path, mask_path, args.mask_holes)
         result = web_app.fill_photo(method, image, mask, args.max_side)
         out = (os.path.join(out_arg, os.path.splitext(os.path.basename(image_path))[0] + ".png")
                if folder_mode else out_arg)

@@ -26,7 +26,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from pconv_jax.network.unet import MASK_THRESHOLD
+from pconv_jax.configs import default
+from pconv_jax.convention import MASK_THRESHOLD
 from pconv_jax.network.vgg16 import VGGParams, vgg16_features
 from pconv_jax.weights.vgg16_files import WEIGHTS_HELP, load_vgg16
 
@@ -152,12 +153,11 @@ PAPER_TERMS: dict[str, TermFn] = {
 }
 TERMS = ("valid", "hole", "perceptual", "style_out", "style_comp", "tv")
 VGG_TERMS = ("perceptual", "style_out", "style_comp")
-DEFAULT_WEIGHTS = {"valid": 1.0, "hole": 6.0, "perceptual": 0.05, "style_out": 120.0,
-                   "style_comp": 120.0, "tv": 0.1}
 
 
 def _resolve_weights(weights: Mapping[str, float] | None) -> dict[str, float]:
-    resolved = dict(DEFAULT_WEIGHTS)
+    """`weights` over the defaults of `config.loss.weights` (`pconv_jax/configs/default.py`)."""
+    resolved = default.get_config().loss.weights.to_dict()
     if weights is not None:
         unknown = set(weights.keys()) - set(TERMS)
         if unknown:
@@ -211,8 +211,8 @@ def inpainting_loss(
         `MASK_THRESHOLD` (0.5) count as valid, as in the network.
       vgg: frozen VGG16 weights (`pconv_jax.weights.vgg16_files.load_vgg16`); needed when the
         perceptual or a style weight is > 0. With those weights all 0 the VGG is not run.
-      weights: term weights (keys of `TERMS`, missing ones default to the paper's
-        1, 6, 0.05, 120, 120, 0.1); static Python numbers, e.g. `config.loss.weights`.
+      weights: term weights (keys of `TERMS`; missing ones take the default config's
+        `loss.weights`, the paper's); static Python numbers, e.g. `config.loss.weights`.
       extra_terms: {name: (weight, fn)}, each `fn(LossInputs)` a scalar added to the total
         with its static weight, e.g. {"l2": (1.0, lambda x: jnp.mean((x.output - x.target)**2))}.
 

@@ -9,9 +9,8 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
+from pconv_jax.convention import MASK_THRESHOLD
 from pconv_jax.ops.pconv import partial_conv, plain_conv
-
-MASK_THRESHOLD = 0.5  # mask values > this count as valid; the rest as holes.
 
 # `input_norm`: the pixel space the network computes in, as per-channel (mean, std) of
 # [0, 1] pixels. Images enter and outputs leave the network in [0, 1] whatever the setting.

@@ -30,8 +30,6 @@ import json
 import logging as logging_lib
 import os
 import shutil
-import signal
-import threading
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -122,7 +120,7 @@ def network_config(model_config: ml_collections.ConfigDict | dict) -> dict[str, 
 def check_network(saved: dict | None, requested: dict | None, where: str) -> None:
     """Raises IncompatibleCheckpointError naming every setting whose values differ.
 
-    `saved` None (a checkpoint from before networks were recorded) skips the check with a
+    `saved` None (a checkpoint without a network record) skips the check with a
     warning. A setting recorded on one side only (added or removed since) is warned about, not
     refused, so that a new setting does not invalidate existing checkpoints.
     """
@@ -199,8 +197,7 @@ class Checkpointer:
     `keep`.
 
     `network` (see `network_config`) is saved with every checkpoint and compared with the saved
-    one on every restore. Also turns SIGTERM into a final save: `should_stop(step)` becomes True
-    after the signal (or when JAX's preemption service reports a preemption on a multi-host run).
+    one on every restore. `should_stop(step)` says when a preempted run saves and stops.
     """
 
     def __init__(self, directory: str, *, save_every_steps: int, keep: int,
@@ -221,8 +218,6 @@ class Checkpointer:
                            "train": ocp.StandardCheckpointHandler(),
                            "data": ocp.JsonCheckpointHandler(),
                            NETWORK_ITEM: ocp.JsonCheckpointHandler()})
-        self._sigterm = threading.Event()
-        self._previous_handler = None
         self._saving_step: int | None = None  # of the newest save started
         logging.get_absl_logger().addFilter(_ORBAX_DISK_FULL_LOGS)
 
@@ -270,7 +265,6 @@ class Checkpointer:
             self._manager.wait_until_finished()
 
     def close(self) -> None:
-        self.uninstall_signal_handler()
         with self._disk_full_as_one_error():
             self._manager.close()
 
@@ -470,26 +464,15 @@ class Checkpointer:
         return self._restore_newest_readable(step, restore)
 
     # ---------------------------------------------------------------- preemption
-    def install_signal_handler(self) -> None:
-        """SIGTERM sets a flag (the loop then saves and exits) instead of killing the process."""
-        if threading.current_thread() is not threading.main_thread():
-            return
-        self._previous_handler = signal.signal(signal.SIGTERM, lambda *_: self._sigterm.set())
-
-    def uninstall_signal_handler(self) -> None:
-        if self._previous_handler is not None:
-            signal.signal(signal.SIGTERM, self._previous_handler)
-            self._previous_handler = None
-
-    def should_stop(self, step: int) -> bool:
+    def should_stop(self, step: int, terminated: bool = False) -> bool:
         """True once a preemption was announced: save now and stop.
 
         Multi-host runs rely on JAX's preemption sync service (all processes agree on the step);
-        a single process also honours its own SIGTERM flag.
+        a single process also honours `terminated`, its own SIGTERM (`signals.Sigterm`).
         """
         if jax.process_count() > 1:
             return self._manager.reached_preemption(step)
-        return self._sigterm.is_set() or self._manager.reached_preemption(step)
+        return terminated or self._manager.reached_preemption(step)
 
 
 def abstract_model_state(config: ml_collections.ConfigDict,

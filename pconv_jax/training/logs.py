@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import jax
 import numpy as np
 
-from pconv_jax.network.unet import MASK_THRESHOLD
+from pconv_jax.convention import MASK_THRESHOLD
 
 if TYPE_CHECKING:  # clu's writers pull in TensorFlow: imported only where a run needs them
     from clu import metric_writers, periodic_actions

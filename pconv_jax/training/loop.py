@@ -20,8 +20,6 @@ already written stay; a save in progress is completed); a second Ctrl-C interrup
 from __future__ import annotations
 
 import os
-import signal
-import threading
 
 import jax
 import ml_collections
@@ -33,7 +31,7 @@ from pconv_jax.data import heldout
 from pconv_jax.data import sources as data_sources
 from pconv_jax.data.masks import generate_mask
 from pconv_jax.loss import losses
-from pconv_jax.training import checkpoints, logs
+from pconv_jax.training import checkpoints, logs, signals
 from pconv_jax.training import workdir as workdir_lib
 from pconv_jax.training.mesh import global_batch, make_data_mesh, replicate, replicated
 from pconv_jax.training.step import (
@@ -139,40 +137,6 @@ class MetricsWindow:
         return logs.mean_metrics(host)
 
 
-class CtrlC:
-    """Ctrl-C (SIGINT) noted and acted on between steps (`check`), a second one at once.
-
-    A KeyboardInterrupt raised wherever the main thread happens to be can land in a finalizer
-    (e.g. a batch's shared memory being released), where Python only prints it and the run goes
-    on; between steps it always stops the run.
-    """
-
-    def __init__(self):
-        self.pressed, self._previous = False, None
-
-    def __enter__(self) -> CtrlC:
-        if (threading.current_thread() is threading.main_thread()
-                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
-            self._previous = signal.signal(signal.SIGINT, self._note)
-        return self
-
-    def _note(self, signum, frame) -> None:
-        del signum, frame
-        self.pressed = True
-        signal.signal(signal.SIGINT, self._previous)  # the next Ctrl-C interrupts at once
-
-    def __exit__(self, *exc_info) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
-
-    def check(self, step: int) -> None:
-        """KeyboardInterrupt if Ctrl-C was pressed (before step `step`)."""
-        if self.pressed:
-            logging.warning("Ctrl-C: stopped before step %d without saving", step)
-            raise KeyboardInterrupt
-
-
 def _last_checkpoint_text(checkpointer: checkpoints.Checkpointer) -> str:
     return checkpointer.last_good_text()
 
@@ -232,7 +196,6 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.M
         if jax.process_index() == 0:
             history.record()
         writer = logs.create_writer(workdir)
-        checkpointer.install_signal_handler()
         cleanup.started()
         num_steps = int(config.train.num_steps)
         first_step = int(jax.device_get(state.step)) + 1
@@ -246,7 +209,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.M
         data_wait = logs.DataWait(*data_pipeline.parallelism(config.data))
 
         # --- The loop.
-        with jax.set_mesh(mesh), CtrlC() as ctrl_c:
+        with jax.set_mesh(mesh), signals.Sigterm() as sigterm, signals.CtrlC() as ctrl_c:
             for step in range(first_step, num_steps + 1):
                 ctrl_c.check(step)
                 batch = global_batch(data_wait.next(pipeline, state.step), mesh)  # uint8
@@ -254,7 +217,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.M
                 window.add(metrics)
                 report_progress(step)
                 last = step == num_steps
-                stop = checkpointer.should_stop(step)
+                stop = checkpointer.should_stop(step, terminated=sigterm.received)
                 save = last or stop or checkpointer.should_save(step)
                 if save or step % config.train.log_every_steps == 0:
                     # Also the non-finite check, so that a NaN state is never saved.

@@ -33,11 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import pickle
 import re
-import struct
-import zipfile
-import zlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -125,46 +121,6 @@ def missing_file_message(source: str, path: str) -> str:
 
 
 # ----------------------------------------------------------------------------- reading
-
-def read_torch_file(path: str | os.PathLike) -> Any:
-    """The object `torch.save` wrote (zip archive or legacy stream), tensors as numpy arrays.
-
-    Raises FileNotFoundError, or ValueError with one line for a truncated or non-torch file
-    and pickle.UnpicklingError for one that holds objects other than plain data and tensors.
-    """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint file {path!r} does not exist")
-    with open(path, "rb") as f:
-        head = f.read(2)
-    if head == b"PK":
-        read = torch_pickle.read_torch_zip
-    elif head[:1] == b"\x80":  # a pickle protocol opcode: torch's legacy stream
-        read = torch_pickle.read_torch_legacy
-    else:
-        raise ValueError(f"{path} is not a PyTorch checkpoint (neither torch.save's zip archive "
-                         "nor its legacy pickle stream)")
-    try:
-        return read(path)
-    except pickle.UnpicklingError as err:
-        if "Refusing to load global" not in str(err):
-            raise ValueError(f"cannot read {path}: {_one_line(err)} (truncated or corrupt "
-                             "file?)") from err
-        raise pickle.UnpicklingError(
-            f"{path}: {_one_line(err)} Training logs of mmengine checkpoints (`message_hub`) are "
-            "such objects: keep only the weights with `torch.save({'state_dict': "
-            "torch.load(FILE, weights_only=False)['state_dict']}, OUT)`, on a file you trust"
-        ) from err
-    except (EOFError, zipfile.BadZipFile, zlib.error, struct.error, KeyError, IndexError,
-            TypeError, AttributeError, UnicodeDecodeError, ValueError) as err:
-        raise ValueError(f"cannot read {path}: {_one_line(err)} (truncated or corrupt "
-                         "file?)") from err
-
-
-def _one_line(err: BaseException) -> str:
-    text = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
-    return " ".join(text.split()) or type(err).__name__
-
 
 def _state_dict(fmt: _Format, obj: Any, path: str) -> tuple[dict[str, np.ndarray], int | None]:
     """(the network's state_dict, upstream's training step or None) of a checkpoint object."""
@@ -352,7 +308,7 @@ def convert(source: str, path: str | os.PathLike, *,
         raise ValueError(f"channel_order must be 'rgb' or 'bgr', got {channel_order!r}")
     path = os.fspath(path)
     try:
-        obj = read_torch_file(path)
+        obj = torch_pickle.read_torch_file(path)
     except FileNotFoundError:
         raise FileNotFoundError(missing_file_message(source, path)) from None
     state, step = _state_dict(fmt, obj, path)

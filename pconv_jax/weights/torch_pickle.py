@@ -18,8 +18,9 @@ Both of torch's layouts: the zip archive of `torch.save` (>= 1.6) and the legacy
 `load_zip_records`/`load_legacy_records` give the checkpoint as plain dicts, lists and tuples
 with `TensorRecord` leaves (shape and dtype known, nothing copied) so that a caller can check
 keys and shapes first; `materialize` then reads the data of the records it is given.
-`read_torch_zip`/`read_torch_legacy` do both at once. Refusals raise `WeightsFileError` (a
-ValueError) naming the file.
+`read_torch_zip`/`read_torch_legacy` do both at once; `read_torch_file` picks the layout
+from the file's first bytes (what the PConv checkpoint converter and LPIPS read). Refusals
+raise `WeightsFileError` (a ValueError) naming the file.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ import os
 import pickle
 import pickletools
 import struct
+import zipfile
+import zlib
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
@@ -440,3 +443,42 @@ def read_torch_legacy(path: str | os.PathLike) -> Any:
     """A legacy-format checkpoint with every tensor as a NumPy array."""
     return materialize(load_legacy_records(path))
 
+
+def read_torch_file(path: str | os.PathLike) -> Any:
+    """The object `torch.save` wrote (zip archive or legacy stream), tensors as numpy arrays.
+
+    Raises FileNotFoundError, or ValueError with one line for a truncated or non-torch file
+    and pickle.UnpicklingError for one that holds objects other than plain data and tensors.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint file {path!r} does not exist")
+    with open(path, "rb") as f:
+        head = f.read(2)
+    if head == b"PK":
+        read = read_torch_zip
+    elif head[:1] == b"\x80":  # a pickle protocol opcode: torch's legacy stream
+        read = read_torch_legacy
+    else:
+        raise ValueError(f"{path} is not a PyTorch checkpoint (neither torch.save's zip archive "
+                         "nor its legacy pickle stream)")
+    try:
+        return read(path)
+    except pickle.UnpicklingError as err:
+        if "Refusing to load global" not in str(err):
+            raise ValueError(f"cannot read {path}: {_one_line(err)} (truncated or corrupt "
+                             "file?)") from err
+        raise pickle.UnpicklingError(
+            f"{path}: {_one_line(err)} Training logs of mmengine checkpoints (`message_hub`) are "
+            "such objects: keep only the weights with `torch.save({'state_dict': "
+            "torch.load(FILE, weights_only=False)['state_dict']}, OUT)`, on a file you trust"
+        ) from err
+    except (EOFError, zipfile.BadZipFile, zlib.error, struct.error, KeyError, IndexError,
+            TypeError, AttributeError, UnicodeDecodeError, ValueError) as err:
+        raise ValueError(f"cannot read {path}: {_one_line(err)} (truncated or corrupt "
+                         "file?)") from err
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+    return " ".join(text.split()) or type(err).__name__

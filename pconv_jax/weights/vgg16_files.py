@@ -9,8 +9,8 @@ The format is detected from the file's content:
 - our own `.npz` (write one with `python -m pconv_jax.weights.vgg16_files convert SRC DST.npz`).
 
 The loss needs blocks 1..3 (conv1_1..conv3_3), LPIPS all 5: `load_vgg16(path, blocks=5)`.
-torchvision's file, timm's and Keras' `notop` file hold all 13 convs; an `.npz` converted
-before conv4/conv5 were read holds blocks 1..3 only.
+torchvision's file, timm's and Keras' `notop` file hold all 13 convs; an `.npz` may hold
+blocks 1..3 only (enough for the loss).
 """
 
 from __future__ import annotations

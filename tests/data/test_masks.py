@@ -62,10 +62,10 @@ def test_bin_and_border_layout():
 
 def test_write_test_set_command(tmp_path):
     out = tmp_path / "set"
-    if "per-cell" not in flags.FLAGS:
+    if "per_cell" not in flags.FLAGS:
         masks.define_flags()
     flags.FLAGS.unparse_flags()
-    masks.main(flags.FLAGS(["masks", "write-test-set", str(out), "--per-cell", "2", "--size", "48",
+    masks.main(flags.FLAGS(["masks", "write-test-set", str(out), "--per_cell", "2", "--size", "48",
                             "--seed", "1"]))
     names = sorted(os.listdir(out))
     assert names == [f"{i:05d}.png" for i in range(24)]

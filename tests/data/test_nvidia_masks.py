@@ -61,6 +61,14 @@ def test_mislabelled_and_unreadable_files_reported(tmp_path):
     assert "unreadable" in left_out[2].reason and "00007.png" in str(left_out[2])
 
 
+def test_zero_usable_masks_is_a_clear_error(tmp_path):
+    for i in range(12):  # no holes at all: every file contradicts its hole-ratio bin
+        cv2.imwrite(str(tmp_path / f"{i:05d}.png"), np.zeros((16, 16), np.uint8))
+    message = r"no usable masks in .* \(12 files left out: .*00000.png.*and 10 more"
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match=message):
+        nvidia_masks.scan_test_masks(str(tmp_path))
+
+
 def test_count_must_be_twelve_k(tmp_path):
     _write_set(tmp_path)
     os.remove(tmp_path / "00023.png")

@@ -11,7 +11,7 @@ import tensorflow_datasets as tfds
 
 from pconv_jax.data import pipeline as data
 from pconv_jax.data import sources as data_sources
-from pconv_jax.data.synthetic_tfds import write_synthetic_tfds
+from pconv_jax.testing.synthetic_tfds import write_synthetic_tfds
 from tests.helpers.data import (
     check_batch,
     data_config,

@@ -96,20 +96,6 @@ def test_a_killed_worker_process_ends_the_run_with_an_error():
     assert not _children(others)
 
 
-def test_ctrl_c_is_acted_on_between_steps_and_a_second_one_at_once():
-    from pconv_jax.training.loop import CtrlC
-    with CtrlC() as ctrl_c:
-        ctrl_c.check(1)
-        os.kill(os.getpid(), signal.SIGINT)  # noted, not raised where the main thread is
-        time.sleep(0.01)
-        with pytest.raises(KeyboardInterrupt):
-            ctrl_c.check(2)
-        with pytest.raises(KeyboardInterrupt):
-            os.kill(os.getpid(), signal.SIGINT)  # the second: Python's own handler again
-            time.sleep(0.01)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-
-
 @pytest.mark.slow
 def test_ctrl_c_stops_train_py_and_its_worker_processes(tmp_path):
     work = tmp_path / "work"

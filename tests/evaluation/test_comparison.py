@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from pconv_jax.data import masks as masks_lib
+from pconv_jax.data import nvidia_masks
 from pconv_jax.evaluation import baselines, table1
 from pconv_jax.evaluation.learned_metrics import LearnedMetrics
 from pconv_jax.inference import evaluate
@@ -16,7 +17,7 @@ from tests.helpers.training import tiny_eval_config
 def test_set(tmp_path_factory):
     directory = tmp_path_factory.mktemp("test_masks")
     masks_lib.write_test_set(str(directory), per_cell=2, size=32, seed=0)
-    return table1.EvalMaskSet.scan(str(directory))
+    return nvidia_masks.scan_test_masks(str(directory))
 
 
 def _textured(count=3, size=32, seed=0):

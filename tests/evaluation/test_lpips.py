@@ -247,8 +247,8 @@ def test_batch_sharded_pairs_give_the_same_values(metric):
 
 @pytest.mark.slow
 def test_eval_reports_lpips_per_mask_with_the_named_files(tmp_path, backbone, metric):
-    from pconv_jax.data import heldout
-    from pconv_jax.evaluation import baselines, table1
+    from pconv_jax.data import heldout, nvidia_masks
+    from pconv_jax.evaluation import baselines
     from pconv_jax.inference import evaluate
     from pconv_jax.weights import vgg16_files
     vgg16_files.save_npz(backbone, tmp_path / "vgg16.npz")
@@ -259,7 +259,7 @@ def test_eval_reports_lpips_per_mask_with_the_named_files(tmp_path, backbone, me
     # the same numbers as the metric on the same composites, computed here directly
     images = np.asarray(heldout.load_eval_images(
         config.data, config.eval.num_images, heldout.eval_image_size(config)), np.float32)
-    test_masks = table1.EvalMaskSet.scan(results["test_masks"])
+    test_masks = nvidia_masks.scan_test_masks(results["test_masks"])
     index = np.arange(len(test_masks))
     composites = baselines.classical_inpainter("telea")(
         images[index % len(images)], test_masks.load(index, images.shape[1:3]))

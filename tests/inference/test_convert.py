@@ -23,7 +23,7 @@ from flax import nnx
 
 from pconv_jax.inference import convert as convert_cmd
 from pconv_jax.network.unet import PConvUNet
-from pconv_jax.weights import pconv_checkpoints
+from pconv_jax.weights import pconv_checkpoints, torch_pickle
 from tests import helpers
 from tests.helpers import REPO
 from tests.helpers.commands import run_inpaint
@@ -121,7 +121,7 @@ def test_workdir_holds_config_and_provenance(workdirs):
 # ----------------------------------------------------------------------------- bad input
 
 def _naoto_state() -> dict:
-    return pconv_checkpoints.read_torch_file(FIXTURES / "naoto0804.pth")
+    return torch_pickle.read_torch_file(FIXTURES / "naoto0804.pth")
 
 
 def test_missing_unexpected_and_misshaped_weights_are_listed(monkeypatch):
@@ -130,7 +130,7 @@ def test_missing_unexpected_and_misshaped_weights_are_listed(monkeypatch):
     del state["dec_2.bn.running_var"]
     state["dec_3.conv.input_conv.bias"] = np.zeros(8, np.float32)
     state["enc_3.conv.input_conv.weight"] = np.zeros((16, 8, 3, 3), np.float32)
-    monkeypatch.setattr(pconv_checkpoints, "read_torch_file", lambda path: obj)
+    monkeypatch.setattr(torch_pickle, "read_torch_file", lambda path: obj)
     with pytest.raises(pconv_checkpoints.CheckpointMismatchError) as info:
         pconv_checkpoints.convert("naoto0804", "fake.pth")
     message = str(info.value)
@@ -144,7 +144,7 @@ def test_missing_unexpected_and_misshaped_weights_are_listed(monkeypatch):
 def test_mask_kernel_that_is_not_ones_is_refused(monkeypatch):
     obj = _naoto_state()
     obj["model"]["enc_2.conv.mask_conv.weight"] = obj["model"]["enc_2.conv.mask_conv.weight"] * 2
-    monkeypatch.setattr(pconv_checkpoints, "read_torch_file", lambda path: obj)
+    monkeypatch.setattr(torch_pickle, "read_torch_file", lambda path: obj)
     with pytest.raises(pconv_checkpoints.CheckpointMismatchError, match="not all ones"):
         pconv_checkpoints.convert("naoto0804", "fake.pth")
 
@@ -152,7 +152,7 @@ def test_mask_kernel_that_is_not_ones_is_refused(monkeypatch):
 def test_non_finite_weights_are_refused_naming_the_key(monkeypatch, tmp_path):
     obj = _naoto_state()
     obj["model"]["dec_2.bn.running_var"][1] = np.nan
-    monkeypatch.setattr(pconv_checkpoints, "read_torch_file", lambda path: obj)
+    monkeypatch.setattr(torch_pickle, "read_torch_file", lambda path: obj)
     with pytest.raises(ValueError, match=r"fake.pth: weight 'dec_2.bn.running_var' holds 1 "
                                          r"non-finite value\(s\) \(NaN or inf\) out of 4"):
         pconv_checkpoints.convert("naoto0804", "fake.pth")

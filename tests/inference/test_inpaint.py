@@ -66,7 +66,7 @@ def test_command_white_and_black_conventions_swap_the_holes(photo):
     panel = cv2.imread(str(tmp_path / "panel.png"))
     assert panel.shape == (37, 3 * 53 + 2 * 4, 3)
     assert (panel[:, :53][holes > 0] == 255).all()  # holes shown white in the input
-    run_inpaint(common + ["--out", str(tmp_path / "black.png"), "--mask-holes", "black"])
+    run_inpaint(common + ["--out", str(tmp_path / "black.png"), "--mask_holes", "black"])
     white = cv2.cvtColor(cv2.imread(str(tmp_path / "white.png")), cv2.COLOR_BGR2RGB)
     black = cv2.cvtColor(cv2.imread(str(tmp_path / "black.png")), cv2.COLOR_BGR2RGB)
     hole = holes > 0

@@ -253,6 +253,16 @@ def test_default_config_and_bad_weights():
                                weights={"perceptual": 0.0, "style_out": 0, "style_comp": 0})
 
 
+def test_missing_weights_come_from_the_default_config(monkeypatch):
+    """One source of truth: weights the caller leaves out are `config.loss.weights`' defaults."""
+    from pconv_jax.configs import default
+    assert losses._resolve_weights(None) == PAPER_WEIGHTS
+    changed = default.get_config()
+    changed.loss.weights.hole = 2.0
+    monkeypatch.setattr(default, "get_config", lambda arg=None: changed)
+    assert losses._resolve_weights({"tv": 0.5}) == {**PAPER_WEIGHTS, "hole": 2.0, "tv": 0.5}
+
+
 @pytest.mark.slow
 def test_gradient_wrt_model_parameters_is_finite_for_all_hole_and_hole_free_masks(random_vgg):
     model = PConvUNet(depth=2, widths=(4, 8), kernel_sizes=(3, 3), rngs=nnx.Rngs(0))

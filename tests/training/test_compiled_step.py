@@ -16,7 +16,7 @@ import pytest
 
 from pconv_jax import config as config_lib
 from pconv_jax.network.vgg16 import random_vgg16
-from pconv_jax.training import collectives
+from pconv_jax.testing import collectives
 from pconv_jax.training import mesh as mesh_lib
 from pconv_jax.training.step import create_train_state, make_eval_step, make_train_step
 

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
-import sys
-import textwrap
 
 import jax
 import ml_collections
@@ -15,8 +12,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
-from absl import flags
-from ml_collections import config_flags
 from PIL import Image
 
 from pconv_jax import config as config_lib
@@ -24,7 +19,7 @@ from pconv_jax.data import pipeline, sources
 from pconv_jax.loss import losses
 from pconv_jax.training import checkpoints, logs
 from pconv_jax.training.loop import train_and_evaluate
-from tests.helpers.training import REPO, demo_config, load_config_file, param_leaves, shrink
+from tests.helpers.training import demo_config, load_config_file, param_leaves, shrink
 
 
 def _scalars(workdir: str, tag: str) -> dict[int, float]:
@@ -144,80 +139,6 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch, 
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(model))
 
 
-# ----------------------------------------------------------------------------- config files
-
-def test_config_args():
-    assert load_config_file("places2").experiment == "places2"
-    fine = load_config_file("places2", "finetune")
-    assert (fine.stage, fine.train.learning_rate, fine.train.freeze_encoder_bn) == (
-        "finetune", 5e-5, True)
-    assert fine.train.init_from == os.path.join("workdirs", "places2_train")
-    train = load_config_file("places2")
-    assert (train.train.learning_rate, train.model.depth, train.data.image_size) == (2e-4, 7, 256)
-    celeba = load_config_file("celeba_hq", "512,finetune,conv")
-    assert (celeba.data.name, celeba.model.depth, celeba.model.partial) == (
-        "celeb_a_hq/512", 8, False)
-    assert celeba.experiment == "celeba_hq_512_conv"
-    assert config_lib.default_workdir(celeba.experiment, celeba.stage) == os.path.join(
-        "workdirs", "celeba_hq_512_conv_finetune")
-    folder = load_config_file("folder")
-    assert (folder.data.image_size, folder.model.depth) == (512, 8)
-    demo = load_config_file("demo")
-    assert demo.data.image_size <= 128 and demo.model.max_width <= 64
-    assert demo.loss.weights.perceptual == 0.0
-    with pytest.raises(ValueError, match="unknown config argument '1024'"):
-        load_config_file("celeba_hq", "1024")
-    with pytest.raises(ValueError, match="unknown config argument 'tune'"):
-        load_config_file("places2", "tune")
-    cpu = load_config_file("folder", "finetune,cpu")
-    assert (cpu.experiment, cpu.stage, cpu.train.init_from) == (
-        "folder_cpu", "finetune", os.path.join("workdirs", "folder_cpu_train"))
-    with pytest.raises(ValueError, match=r"unknown config argument 'cpu'.*finetune, conv$"):
-        load_config_file("places2", "cpu")
-
-
-CONFIG_FILES = ["demo", "demo:finetune,conv", "places2", "places2:finetune",
-                "celeba_hq:512,finetune,conv", "folder:finetune", "folder:cpu,finetune"]
-
-
-def test_every_config_file_builds_without_tensorflow():
-    """Building a config (as the commands and benchmarks do) imports no TensorFlow or TFDS."""
-    code = textwrap.dedent(f"""
-        import sys
-        from pconv_jax.config import default_config, load_config
-        default_config()
-        for spec in {CONFIG_FILES!r}:
-            name, _, arg = spec.partition(":")
-            load_config(f"configs/{{name}}.py" + (f":{{arg}}" if arg else ""))
-        heavy = sorted(m for m in sys.modules
-                       if m.split(".")[0] in ("tensorflow", "tensorflow_datasets"))
-        print("heavy:", heavy)
-    """)
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
-                         timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "heavy: []" in out.stdout, out.stdout
-
-
-def test_experiment_configs_only_override_the_defaults():
-    """Every key of every config file is a key of the default config, with the same type."""
-    default = config_lib.default_config().to_dict()
-
-    def flat(tree, prefix=""):
-        for key, value in tree.items():
-            if isinstance(value, dict):
-                yield from flat(value, f"{prefix}{key}.")
-            else:
-                yield f"{prefix}{key}", value
-
-    want = dict(flat(default))
-    for spec in CONFIG_FILES:
-        name, _, arg = spec.partition(":")
-        got = dict(flat(load_config_file(name, arg or None).to_dict()))
-        assert got.keys() == want.keys(), spec
-        assert all(type(got[k]) is type(want[k]) for k in want), spec
-
-
 @pytest.mark.parametrize("key,value,message", [
     ("data.batch_size", 0, r"config.data.batch_size must be an integer >= 1, got 0"),
     ("data.batch_size", -4, r"config.data.batch_size must be an integer >= 1, got -4"),
@@ -273,25 +194,6 @@ def test_keep_checkpoints_zero_leaves_existing_checkpoints_alone(tmp_path):
     with pytest.raises(ValueError, match="keep_checkpoints must be an integer >= 1, got 0"):
         train_and_evaluate(config, str(tmp_path))
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["2", "checkpoints", "marker"]
-
-
-def _parse_config_flags(argv: list[str], monkeypatch) -> ml_collections.ConfigDict:
-    """Parses argv as train.py does (config_flags reads the overrides from sys.argv)."""
-    monkeypatch.setattr(sys, "argv", argv)
-    flag_values = flags.FlagValues()
-    config_flags.DEFINE_config_file("config", None, "", flag_values=flag_values, lock_config=True)
-    flag_values(argv)
-    return flag_values.config
-
-
-def test_overrides_and_unknown_override_key(monkeypatch):
-    path = str(REPO / "configs" / "demo.py")
-    config = _parse_config_flags(["train.py", f"--config={path}:finetune",
-                                  "--config.train.num_steps=7"], monkeypatch)
-    assert config.train.num_steps == 7 and config.stage == "finetune"
-    with pytest.raises((flags.Error, KeyError, AttributeError), match="no_such_key"):
-        _parse_config_flags(["train.py", f"--config={path}", "--config.train.no_such_key=1"],
-                            monkeypatch)
 
 
 def test_missing_tfds_dataset_is_a_clear_error(tmp_path):
