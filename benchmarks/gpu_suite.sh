@@ -37,7 +37,11 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 python=${PYTHON:-python3}
 
 if (( dry )); then
-  export JAX_PLATFORMS=cpu
+  # The runs share a compilation cache: the network's initialisation compiles once, not per run.
+  cache=$(mktemp -d)
+  trap 'rm -rf "$cache"' EXIT
+  export JAX_PLATFORMS=cpu JAX_COMPILATION_CACHE_DIR="$cache" \
+    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES=0
   tiny=(--set model.depth=4 --set model.base_width=8 --set model.max_width=32)
   train_args=(--size 64 --batch 2 --steps 1 "${tiny[@]}")
   model_args=(--cases 256_d7_b4 --width-scale 0.0625 --repeats 1)
