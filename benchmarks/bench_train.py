@@ -7,9 +7,12 @@
 The network, loss and optimizer come from a config file (default `pconv_jax/configs/default.py`: the
 paper's 256x256 network) plus overrides; `--size`, `--depth`, `--batch`, `--base_width` and
 `--dtype` are shortcuts for the overrides of `data.image_size`, `model.depth`, `data.batch_size`,
-`model.base_width` and `model.dtype`. Prints one JSON object per variant: images/s and s/step
-(median of the timed steps), plus the compile time. VGG16 weights are random (the cost is the same
-as with the real ones).
+`model.base_width` and `model.dtype`; `--loss_dtype` and `--loss_remat` set `config.loss.dtype` and
+`config.loss.remat` on the config itself, so they also work with a version whose config lacks
+them (then they change nothing: `loss_options_in_config` says which). Prints one JSON object per
+variant: images/s and s/step (median of the timed steps), the compile time, and `peak_gb`, the
+device's peak bytes in use so far in this process (`memory_stats()`; null where the device does
+not report it, e.g. CPU). VGG16 weights are random (the cost is the same as with the real ones).
 """
 
 from __future__ import annotations
@@ -39,6 +42,11 @@ def bench(partial: bool, args) -> dict:
     overrides = [f"{key}={getattr(args, flag)}" for flag, key in SHORTCUTS.items()
                  if getattr(args, flag) is not None] + args.set + [f"model.partial={partial}"]
     config = config_lib.load_config(args.config, overrides)
+    with config.unlocked():
+        if args.loss_dtype:
+            config.loss.dtype = args.loss_dtype
+        if args.loss_remat:
+            config.loss.remat = args.loss_remat == "on"
     config_lib.validate(config, jax.device_count())
     size, batch_size = config.data.image_size, config.data.batch_size
     data_mesh = mesh.make_data_mesh()
@@ -62,9 +70,16 @@ def bench(partial: bool, args) -> dict:
             jax.block_until_ready(metrics)
             times.append(time.perf_counter() - start)
     seconds = statistics.median(times)
+    stats = jax.local_devices()[0].memory_stats() or {}
+    peak = stats.get("peak_bytes_in_use")
+    loss_keys = config_lib.default_config().loss
     return {"variant": "pconv" if partial else "conv", "images_per_sec": batch_size / seconds,
             "sec_per_step": seconds, "first_step_sec": compile_s, "size": size,
             "depth": config.model.depth, "batch": batch_size, "dtype": config.model.dtype,
+            "remat": config.model.remat, "loss_dtype": config.loss.get("dtype", "float32"),
+            "loss_remat": config.loss.get("remat", False),
+            "loss_options_in_config": "dtype" in loss_keys and "remat" in loss_keys,
+            "peak_gb": None if peak is None else peak / 1e9,
             "steps": args.steps, "config": args.config,
             "loss": float(metrics["loss"]), "devices": jax.device_count(),
             "backend": jax.default_backend(), "device": jax.devices()[0].device_kind,
@@ -82,6 +97,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4, help="data.batch_size (default 4)")
     parser.add_argument("--base_width", type=int, help="model.base_width")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), help="model.dtype")
+    parser.add_argument("--loss_dtype", choices=("float32", "bfloat16"), help="config.loss.dtype")
+    parser.add_argument("--loss_remat", choices=("on", "off"), help="config.loss.remat")
     parser.add_argument("--steps", type=int, default=3, help="timed steps after the first")
     parser.add_argument("--variants", default="pconv,conv", help="pconv, conv or both")
     args = parser.parse_args()
