@@ -278,20 +278,24 @@ def has_transparency(path: str) -> bool:
         return image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
 
 
-def mask_holes(data: bytes, size: tuple[int, int]) -> np.ndarray:
-    """Bool (H, W) holes of the page's mask: a PNG of `size` (H, W), non-black = hole.
+def mask_holes(data: bytes, size: tuple[int, int], corner: tuple[int, int] = (0, 0)
+               ) -> np.ndarray:
+    """Bool (H, W) holes of the page's mask: a PNG of the strokes' box (non-black = hole) whose
+    top left corner is `corner` (y, x) in the shown photo of `size` (H, W).
 
-    The size is read from the PNG header before decoding."""
+    The box's size is read from the PNG header, and checked, before decoding."""
     if len(data) < 24 or data[:8] != b"\x89PNG\r\n\x1a\n":
         raise InputError("the mask is not a PNG: reload the page")
     width, height = struct.unpack(">II", data[16:24])
-    if (height, width) != tuple(size):
-        raise InputError(f"the mask is {width}x{height} but the photo is shown at "
-                         f"{size[1]}x{size[0]}: reload the page")
+    y, x = corner
+    if not (0 <= y and 0 <= x and y + height <= size[0] and x + width <= size[1]):
+        raise InputError(f"the mask ({width}x{height} at x={x}, y={y}) lies outside the photo "
+                         f"shown at {size[1]}x{size[0]}: reload the page")
     mask = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
     if mask is None:
         raise InputError("the mask PNG does not decode: reload the page")
-    holes = mask > 0  # an anti-aliased stroke edge is painted too
+    holes = np.zeros(size, bool)
+    holes[y:y + height, x:x + width] = mask > 0  # an anti-aliased stroke edge is painted too
     if not holes.any():
         raise InputError("nothing to fill: paint over what should go, then press Inpaint")
     return holes
@@ -591,7 +595,7 @@ def build_app(methods: Sequence[Method], *, max_side: int = 1024, max_upload_mb:
         documents.drop(key)
         return {"ok": True}
 
-    def fill(key: str, version: int, label: str, mask: bytes) -> dict:
+    def fill(key: str, version: int, label: str, mask: bytes, corner: tuple[int, int]) -> dict:
         start = time.perf_counter()
         document = documents.get(key)
         if label not in by_label:
@@ -600,7 +604,8 @@ def build_app(methods: Sequence[Method], *, max_side: int = 1024, max_upload_mb:
         with pixels_lock:
             document.goto(version)
             h, w = document.pixels.shape[:2]
-            holes = images.resize_nearest(mask_holes(mask, document.display_shape), (h, w))
+            holes = images.resize_nearest(mask_holes(mask, document.display_shape, corner),
+                                          (h, w))
             valid = (~holes).astype(np.float32)[..., None]
             result = inpaint_photo(method, document.pixels, valid, max_side)
             if document.gray:  # a gray photo gets a gray fill
@@ -613,17 +618,19 @@ def build_app(methods: Sequence[Method], *, max_side: int = 1024, max_upload_mb:
         seconds = time.perf_counter() - start
         return {"version": document.version, "box": [x0, y0, x1 - x0, y1 - y0],
                 "patch": encoded, "serverSeconds": round(seconds, 4),
-                "message": f"Filled {holes.mean():.1%} of {w}x{h} with {label} in "
-                           f"{seconds:.2f} s."}
+                "message": f"Filled {holes.mean():.1%} of {w}x{h} with {label}: {seconds:.2f} s "
+                           f"on the server"}
 
     async def inpaint_request(request):
         try:
             query = request.query_params
-            if not query.get("version", "").isdigit() or "method" not in query:
+            numbers = [query.get("version", ""), query.get("y", "0"), query.get("x", "0")]
+            if not all(n.isdigit() for n in numbers) or "method" not in query:
                 raise InputError("the request names no state or method: reload the page")
+            version, y, x = (int(n) for n in numbers)
             mask = await body_of(request, "the mask")
             return JSONResponse(await run_in_threadpool(
-                fill, request.path_params["key"], int(query["version"]), query["method"], mask))
+                fill, request.path_params["key"], version, query["method"], mask, (y, x)))
         except USER_ERRORS as err:
             return error(err)
     api.router.add_route("/api/inpaint/{key}", inpaint_request, methods=["POST"])

@@ -55,8 +55,11 @@ def test_mask_png_becomes_holes_and_bad_masks_are_errors():
     mask[12, 3] = 40  # a faint anti-aliased edge still counts
     holes = app.mask_holes(cv2.imencode(".png", mask)[1].tobytes(), (20, 30))
     np.testing.assert_array_equal(holes, mask > 0)
-    with pytest.raises(app.InputError, match=r"mask is 30x20 but the photo is shown at 40x20"):
-        app.mask_holes(cv2.imencode(".png", mask)[1].tobytes(), (20, 40))
+    crop = cv2.imencode(".png", mask[5:13, 3:20])[1].tobytes()  # the strokes' box, placed
+    np.testing.assert_array_equal(app.mask_holes(crop, (20, 30), (5, 3)), mask > 0)
+    with pytest.raises(app.InputError, match=r"mask \(17x8 at x=14, y=5\) lies outside the "
+                                             r"photo shown at 30x20"):
+        app.mask_holes(crop, (20, 30), (5, 14))
     with pytest.raises(app.InputError, match="nothing to fill"):
         app.mask_holes(cv2.imencode(".png", mask * 0)[1].tobytes(), (20, 30))
     with pytest.raises(app.InputError, match="not a PNG"):

@@ -202,13 +202,33 @@ function setBefore(on) {
 
 // ------------------------------------------------------------------------------ inpainting
 
-function maskPng(strokes) {
+// The strokes' box (x, y, width, height) in the canvas, with a pixel to spare.
+function strokesBox(strokes) {
+  let x0 = Infinity, y0 = Infinity, x1 = -Infinity, y1 = -Infinity;
+  for (const s of strokes) {
+    for (const [x, y] of s.points) {
+      x0 = Math.min(x0, x - s.size / 2);
+      y0 = Math.min(y0, y - s.size / 2);
+      x1 = Math.max(x1, x + s.size / 2);
+      y1 = Math.max(y1, y + s.size / 2);
+    }
+  }
+  x0 = Math.max(0, Math.floor(x0) - 1);
+  y0 = Math.max(0, Math.floor(y0) - 1);
+  x1 = Math.min(mask.width, Math.ceil(x1) + 1);
+  y1 = Math.min(mask.height, Math.ceil(y1) + 1);
+  return [x0, y0, Math.max(1, x1 - x0), Math.max(1, y1 - y0)];
+}
+
+// A PNG of the strokes (white on black) inside their box: all an Inpaint sends.
+function maskPng(strokes, [x, y, w, h]) {
   const canvas = document.createElement("canvas");
-  canvas.width = mask.width;
-  canvas.height = mask.height;
+  canvas.width = w;
+  canvas.height = h;
   const ctx = canvas.getContext("2d");
   ctx.fillStyle = "#000";
-  ctx.fillRect(0, 0, canvas.width, canvas.height);
+  ctx.fillRect(0, 0, w, h);
+  ctx.translate(-x, -y);
   for (const s of strokes) paint(ctx, s, "#fff");
   return new Promise((done) => canvas.toBlob(done, "image/png"));
 }
@@ -237,9 +257,11 @@ async function inpaint() {
   render();
   say(`Filling with ${method}…`, "busy");
   try {
-    const body = await maskPng(s.strokes);
+    const box = strokesBox(s.strokes);
+    const body = await maskPng(s.strokes, box);
     const info = await answerOf(await fetch(
-      `api/inpaint/${key}?version=${s.version}&method=${encodeURIComponent(method)}`,
+      `api/inpaint/${key}?version=${s.version}&x=${box[0]}&y=${box[1]}` +
+      `&method=${encodeURIComponent(method)}`,
       {method: "POST", body, headers: {"Content-Type": "image/png"}}));
     const [x, y, w, h] = info.box;
     const after = await pixelsOf(info.patch, w, h);
@@ -251,7 +273,7 @@ async function inpaint() {
     push({version: info.version, strokes: []});
     const seconds = (performance.now() - started) / 1000;
     window.editorTiming = {clickSeconds: seconds, serverSeconds: info.serverSeconds};
-    say(`${info.message} ${seconds.toFixed(2)} s from the click.`);
+    say(`${info.message}, ${seconds.toFixed(2)} s from the click.`);
   } catch (err) {
     if (mine === generation) say(errorText(err), "error");
   } finally {
