@@ -470,13 +470,14 @@ def build_app(methods: Sequence[Method], *, max_side: int = 1024, max_upload_mb:
     """The app (a FastAPI application, not served): the editor page and its JSON/PNG endpoints.
 
     `brush_size`: the brush's initial diameter in shown pixels (default: from the photo's
-    size); `toys`: labels of methods to mark as toys in the page."""
+    size); `toys`: labels of methods to mark as toys in the page (as are methods whose `toy`
+    attribute is true)."""
     from fastapi import FastAPI
     from fastapi.responses import HTMLResponse, JSONResponse, Response
     from starlette.concurrency import run_in_threadpool
 
     by_label = {m.label: m for m in methods}
-    toys = {label for label in toys if label in by_label}
+    toys = {m.label for m in methods if m.label in toys or getattr(m, "toy", False)}
     documents = Documents(document_lifetime_s, max_documents)
     max_bytes = int(max_upload_mb * 1024 * 1024)
     # Requests that decode, fill or encode pixels run one at a time, whichever page sent them:

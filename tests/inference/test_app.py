@@ -490,12 +490,10 @@ def _distance_to(strokes, shape) -> np.ndarray:
 
 
 def _canvas(page, element: str = "image") -> np.ndarray:
-    """The pixels of one of the editor's canvases, RGBA (H, W, 4)."""
-    w, h, data = page.evaluate("id => { const c = document.getElementById(id); "
-                               "const d = c.getContext('2d').getImageData(0, 0, c.width, "
-                               "c.height).data; return [c.width, c.height, Array.from(d)]; }",
-                               element)
-    return np.array(data, np.uint8).reshape(h, w, 4)
+    """The pixels of one of the editor's canvases, RGBA (H, W, 4) (read as a PNG: fast)."""
+    url = page.evaluate("id => document.getElementById(id).toDataURL('image/png')", element)
+    data = np.frombuffer(base64.b64decode(url.split(",", 1)[1]), np.uint8)
+    return cv2.cvtColor(cv2.imdecode(data, cv2.IMREAD_UNCHANGED), cv2.COLOR_BGRA2RGBA)
 
 
 def _download(page, tmp_path) -> np.ndarray:
@@ -561,6 +559,17 @@ def test_fills_stack_and_undo_redo_restore_the_canvas(page, tmp_path):
         page.locator("#redo").click()
     np.testing.assert_array_equal(_canvas(page)[..., :3], result)
     np.testing.assert_array_equal(_download(page, tmp_path), result)
+
+
+def test_auto_fills_each_stroke_when_it_ends(page, tmp_path):
+    photo = _photo(tmp_path / "photo.png")
+    _open(page, tmp_path / "photo.png")
+    page.locator("#auto").check()
+    for stroke in STROKES:  # each stroke fills on its own, on the canvas the one before left
+        assert "Filled" in _fill(page, lambda stroke=stroke: _paint(page, [stroke]))
+    near = _distance_to(STROKES, photo.shape[:2]) <= 1
+    assert (_canvas(page)[near][..., :3] == FILL_U8).all()
+    assert _canvas(page, "mask")[..., 3].max() == 0
 
 
 def test_before_after_shows_the_original_on_the_same_canvas(page, tmp_path):
