@@ -561,6 +561,24 @@ def test_fills_stack_and_undo_redo_restore_the_canvas(page, tmp_path):
     np.testing.assert_array_equal(_download(page, tmp_path), result)
 
 
+def test_a_mask_file_adds_its_holes(page, tmp_path):
+    photo = _photo(tmp_path / "photo.png")
+    _open(page, tmp_path / "photo.png")
+    holes = np.zeros((120, 160), np.uint8)
+    holes[30:50, 40:90] = 255  # white = hole
+    cv2.imwrite(str(tmp_path / "mask.png"), holes)
+    cv2.imwrite(str(tmp_path / "small.png"), holes[:60, :80])
+    page.locator("#mask-file").set_input_files(str(tmp_path / "small.png"))
+    page.wait_for_function("document.querySelector('#status').className === 'error'")
+    assert "80x60 but the photo is 160x120" in _status(page)
+    page.locator("#mask-file").set_input_files(str(tmp_path / "mask.png"))
+    page.wait_for_function("document.querySelector('#status').innerText.includes('added')")
+    assert "Filled" in _fill(page)
+    result = _download(page, tmp_path)
+    np.testing.assert_array_equal(result[holes == 0], photo[holes == 0])
+    assert (result[holes > 0] == FILL_U8).all()
+
+
 def test_auto_fills_each_stroke_when_it_ends(page, tmp_path):
     photo = _photo(tmp_path / "photo.png")
     _open(page, tmp_path / "photo.png")

@@ -77,7 +77,7 @@ async function openPhoto(request, label) {
     if (mine !== opening) return;  // a later upload wins
     if (doc) fetch(`api/photo/${doc.key}`, {method: "DELETE"}).catch(() => {});
     generation++;
-    doc = {key: info.document, name: info.name};
+    doc = {key: info.document, name: info.name, width: info.width, height: info.height};
     for (const canvas of [original, image, mask]) {
       canvas.width = bitmap.width;
       canvas.height = bitmap.height;
@@ -115,6 +115,50 @@ $("example").addEventListener("change", (e) => {
   const name = e.target.value;
   if (name) openPhoto(() => fetch(`api/example?name=${encodeURIComponent(name)}`, {method: "POST"}), name);
 });
+// A mask file (white = hole, the photo's size) adds its holes as one stroke.
+async function addMaskFile(file) {
+  if (!doc) return say("Error: upload a photo or pick an example first", "error");
+  try {
+    const bitmap = await createImageBitmap(file, DECODE);
+    if (bitmap.width !== doc.width || bitmap.height !== doc.height) {
+      throw new Error(`mask '${file.name}' is ${bitmap.width}x${bitmap.height} but the photo is ` +
+                      `${doc.width}x${doc.height}: the mask must have the photo's size`);
+    }
+    const canvas = document.createElement("canvas");
+    canvas.width = mask.width;
+    canvas.height = mask.height;
+    const ctx = canvas.getContext("2d", {willReadFrequently: true});
+    ctx.imageSmoothingEnabled = false;  // nearest, as the server scales strokes
+    ctx.drawImage(bitmap, 0, 0, mask.width, mask.height);
+    const pixels = ctx.getImageData(0, 0, mask.width, mask.height), d = pixels.data;
+    const box = [Infinity, Infinity, -Infinity, -Infinity];
+    for (let i = 0; i < d.length; i += 4) {
+      const hole = d[i] + d[i + 1] + d[i + 2] >= 3 * 128 && d[i + 3] >= 128;
+      d[i] = d[i + 1] = d[i + 2] = 255;
+      d[i + 3] = hole ? 255 : 0;
+      if (hole) {
+        const x = (i / 4) % mask.width, y = Math.floor(i / 4 / mask.width);
+        box[0] = Math.min(box[0], x);
+        box[1] = Math.min(box[1], y);
+        box[2] = Math.max(box[2], x + 1);
+        box[3] = Math.max(box[3], y + 1);
+      }
+    }
+    if (box[0] === Infinity) throw new Error(`mask '${file.name}' has no white pixel (white = hole)`);
+    ctx.putImageData(pixels, 0, 0);
+    const s = state();
+    push({version: s.version, strokes: [...s.strokes, {image: canvas, box}]});
+    say(`Mask '${file.name}' added: press Inpaint.`);
+    if ($("auto").checked) inpaint();
+  } catch (err) {
+    say(errorText(err), "error");
+  }
+}
+
+$("mask-file").addEventListener("change", (e) => {
+  if (e.target.files[0]) addMaskFile(e.target.files[0]);
+  e.target.value = "";
+});
 view.addEventListener("dragover", (e) => e.preventDefault());
 view.addEventListener("drop", (e) => {
   e.preventDefault();
@@ -127,7 +171,25 @@ function state() {
   return history[at];
 }
 
+// A stroke: {size, points} painted with the brush, or {image, box} from a mask file (its holes
+// opaque white, `box` their bounds).
 function paint(ctx, s, colour) {
+  if (s.image) {
+    s.tinted = s.tinted || {};
+    if (!s.tinted[colour]) {
+      const tinted = document.createElement("canvas");
+      tinted.width = s.image.width;
+      tinted.height = s.image.height;
+      const t = tinted.getContext("2d");
+      t.fillStyle = colour;
+      t.fillRect(0, 0, tinted.width, tinted.height);
+      t.globalCompositeOperation = "destination-in";
+      t.drawImage(s.image, 0, 0);
+      s.tinted[colour] = tinted;
+    }
+    ctx.drawImage(s.tinted[colour], 0, 0);
+    return;
+  }
   ctx.strokeStyle = ctx.fillStyle = colour;
   ctx.lineWidth = s.size;
   ctx.lineCap = ctx.lineJoin = "round";
@@ -206,6 +268,11 @@ function setBefore(on) {
 function strokesBox(strokes) {
   let x0 = Infinity, y0 = Infinity, x1 = -Infinity, y1 = -Infinity;
   for (const s of strokes) {
+    if (s.image) {
+      [x0, y0, x1, y1] = [Math.min(x0, s.box[0]), Math.min(y0, s.box[1]),
+                          Math.max(x1, s.box[2]), Math.max(y1, s.box[3])];
+      continue;
+    }
     for (const [x, y] of s.points) {
       x0 = Math.min(x0, x - s.size / 2);
       y0 = Math.min(y0, y - s.size / 2);
