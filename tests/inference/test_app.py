@@ -19,6 +19,7 @@ import numpy as np
 import PIL.Image
 import pytest
 
+from pconv_jax.data import images
 from pconv_jax.inference import app
 from tests.helpers import REPO
 from tests.helpers.training import demo_config
@@ -384,6 +385,33 @@ def test_two_pages_never_see_each_others_photos_and_errors_name_no_server_path(s
                         content=_mask_png())
     assert failed.status_code == 500 and str(tmp_path) not in failed.text
     assert "server failed" in failed.json()["error"]
+
+
+@pytest.mark.slow
+def test_a_large_photo_is_shown_downscaled_and_downloaded_at_full_resolution(serve):
+    import httpx
+    url = serve([_flat_method()])
+    yy, xx = np.mgrid[0:2500, 0:3000]
+    noise = np.random.default_rng(6).integers(0, 4, (2500, 3000, 3))  # every pixel checked
+    photo = ((yy + xx)[..., None] // 40 + noise).astype(np.uint8)
+    opened = httpx.post(f"{url}/api/photo?name=big.png", content=_png(photo), timeout=60).json()
+    assert (opened["displayWidth"], opened["displayHeight"]) == (2048, 1707)
+    shown = cv2.imdecode(np.frombuffer(httpx.get(f"{url}/api/photo/{opened['document']}")
+                                       .content, np.uint8), cv2.IMREAD_COLOR)
+    assert shown.shape == (1707, 2048, 3)
+    strokes = np.full((20, 30), 255, np.uint8)  # painted at x 100..130, y 200..220 when shown
+    answer = httpx.post(f"{url}/api/inpaint/{opened['document']}?version=0&x=100&y=200"
+                        f"&method=Flat (test)", content=_png(strokes), timeout=60).json()
+    x, y, w, h = answer["box"]  # the filled box, shown: the strokes' with a pixel to spare
+    assert x <= 100 and y <= 200 and 130 <= x + w <= 132 and 220 <= y + h <= 222, answer["box"]
+    result = cv2.imdecode(np.frombuffer(httpx.get(
+        f"{url}/api/download/{opened['document']}?version=1", timeout=60).content, np.uint8),
+        cv2.IMREAD_COLOR)[..., ::-1]
+    holes = np.zeros((1707, 2048), bool)
+    holes[200:220, 100:130] = True
+    holes = images.resize_nearest(holes, (2500, 3000))  # the strokes scaled back to the photo
+    np.testing.assert_array_equal(result[~holes], photo[~holes])
+    assert (result[holes] == FILL_U8).all() and holes.sum() > 20 * 30 * 2
 
 
 # ----------------------------------------------------------------------------- in a browser
