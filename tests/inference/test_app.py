@@ -647,6 +647,9 @@ def test_ten_uploads_after_inpaints_each_leave_a_usable_editor(page, tmp_path):
         _paint(page, stroke)
         assert "Filled" in _fill(page), _status(page)
         assert (_canvas(page)[near][..., :3] == FILL_U8).all()
+        if i % 2:  # the next upload comes while an Inpaint runs: its answer is dropped
+            _paint(page, [((0.5, 0.1), (0.5, 0.9))])
+            page.locator("#inpaint").click()
 
 
 def test_no_control_or_key_removes_the_photo(page, tmp_path):
