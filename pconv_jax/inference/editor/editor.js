@@ -394,7 +394,7 @@ view.addEventListener("wheel", (e) => {
 }, {passive: false});
 
 view.addEventListener("pointerdown", (e) => {
-  if (!doc) return;
+  if (!doc || stroke || pan) return;  // a second finger does not start another stroke
   if (e.button === 1 || (e.button === 0 && spaceHeld)) {
     e.preventDefault();
     pan = {x: e.clientX, y: e.clientY, zx: zoom.x, zy: zoom.y};
