@@ -71,9 +71,11 @@ DISPLAY_MAX_SIDE = 2048
 # A large photo is filled in at most this many crops (one network or PatchMatch call each).
 MAX_CROPS = 64
 # A page's photo and fills are forgotten this long after its last request; at most this many
-# photos are kept (the least recently used go first).
+# photos, holding at most this many bytes together, are kept (the least recently used go first,
+# the newest always stays).
 DOCUMENT_LIFETIME_S = 3600
 MAX_DOCUMENTS = 16
+MAX_DOCUMENT_BYTES = 2 * 1024**3
 # A network trained at 128² or less, or for fewer steps, is marked a toy in the page.
 TOY_STEPS = 5000
 EXAMPLES = ("coffee", "chelsea", "astronaut", "rocket", "flower.jpg")
@@ -391,6 +393,10 @@ class Document:
                              int(d[1] / sx):min(w, math.ceil(d[3] / sx))]
         return d, cv2.resize(region, (d[3] - d[1], d[2] - d[0]), interpolation=cv2.INTER_AREA)
 
+    @property
+    def nbytes(self) -> int:
+        return self.pixels.nbytes + sum(b.nbytes + a.nbytes for _, b, a in self.fills)
+
     def png(self) -> bytes:
         """The current state as a full-resolution PNG (one channel for a gray photo)."""
         return images.encode_image(self.pixels[..., 0] if self.gray else self.pixels)
@@ -398,10 +404,10 @@ class Document:
 
 class Documents:
     """The pages' documents by unguessable id. One unused for `lifetime_s` goes, and the least
-    recently used go beyond `limit` (each holds a photo in memory)."""
+    recently used go beyond `limit` documents or `max_bytes` (each holds a photo in memory)."""
 
-    def __init__(self, lifetime_s: float, limit: int):
-        self.lifetime_s, self.limit = lifetime_s, limit
+    def __init__(self, lifetime_s: float, limit: int, max_bytes: int = MAX_DOCUMENT_BYTES):
+        self.lifetime_s, self.limit, self.max_bytes = lifetime_s, limit, max_bytes
         self._documents: collections.OrderedDict[str, Document] = collections.OrderedDict()
         self._lock = threading.Lock()
 
@@ -409,7 +415,9 @@ class Documents:
         now = time.monotonic()
         for key in [k for k, d in self._documents.items() if now - d.used > self.lifetime_s]:
             del self._documents[key]
-        while len(self._documents) > self.limit:
+        while len(self._documents) > 1 and (
+                len(self._documents) > self.limit
+                or sum(d.nbytes for d in self._documents.values()) > self.max_bytes):
             self._documents.popitem(last=False)
 
     def add(self, document: Document) -> str:

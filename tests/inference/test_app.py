@@ -254,6 +254,10 @@ def test_documents_expire_and_keep_a_bounded_number():
     assert documents.get(keys[2]).name == "2"
     time.sleep(0.6)
     assert len(documents) == 0
+    documents = app.Documents(lifetime_s=60, limit=10, max_bytes=250)
+    keys = [documents.add(app.Document(str(i), np.zeros((6, 6, 3), np.uint8), False))
+            for i in range(3)]  # 108 bytes each: two fit
+    assert len(documents) == 2 and documents.get(keys[2]).name == "2"
 
 
 def test_toy_networks_are_marked_and_patchmatch_is_preselected(tmp_path):
