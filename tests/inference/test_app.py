@@ -338,6 +338,7 @@ def _mask_png(h: int = 40, w: int = 60) -> bytes:
     return _png(mask)
 
 
+@pytest.mark.slow  # waits 3 s on purpose
 def test_an_upload_waits_while_another_pages_inpaint_runs(serve):
     import httpx
     gate = _Gate()
