@@ -538,7 +538,9 @@ def build_app(methods: Sequence[Method], *, max_side: int = 1024, max_upload_mb:
     def open_photo(data: bytes, filename: str) -> dict:
         name = os.path.basename(filename) or "photo"
         with pixels_lock, tempfile.TemporaryDirectory(prefix="pconv_app_") as folder:
-            path = os.path.join(folder, re.sub(r"[^\w.-]", "_", name)[-100:] or "photo")
+            # The upload's name (the reader's messages name it), made a plain file name.
+            safe = re.sub(r"[^\w.-]", "_", name)[-100:].lstrip(".") or "photo"
+            path = os.path.join(folder, safe)
             with open(path, "wb") as f:
                 f.write(data)
             photo = decode_photo(path)
