@@ -1,90 +1,123 @@
-"""The web app's response time: first request, a repeated one, and the bare network forward.
+"""The web app's click-to-result time against its server time, in headless Chromium.
 
-For each side S it times what the Inpaint button runs (`app.respond`: mask from the painted
-layer, padding to a bucket, the network, the composite, the PNG) on an S x S photo (the first
-call compiles), then on photos of similar sizes (same bucket: no compilation), next to the
-jitted network alone on the bucket's padded arrays. Prints one JSON line per side.
+For each photo size it serves the app with one method, uploads a photo (skimage's astronaut
+resized), paints three strokes with the mouse and presses Inpaint: once to warm up (a network
+compiles), then `--repeats` times after undoing the fill (the same strokes again). The page
+times each fill from the click to the result drawn on the canvas; the server's time is the
+`serverSeconds` its answer carries. Prints one JSON line per size, with the bytes the photo
+upload and each Inpaint request sent.
 
-    python benchmarks/bench_app.py --workdir workdirs/demo_train
-    python benchmarks/bench_app.py --config configs/places2.py --sizes 512,1024  # random weights
-    python benchmarks/bench_app.py --config configs/demo.py --sizes 128,256      # a quick look
+    python benchmarks/bench_app.py                                  # PatchMatch
+    python benchmarks/bench_app.py --method telea --sizes 512x512
+    python benchmarks/bench_app.py --workdir workdirs/demo_train    # the workdir's network
+    python benchmarks/bench_app.py --config configs/demo.py         # a network, random weights
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import statistics
 import tempfile
-import time
 
 import cv2
-import numpy as np
+import skimage.data
 from flax import nnx
+from playwright.sync_api import sync_playwright
 
 from pconv_jax import config as config_lib
+from pconv_jax.evaluation import baselines
 from pconv_jax.inference import app, inpaint
 from pconv_jax.network.unet import PConvUNet
 
-
-def network_method(workdir: str | None, config_spec: str | None) -> app.Method:
-    """The trained network of a workdir, or a config's network with random weights."""
-    if workdir:
-        return app.load_methods([workdir])[0]
-    model = PConvUNet.from_config(config_lib.load_config(config_spec).model, rngs=nnx.Rngs(0))
-    return app.Method("random weights", inpaint.ModelInpainter(model), 2**model.depth, True)
+STROKES = [((0.2, 0.3), (0.45, 0.35)), ((0.6, 0.2), (0.65, 0.6)), ((0.3, 0.7), (0.8, 0.75))]
 
 
-def photo_and_strokes(h: int, w: int, seed: int) -> tuple[np.ndarray, dict]:
-    """A smooth random photo and an editor value with a few painted strokes (RGBA layer)."""
-    rng = np.random.default_rng(seed)
-    photo = cv2.resize(rng.integers(0, 256, (8, 8, 3), np.uint8), (w, h),
-                       interpolation=cv2.INTER_CUBIC)
-    layer = np.zeros((h, w, 4), np.uint8)
-    for _ in range(4):
-        a, b = rng.integers(0, (w, h), 2), rng.integers(0, (w, h), 2)
-        cv2.line(layer, tuple(int(v) for v in a), tuple(int(v) for v in b), (255, 0, 255, 255),
-                 max(2, min(h, w) // 40))
-    return photo, {"background": photo, "layers": [layer], "composite": None}
+def the_method(args) -> app.Method:
+    if args.workdir:
+        return app.load_methods([args.workdir])[0]
+    if args.config:
+        model = PConvUNet.from_config(config_lib.load_config(args.config).model,
+                                      rngs=nnx.Rngs(0))
+        return app.Method(label="network (random weights)", fill=inpaint.ModelInpainter(model),
+                          multiple=2**model.depth)
+    title = baselines.METHOD_TITLES[args.method]
+    return next(m for m in app.classical_methods() if m.label == title)
 
 
-def timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+def measure(page, url: str, path: str, label: str, repeats: int, brush: int) -> dict:
+    sizes = {"photo": [], "inpaint": []}
+
+    def record(request):
+        for kind in sizes:
+            if f"/api/{kind}" in request.url and request.method == "POST":
+                sizes[kind].append(int(request.all_headers().get("content-length", 0)))
+    page.on("requestfinished", record)
+    page.goto(url, wait_until="domcontentloaded")
+    page.locator("#method").select_option(label)
+    page.locator("#photo").set_input_files(path)
+    page.wait_for_function("document.querySelector('#status').innerText.includes('Paint over')")
+    page.locator("#brush").fill(str(brush))
+    box = page.locator("#mask").bounding_box()
+    for (ax, ay), (bx, by) in STROKES:
+        page.mouse.move(box["x"] + ax * box["width"], box["y"] + ay * box["height"])
+        page.mouse.down()
+        page.mouse.move(box["x"] + bx * box["width"], box["y"] + by * box["height"], steps=8)
+        page.mouse.up()
+    timings = []
+    for i in range(repeats + 1):
+        if i:
+            page.locator("#undo").click()  # the fill goes, the strokes stay
+        page.evaluate("window.editorTiming = null")
+        page.locator("#inpaint").click()
+        page.wait_for_function("window.editorTiming !== null || "
+                               "document.querySelector('#status').className === 'error'")
+        timing = page.evaluate("window.editorTiming")
+        assert timing, page.locator("#status").inner_text()
+        timings.append(timing)
+    page.remove_listener("requestfinished", record)
+    click = statistics.median(t["clickSeconds"] for t in timings[1:])
+    server = statistics.median(t["serverSeconds"] for t in timings[1:])
+    return {"click_to_result_s": round(click, 3), "server_s": round(server, 3),
+            "click_over_server": round(click / server, 2),
+            "first_click_s": round(timings[0]["clickSeconds"], 3),
+            "photo_upload_bytes": sizes["photo"][0],
+            "inpaint_request_bytes": max(sizes["inpaint"])}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", help="a trained workdir (else --config, random weights)")
-    parser.add_argument("--config", default="configs/demo.py", help="config file[:arg]")
-    parser.add_argument("--sizes", default="512,1024", help="photo sides, comma-separated")
+    parser.add_argument("--workdir", help="a trained workdir's network")
+    parser.add_argument("--config", help="a config's network with random weights")
+    parser.add_argument("--method", default="patchmatch", choices=baselines.CLASSICAL_METHODS)
+    parser.add_argument("--sizes", default="512x512,1600x1200", help="WxH, comma-separated")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
     args = parser.parse_args()
 
-    method = network_method(args.workdir, None if args.workdir else args.config)
-    out = tempfile.mkdtemp(prefix="bench_app_")
-    for side in (int(s) for s in args.sizes.split(",")):
-        def respond(photo, value, side=side):
-            return app.respond(method, photo, "bench", value, None, max_side=max(side, 1024),
-                               output_dir=out)
-        first = timed(lambda: respond(*photo_and_strokes(side, side, 0)))
-        repeated = []
-        for i in range(args.repeats):  # other photos of the same bucket: e.g. 500x490 for 512
-            photo, value = photo_and_strokes(side - 4 * (i + 1), side - 6 * (i + 1), i + 1)
-            repeated.append(timed(lambda: respond(photo, value)))
-        bucket = app.bucket_side(side, method.multiple)
-        images = np.random.default_rng(0).random((1, bucket, bucket, 3), np.float32)
-        masks = np.ones((1, bucket, bucket, 1), np.float32)
-        masks[:, bucket // 4: bucket // 2, bucket // 4: bucket // 2] = 0
-        method.fill(images, masks)  # compiled already; one more warm-up
-        forward = statistics.median(timed(lambda: method.fill(images, masks))
-                                    for _ in range(args.repeats))
-        median = statistics.median(repeated)
-        print(json.dumps({"side": side, "padded": bucket, "first_s": round(first, 3),
-                          "repeated_s": round(median, 3), "forward_s": round(forward, 4),
-                          "repeated_over_forward": round(median / forward, 2)}), flush=True)
+    method = the_method(args)
+    server = app.launch(app.build_app([method]), port=0)
+    folder = tempfile.mkdtemp(prefix="bench_app_")
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=args.chromium, headless=True)
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            page.set_default_timeout(600_000)
+            for size in args.sizes.split(","):
+                w, h = (int(v) for v in size.split("x"))
+                path = os.path.join(folder, f"astronaut_{w}x{h}.png")
+                photo = cv2.resize(skimage.data.astronaut(), (w, h), interpolation=cv2.INTER_CUBIC)
+                cv2.imwrite(path, cv2.cvtColor(photo, cv2.COLOR_RGB2BGR))
+                figures = measure(page, server.url, path, method.label, args.repeats,
+                                  brush=max(8, min(w, h) // 25))
+                print(json.dumps({"photo": size, "method": method.label, **figures}), flush=True)
+            browser.close()
+    finally:
+        server.close()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":

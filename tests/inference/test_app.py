@@ -1,8 +1,10 @@
-"""The inpainting web app: mask extraction, bucketing, the large-photo path, and the page itself
-driven in headless Chromium (upload, paint with the mouse, Inpaint, download)."""
+"""The inpainting web app: bucketing, the large-photo path, the server's documents and
+endpoints, and the editor page driven in headless Chromium (upload, paint with the mouse,
+Inpaint, stacking, undo, before/after, keys, download)."""
 
 from __future__ import annotations
 
+import base64
 import importlib.util
 import os
 import shutil
@@ -17,6 +19,7 @@ import numpy as np
 import PIL.Image
 import pytest
 
+from pconv_jax.data import images
 from pconv_jax.inference import app
 from tests.helpers import REPO
 from tests.helpers.training import demo_config
@@ -24,8 +27,10 @@ from tests.helpers.training import demo_config
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium"
                                         if os.path.exists("/usr/bin/chromium") else None)
 ROOT = str(REPO)
-EXTRAS = all(importlib.util.find_spec(m) for m in ("gradio", "playwright"))
-BRUSH = 6  # brush radius in the tests' app, in photo pixels
+EXTRAS = all(importlib.util.find_spec(m) for m in ("fastapi", "uvicorn", "playwright"))
+BRUSH = 12  # brush diameter in the tests' app, in photo pixels
+FILL = (0.1, 0.9, 0.3)  # the colour the fake method fills with
+FILL_U8 = np.round(np.array(FILL) * 255).astype(np.uint8)
 
 
 def _fake_method(seen: list[tuple[int, ...]], multiple: int = 8):
@@ -37,43 +42,32 @@ def _fake_method(seen: list[tuple[int, ...]], multiple: int = 8):
     return app.Method("fake", fill, multiple)
 
 
+def _flat_method(label: str = "Flat (test)"):
+    """A method that fills holes with FILL: easy to find in a result."""
+    return app.Method(label, lambda images, masks: np.where(masks > 0.5, images,
+                                                            np.float32(FILL)), 8)
+
+
 # ----------------------------------------------------------------------------- no browser
 
-def test_painted_layer_becomes_a_valid_mask():
-    layer = np.zeros((20, 30, 4), np.uint8)
-    layer[5:8, 10:20] = (255, 0, 255, 255)   # a stroke
-    layer[12, 3] = (255, 0, 255, 40)         # a faint anti-aliased edge still counts
-    erased = np.zeros((20, 30, 4), np.uint8)  # an erased layer is transparent: no hole
-    erased[..., :3] = 255
-    value = {"background": np.zeros((20, 30, 4), np.uint8), "layers": [layer, erased],
-             "composite": None}
-    valid = app.valid_mask(value, None, (20, 30))
-    assert valid.shape == (20, 30, 1) and valid.dtype == np.float32
-    expected = np.ones((20, 30), np.float32)
-    expected[5:8, 10:20] = 0
-    expected[12, 3] = 0
-    np.testing.assert_array_equal(valid[..., 0], expected)
-
-
-def test_mask_painted_on_a_smaller_display_is_scaled_nearest():
-    layer = np.zeros((10, 15, 4), np.uint8)
-    layer[2:4, 5:10, 3] = 255
-    holes = app.painted_holes({"layers": [layer]}, (20, 30))
-    expected = np.zeros((20, 30), bool)
-    expected[4:8, 10:20] = True
-    np.testing.assert_array_equal(holes, expected)
-
-
-def test_mask_file_adds_holes_and_bad_masks_are_page_errors(tmp_path):
-    holes = np.zeros((20, 30), np.uint8)
-    holes[1:3, 1:4] = 255  # white = hole
-    cv2.imwrite(str(tmp_path / "mask.png"), holes)
-    valid = app.valid_mask({"layers": []}, str(tmp_path / "mask.png"), (20, 30))
-    assert valid[..., 0].sum() == 20 * 30 - 6 and (valid[1:3, 1:4] == 0).all()
-    with pytest.raises(app.InputError, match=r"30x20 but the photo is 40x20"):
-        app.valid_mask({"layers": []}, str(tmp_path / "mask.png"), (20, 40))
+def test_mask_png_becomes_holes_and_bad_masks_are_errors():
+    mask = np.zeros((20, 30), np.uint8)
+    mask[5:8, 10:20] = 255
+    mask[12, 3] = 40  # a faint anti-aliased edge still counts
+    holes = app.mask_holes(cv2.imencode(".png", mask)[1].tobytes(), (20, 30))
+    np.testing.assert_array_equal(holes, mask > 0)
+    crop = cv2.imencode(".png", mask[5:13, 3:20])[1].tobytes()  # the strokes' box, placed
+    np.testing.assert_array_equal(app.mask_holes(crop, (20, 30), (5, 3)), mask > 0)
+    with pytest.raises(app.InputError, match=r"mask \(17x8 at x=14, y=5\) lies outside the "
+                                             r"photo shown at 30x20"):
+        app.mask_holes(crop, (20, 30), (5, 14))
     with pytest.raises(app.InputError, match="nothing to fill"):
-        app.valid_mask({"layers": [np.zeros((20, 30, 4), np.uint8)]}, None, (20, 30))
+        app.mask_holes(cv2.imencode(".png", mask * 0)[1].tobytes(), (20, 30))
+    with pytest.raises(app.InputError, match="not a PNG"):
+        app.mask_holes(cv2.imencode(".jpg", mask)[1].tobytes(), (20, 30))
+
+
+def test_non_image_upload_is_a_page_error(tmp_path):
     (tmp_path / "notes.txt").write_text("not an image")
     with pytest.raises(app.InputError, match="'notes.txt' is not an image"):
         app.decode_photo(str(tmp_path / "notes.txt"))
@@ -205,9 +199,82 @@ def test_workdir_without_checkpoint_stops_the_start(tmp_path):
         app.load_methods([str(tmp_path / "empty")])
 
 
+def test_page_errors_cut_paths_to_file_names():
+    err = OSError(28, "No space left on device", "/tmp/pconv_app_1/tmpab/cat_inpainted.png")
+    assert app.page_error(err) == ("Error: [Errno 28] No space left on device: "
+                                   "'cat_inpainted.png'")
+    err = OSError(2, "No such file", "C:\\Users\\me\\AppData\\Local\\Temp\\gradio\\cat.png")
+    assert app.page_error(err) == "Error: [Errno 2] No such file: 'cat.png'"
+    kept = "mask 'm.png' is 30x20 but the photo is 40x20; see http://host:7860/a and docs/app.md"
+    assert app.page_error(app.InputError(kept)) == f"Error: {kept}"
+
+
+def test_document_undo_and_redo_move_between_fills_without_copies():
+    photo = np.random.default_rng(4).integers(0, 256, (30, 40, 3), np.uint8)
+    document = app.Document("p", photo.copy(), False)
+    first, second = photo.copy(), photo.copy()
+    first[2:5, 3:9] = 7
+    document.add_fill(first, (2, 3, 5, 9))
+    second[2:5, 3:9] = 7
+    second[20:25, 30:35] = 9
+    document.add_fill(second, (20, 30, 25, 35))
+    document.goto(0)
+    np.testing.assert_array_equal(document.pixels, photo)
+    document.goto(2)
+    np.testing.assert_array_equal(document.pixels, second)
+    document.goto(1)  # a fill made after an undo drops the undone one
+    third = first.copy()
+    third[10:12, 10:12] = 1
+    document.add_fill(third, (10, 10, 12, 12))
+    assert document.version == 2 and len(document.fills) == 2
+    np.testing.assert_array_equal(document.pixels, third)
+    with pytest.raises(app.InputError, match="reload the page"):
+        document.goto(3)
+
+
+def test_a_large_photo_is_shown_downscaled_and_patched_at_that_scale():
+    photo = np.zeros((3000, 4000, 3), np.uint8)
+    document = app.Document("p", photo, False)
+    assert document.display_shape == (1536, 2048)
+    filled = photo.copy()
+    filled[1000:1100, 2000:2300] = 255
+    document.add_fill(filled, (1000, 2000, 1100, 2300))
+    (y0, x0, y1, x1), patch = document.display_patch((1000, 2000, 1100, 2300))
+    assert (y0, x0, y1, x1) == (512, 1024, 564, 1178) and patch.shape == (52, 154, 3)
+    assert patch.min() >= 0 and patch[5:-5, 5:-5].min() == 255
+
+
+def test_documents_expire_and_keep_a_bounded_number():
+    documents = app.Documents(lifetime_s=0.5, limit=2)
+    keys = [documents.add(app.Document(str(i), np.zeros((2, 2, 3), np.uint8), False))
+            for i in range(3)]
+    assert len(set(keys)) == 3 and min(len(k) for k in keys) >= 32  # unguessable
+    with pytest.raises(app.InputError, match="upload it again"):
+        documents.get(keys[0])  # the least recently used went
+    assert documents.get(keys[2]).name == "2"
+    time.sleep(0.6)
+    assert len(documents) == 0
+    documents = app.Documents(lifetime_s=60, limit=10, max_bytes=250)
+    keys = [documents.add(app.Document(str(i), np.zeros((6, 6, 3), np.uint8), False))
+            for i in range(3)]  # 108 bytes each: two fit
+    assert len(documents) == 2 and documents.get(keys[2]).name == "2"
+
+
+def test_toy_networks_are_marked_and_patchmatch_is_preselected(tmp_path):
+    config = demo_config()
+    for name, size, step in (("small", 64, "9000"), ("brief", 256, "200"), ("real", 256, "9000")):
+        (tmp_path / name / "checkpoints" / step).mkdir(parents=True)
+        config.data.image_size = size
+        (tmp_path / name / "config.json").write_text(config.to_json_best_effort())
+    assert [app.workdir_is_toy(str(tmp_path / n)) for n in ("small", "brief", "real")] == [
+        True, True, False]
+    methods = [_flat_method("toy net"), _flat_method("real net")] + app.classical_methods()
+    assert app.preselected(methods, {"toy net"}) == "real net"
+    assert app.preselected(methods, {"toy net", "real net"}) == "PatchMatch"
+
+
 def test_busy_port_is_one_error_line_naming_the_port_and_nothing_says_serving():
-    if importlib.util.find_spec("gradio") is None:
-        pytest.skip("gradio is missing: pip install -e '.[app]'")
+    _extras_available()
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -219,20 +286,31 @@ def test_busy_port_is_one_error_line_naming_the_port_and_nothing_says_serving():
     errors = [line for line in (done.stdout + done.stderr).splitlines() if "error" in line.lower()]
     assert len(errors) == 1 and errors[0].startswith("error:"), done.stdout + done.stderr
     assert f"127.0.0.1:{port}" in errors[0] and "--port" in errors[0], errors[0]
-    assert "GRADIO_SERVER_PORT" not in errors[0] and "already in use" in errors[0], errors[0]
-
-
-def test_page_errors_cut_paths_to_file_names():
-    err = OSError(28, "No space left on device", "/tmp/pconv_app_1/tmpab/cat_inpainted.png")
-    assert app.page_error(err) == ("**Error:** [Errno 28] No space left on device: "
-                                   "'cat_inpainted.png'")
-    err = OSError(2, "No such file", "C:\\Users\\me\\AppData\\Local\\Temp\\gradio\\cat.png")
-    assert app.page_error(err) == "**Error:** [Errno 2] No such file: 'cat.png'"
-    kept = "mask 'm.png' is 30x20 but the photo is 40x20; see http://host:7860/a and docs/app.md"
-    assert app.page_error(app.InputError(kept)) == f"**Error:** {kept}"
+    assert "already in use" in errors[0], errors[0]
 
 
 # ----------------------------------------------------------------------------- over HTTP
+
+def _extras_available() -> None:
+    if not EXTRAS and not os.environ.get("CI"):
+        pytest.skip("the app extra (fastapi, uvicorn) or playwright is missing: "
+                    "pip install -e '.[app,test]'")
+    assert EXTRAS, "fastapi, uvicorn or playwright is missing: pip install -e '.[app,test]'"
+
+
+@pytest.fixture
+def serve():
+    """Serves build_app(methods, **kwargs) on a free loopback port; returns its URL."""
+    _extras_available()
+    servers = []
+
+    def start(methods, **kwargs) -> str:
+        servers.append(app.launch(app.build_app(methods, **kwargs), port=0))
+        return servers[-1].url
+    yield start
+    for server in servers:
+        server.close()
+
 
 class _Gate:
     """A method that waits at a gate: `started` once it runs, it fills when `opened` is set, or
@@ -250,136 +328,119 @@ class _Gate:
         return np.where(masks > 0.5, images, 0.5)
 
 
-@pytest.fixture
-def serve_gated(tmp_path):
-    """Serves the app with one gated method on a free port: (its URL, the gate, the output
-    folder) for a given lifetime of the page's files."""
-    if importlib.util.find_spec("gradio") is None:
-        pytest.skip("gradio is missing: pip install -e '.[app]'")
-    served = []
-
-    def serve(file_lifetime_s: int = app.FILE_LIFETIME_S):
-        gate, out, port = _Gate(), tmp_path / "out", _free_port()
-        demo = app.build_app([gate.method], output_dir=str(out), file_lifetime_s=file_lifetime_s)
-        app.launch(demo, port=port)
-        served.append((demo, gate))
-        return f"http://127.0.0.1:{port}", gate, out
-    yield serve
-    for demo, gate in served:
-        gate.opened.set()
-        demo.close()
+def _png(image: np.ndarray) -> bytes:
+    return cv2.imencode(".png", image[..., ::-1] if image.ndim == 3 else image)[1].tobytes()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _photo_and_mask(tmp_path) -> tuple[str, str]:
-    """A 60x40 photo file and a mask file (white = hole) for it."""
-    photo = np.random.default_rng(3).integers(0, 256, (40, 60, 3), np.uint8)
-    mask = np.zeros((40, 60), np.uint8)
+def _mask_png(h: int = 40, w: int = 60) -> bytes:
+    mask = np.zeros((h, w), np.uint8)
     mask[10:20, 15:30] = 255
-    cv2.imwrite(str(tmp_path / "photo.png"), photo)
-    cv2.imwrite(str(tmp_path / "mask.png"), mask)
-    return str(tmp_path / "photo.png"), str(tmp_path / "mask.png")
+    return _png(mask)
 
 
-def _client(url):
-    """A client that leaves the files it is given on the server (the paths are the server's)."""
-    from gradio_client import Client
-    return Client(url, verbose=False, download_files=False)
+@pytest.mark.slow  # waits 3 s on purpose
+def test_an_upload_waits_while_another_pages_inpaint_runs(serve):
+    import httpx
+    gate = _Gate()
+    url = serve([gate.method])
+    photo = _png(np.random.default_rng(3).integers(0, 256, (40, 60, 3), np.uint8))
+    key = httpx.post(f"{url}/api/photo?name=a.png", content=photo).json()["document"]
+    results: dict[str, httpx.Response] = {}
 
-
-def test_an_upload_waits_while_another_clients_inpaint_runs(serve_gated, tmp_path):
-    from gradio_client import handle_file
-    url, gate, _ = serve_gated()
-    photo, mask = _photo_and_mask(tmp_path)
-    first = _client(url)
-    first.predict(handle_file(photo), api_name="/on_upload")
-    inpaint = first.submit(None, handle_file(mask), "gated", api_name="/on_inpaint")
+    def post(name, path, body):
+        results[name] = httpx.post(f"{url}{path}", content=body, timeout=300)
+    fill = threading.Thread(target=post, args=("fill", f"/api/inpaint/{key}?version=0&method=gated",
+                                               _mask_png()))
+    fill.start()
     assert gate.started.wait(300)
-    upload = _client(url).submit(handle_file(photo), api_name="/on_upload")
-    time.sleep(3)  # ample for a 60x40 upload, were it served beside the Inpaint
-    assert not upload.done(), upload.status()
+    upload = threading.Thread(target=post, args=("upload", "/api/photo?name=b.png", photo))
+    upload.start()
+    upload.join(3)  # ample for a 60x40 upload, were it served beside the Inpaint
+    assert upload.is_alive()
     gate.opened.set()
-    assert "Filled" in inpaint.result(timeout=300)[2]
-    assert "60x40" in upload.result(timeout=300)[3]
+    fill.join(300)
+    upload.join(300)
+    assert "Filled" in results["fill"].json()["message"]
+    assert "60x40" in results["upload"].json()["message"]
 
 
-def test_errors_in_the_page_name_no_server_path(serve_gated, tmp_path):
-    from gradio_client import handle_file
-    from gradio_client.exceptions import AppError
-    url, gate, out = serve_gated()
-    photo, mask = _photo_and_mask(tmp_path)
-    (tmp_path / "notes.txt").write_text("not pixels")
-    client = _client(url)
-    status = client.predict(handle_file(str(tmp_path / "notes.txt")), api_name="/on_upload")[3]
-    assert "'notes.txt' is not an image" in status and "/" not in status, status
-    client.predict(handle_file(photo), api_name="/on_upload")
+def test_two_pages_never_see_each_others_photos_and_errors_name_no_server_path(serve, tmp_path):
+    import httpx
+    gate = _Gate()
     gate.opened.set()
-    shutil.rmtree(out)
-    out.write_text("a file where the results folder was: writing a result fails")
-    status = client.predict(None, handle_file(mask), "gated", api_name="/on_inpaint")[2]
-    assert "Error" in status and "Not a directory" in status and "/" not in status, status
-    gate.error = RuntimeError(f"a bug, in {tmp_path}")  # not a user's error: no message at all
-    with pytest.raises(AppError) as raised:
-        client.predict(None, handle_file(mask), "gated", api_name="/on_inpaint")
-    assert str(tmp_path) not in str(raised.value), raised.value
+    url = serve([gate.method])
+    photos = [np.full((40, 60, 3), v, np.uint8) for v in (10, 240)]
+    keys = [httpx.post(f"{url}/api/photo?name=p{i}.png", content=_png(p)).json()["document"]
+            for i, p in enumerate(photos)]
+    answer = httpx.post(f"{url}/api/inpaint/{keys[0]}?version=0&method=gated",
+                        content=_mask_png()).json()
+    assert answer["version"] == 1 and answer["box"] == [15, 10, 15, 10]
+    patch = cv2.imdecode(np.frombuffer(base64.b64decode(answer["patch"]), np.uint8), 1)
+    assert (patch == 128).all()  # the gate fills with 0.5
+    for key, photo in zip(keys, photos):
+        result = cv2.imdecode(np.frombuffer(httpx.get(f"{url}/api/download/{key}?version=0")
+                                            .content, np.uint8), cv2.IMREAD_COLOR)
+        np.testing.assert_array_equal(result, photo)  # the fill touched only its own page
+    unknown = httpx.get(f"{url}/api/download/{keys[0][:-2]}xx?version=0")
+    assert unknown.status_code == 400 and "upload it again" in unknown.json()["error"]
+    bad = httpx.post(f"{url}/api/photo?name=notes.txt", content=b"not pixels").json()["error"]
+    assert "'notes.txt' is not an image" in bad and "/" not in bad, bad
+    gate.error = RuntimeError(f"a bug, in {tmp_path}")  # not a user's error: the log only
+    failed = httpx.post(f"{url}/api/inpaint/{keys[1]}?version=0&method=gated",
+                        content=_mask_png())
+    assert failed.status_code == 500 and str(tmp_path) not in failed.text
+    assert "server failed" in failed.json()["error"]
 
 
-def test_results_and_shown_photos_are_deleted_after_their_lifetime(serve_gated, tmp_path):
-    from gradio_client import handle_file
-    url, gate, out = serve_gated(file_lifetime_s=5)
-    photo, _ = _photo_and_mask(tmp_path)
-    gate.opened.set()
-    client = _client(url)
-    shown = client.predict(handle_file(photo), api_name="/on_upload")[0]["background"]["path"]
-    assert os.path.isfile(shown)  # on this machine: the server is local
-    served = [shown]
-    for i in range(app.KEPT_RESULTS + 2):
-        mask = np.zeros((40, 60), np.uint8)
-        mask[i:i + 10, 15:30] = 255  # another result each time (gradio keeps one per content)
-        cv2.imwrite(str(tmp_path / "mask.png"), mask)
-        result = client.predict(None, handle_file(str(tmp_path / "mask.png")), "gated",
-                                api_name="/on_inpaint")
-        served.append(result[0]["path"])  # gradio's copy
-        assert os.path.isfile(served[-1])
-    assert len(os.listdir(out)) == app.KEPT_RESULTS  # the output folder keeps the newest only
-    assert len(set(served)) == len(served), served
-    deadline = time.monotonic() + 120
-    while any(os.path.exists(path) for path in served) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert not any(os.path.exists(path) for path in served), served
+@pytest.mark.slow
+def test_a_large_photo_is_shown_downscaled_and_downloaded_at_full_resolution(serve):
+    import httpx
+    url = serve([_flat_method()])
+    yy, xx = np.mgrid[0:2500, 0:3000]
+    noise = np.random.default_rng(6).integers(0, 4, (2500, 3000, 3))  # every pixel checked
+    photo = ((yy + xx)[..., None] // 40 + noise).astype(np.uint8)
+    opened = httpx.post(f"{url}/api/photo?name=big.png", content=_png(photo), timeout=60).json()
+    assert (opened["displayWidth"], opened["displayHeight"]) == (2048, 1707)
+    shown = cv2.imdecode(np.frombuffer(httpx.get(f"{url}/api/photo/{opened['document']}")
+                                       .content, np.uint8), cv2.IMREAD_COLOR)
+    assert shown.shape == (1707, 2048, 3)
+    strokes = np.full((20, 30), 255, np.uint8)  # painted at x 100..130, y 200..220 when shown
+    answer = httpx.post(f"{url}/api/inpaint/{opened['document']}?version=0&x=100&y=200"
+                        f"&method=Flat (test)", content=_png(strokes), timeout=60).json()
+    x, y, w, h = answer["box"]  # the filled box, shown: the strokes' with a pixel to spare
+    assert x <= 100 and y <= 200 and 130 <= x + w <= 132 and 220 <= y + h <= 222, answer["box"]
+    result = cv2.imdecode(np.frombuffer(httpx.get(
+        f"{url}/api/download/{opened['document']}?version=1", timeout=60).content, np.uint8),
+        cv2.IMREAD_COLOR)[..., ::-1]
+    holes = np.zeros((1707, 2048), bool)
+    holes[200:220, 100:130] = True
+    holes = images.resize_nearest(holes, (2500, 3000))  # the strokes scaled back to the photo
+    np.testing.assert_array_equal(result[~holes], photo[~holes])
+    assert (result[holes] == FILL_U8).all() and holes.sum() > 20 * 30 * 2
 
 
 # ----------------------------------------------------------------------------- in a browser
 
 def _browser_available() -> None:
-    if CHROMIUM is None and not EXTRAS and not os.environ.get("CI"):
-        pytest.skip("neither Debian's chromium nor the app extra (gradio, playwright) is "
-                    "installed: apt-get install chromium; pip install -e '.[app,test]'")
+    _extras_available()
+    if CHROMIUM is None and not os.environ.get("CI"):
+        pytest.skip("Debian's chromium is missing: apt-get install chromium")
     assert CHROMIUM, "chromium is missing: apt-get install chromium"
-    assert EXTRAS, "gradio and playwright are missing: pip install -e '.[app,test]'"
+
+
+MAX_UPLOAD_MB = 0.5
 
 
 @pytest.fixture(scope="session")
-def served(tmp_path_factory):
-    """The app on a free loopback port with two tiny trained workdirs (a copy of one)."""
+def served():
+    """The app on a free loopback port: the flat test method (preselected), the classical ones
+    and a toy; small uploads only."""
     _browser_available()
-    from pconv_jax.training.loop import train_and_evaluate
-    root = tmp_path_factory.mktemp("app")
-    config = demo_config(steps=2)
-    config.train.eval_every_steps = 1000  # no evaluation: only the checkpoint matters
-    train_and_evaluate(config, str(root / "net_a"))
-    shutil.copytree(root / "net_a", root / "net_b")
-    methods = app.load_methods([str(root / "net_a"), str(root / "net_b")])
-    demo = app.build_app(methods, brush_size=BRUSH, output_dir=str(root / "out"))
-    port = _free_port()
-    app.launch(demo, port=port)
-    yield f"http://127.0.0.1:{port}", [m.label for m in methods]
-    demo.close()
+    methods = [_flat_method()] + app.classical_methods()
+    server = app.launch(app.build_app(methods, brush_size=BRUSH, max_upload_mb=MAX_UPLOAD_MB),
+                        port=0)
+    yield server.url
+    server.close()
 
 
 @pytest.fixture(scope="session")
@@ -391,150 +452,353 @@ def browser(served):
         chromium.close()
 
 
+def _new_page(browser, url, width=1200, height=800):
+    page = browser.new_page(viewport={"width": width, "height": height})
+    page.set_default_timeout(60_000)
+    page.goto(url, wait_until="domcontentloaded")
+    page.wait_for_selector("#view")
+    return page
+
+
 @pytest.fixture
 def page(browser, served):
-    page = browser.new_page(viewport={"width": 1200, "height": 900})
-    page.set_default_timeout(120_000)
-    page.goto(served[0], wait_until="domcontentloaded")
-    page.wait_for_selector("#editor")
+    page = _new_page(browser, served)
     yield page
     page.close()
 
 
-# The status line's text, or null while its event is still running.
-_STATUS_JS = """() => {
-    const tracker = document.querySelector('#status [data-testid=status-tracker]');
-    if (tracker && !tracker.classList.contains('hide')) return null;
-    return document.querySelector('#status [data-testid=markdown]').innerText;
-}"""
-
-
-def _status(page) -> str:
-    return page.evaluate(_STATUS_JS)
-
-
-def _status_contains(page, *texts: str) -> str:
-    """Waits until the status line, settled, contains one of `texts`; returns it."""
-    page.wait_for_function(f"texts => {{ const s = ({_STATUS_JS})(); "
-                           f"return s !== null && texts.some(t => s.includes(t)); }}", arg=texts)
-    return _status(page)
-
-
-def _photo(path) -> np.ndarray:
-    """A textured photo, darker than the editor's white surroundings (to find it on screen)."""
+def _photo(path, seed: int = 0) -> np.ndarray:
+    """A textured 160x120 photo written to `path`; no pixel is FILL."""
     yy, xx = np.mgrid[0:120, 0:160].astype(np.float32)
-    rgb = np.stack([40 + xx, 40 + yy, 100 + 50 * np.sin(xx / 7) * np.cos(yy / 5)], -1)
-    photo = np.clip(rgb, 0, 200).astype(np.uint8)
+    rgb = np.stack([40 + xx, 40 + yy, 100 + 50 * np.sin(xx / 7 + seed) * np.cos(yy / 5)], -1)
+    photo = np.clip(rgb + 30 * seed, 0, 200).astype(np.uint8)
     cv2.imwrite(str(path), cv2.cvtColor(photo, cv2.COLOR_RGB2BGR))
     return photo
 
 
-def _photo_rect(page) -> tuple[float, float, float, float]:
-    """(x, y, width, height) of the photo on the page, found in a screenshot of the canvas."""
-    canvas = page.locator("#editor canvas").first
-    box = canvas.bounding_box()
-    shot = cv2.imdecode(np.frombuffer(canvas.screenshot(), np.uint8), cv2.IMREAD_COLOR)
-    dark = shot.min(axis=-1) < 205  # the photo's pixels are all <= 200
-    # Rows and columns mostly covered by the photo (the toolbar's dark text covers few).
-    ys = np.nonzero(dark.sum(axis=1) > dark.sum(axis=1).max() / 2)[0]
-    xs = np.nonzero(dark.sum(axis=0) > dark.sum(axis=0).max() / 2)[0]
-    scale = box["width"] / shot.shape[1]
-    return (box["x"] + xs.min() * scale, box["y"] + ys.min() * scale,
-            (xs.max() - xs.min() + 1) * scale, (ys.max() - ys.min() + 1) * scale)
+def _status(page) -> str:
+    return page.locator("#status").inner_text()
 
 
-def _upload(page, path) -> str:
-    """Uploads a file as the photo; the status line once it has changed."""
-    before = _status(page)
-    page.locator("#photo input[type=file]").set_input_files(str(path))
-    page.wait_for_function(f"before => {{ const s = ({_STATUS_JS})(); "
-                           f"return s !== null && s !== before; }}", arg=before)
+def _open(page, path) -> str:
+    """Uploads a photo file; the status line once it names the file (or says an error)."""
+    page.evaluate("document.querySelector('#status').textContent = ''")
+    page.locator("#photo").set_input_files(str(path))
+    page.wait_for_function(
+        "name => { const s = document.querySelector('#status'); "
+        "return s.className === 'error' || s.textContent.startsWith(name + ':'); }",
+        arg=os.path.splitext(os.path.basename(path))[0])
+    return _status(page)
+
+
+def _fill(page, trigger=None) -> str:
+    """Presses Inpaint (or runs `trigger`); the status line once the fill is shown."""
+    page.evaluate("window.lastTiming = window.editorTiming")
+    (trigger or page.locator("#inpaint").click)()
+    page.wait_for_function("window.editorTiming !== window.lastTiming || "
+                           "document.querySelector('#status').className === 'error'")
     return _status(page)
 
 
 STROKES = [((0.15, 0.3), (0.55, 0.35)), ((0.45, 0.65), (0.85, 0.8))]  # in photo fractions
 
 
-def _paint(page, rect) -> None:
-    x, y, w, h = rect
-    for (ax, ay), (bx, by) in STROKES:
-        page.mouse.move(x + ax * w, y + ay * h)
+def _paint(page, strokes=STROKES) -> None:
+    box = page.locator("#mask").bounding_box()
+    for (ax, ay), (bx, by) in strokes:
+        page.mouse.move(box["x"] + ax * box["width"], box["y"] + ay * box["height"])
         page.mouse.down()
         for t in (0.33, 0.66, 1.0):
-            page.mouse.move(x + (ax + (bx - ax) * t) * w, y + (ay + (by - ay) * t) * h)
+            page.mouse.move(box["x"] + (ax + (bx - ax) * t) * box["width"],
+                            box["y"] + (ay + (by - ay) * t) * box["height"])
         page.mouse.up()
 
 
-def _distance_to_strokes(shape) -> np.ndarray:
+def _distance_to(strokes, shape) -> np.ndarray:
     h, w = shape
     lines = np.full((h, w), 255, np.uint8)
-    for (ax, ay), (bx, by) in STROKES:
+    for (ax, ay), (bx, by) in strokes:
         cv2.line(lines, (round(ax * w), round(ay * h)), (round(bx * w), round(by * h)), 0, 1)
     return cv2.distanceTransform(lines, cv2.DIST_L2, 5)
 
 
-def _inpaint_and_download(page, tmp_path, method: str) -> tuple[np.ndarray, str]:
-    page.locator("#inpaint").click()
-    status = _status_contains(page, "Filled", "Error")
-    assert "Filled" in status and method in status, status
+def _canvas(page, element: str = "image") -> np.ndarray:
+    """The pixels of one of the editor's canvases, RGBA (H, W, 4) (read as a PNG: fast)."""
+    url = page.evaluate("id => document.getElementById(id).toDataURL('image/png')", element)
+    data = np.frombuffer(base64.b64decode(url.split(",", 1)[1]), np.uint8)
+    return cv2.cvtColor(cv2.imdecode(data, cv2.IMREAD_UNCHANGED), cv2.COLOR_BGRA2RGBA)
+
+
+def _download(page, tmp_path) -> np.ndarray:
     with page.expect_download() as download:
         page.locator("#download").click()
     path = tmp_path / download.value.suggested_filename
     download.value.save_as(path)
-    return cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB), status
+    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    return image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
-def test_paint_two_strokes_inpaint_and_download(page, served, tmp_path):
+def _on_screen(page, fx: float, fy: float) -> np.ndarray:
+    """The RGB colour the page shows at a photo point given in fractions."""
+    box = page.locator("#mask").bounding_box()
+    shot = cv2.imdecode(np.frombuffer(page.screenshot(), np.uint8), cv2.IMREAD_COLOR)
+    x, y = box["x"] + fx * box["width"], box["y"] + fy * box["height"]
+    return shot[round(y), round(x), ::-1].astype(int)
+
+
+def test_paint_inpaint_download_changes_only_the_strokes(page, tmp_path):
     photo = _photo(tmp_path / "photo.png")
-    assert "160x120" in _upload(page, tmp_path / "photo.png")
-    _paint(page, _photo_rect(page))
-    result, status = _inpaint_and_download(page, tmp_path, served[1][0])
+    assert "160x120" in _open(page, tmp_path / "photo.png")
+    page.locator("#method").select_option("PatchMatch")
+    _paint(page)
+    status = _fill(page)
+    assert "Filled" in status and "PatchMatch" in status, status
+    result = _download(page, tmp_path)
     assert result.shape == photo.shape
     changed = (result != photo).any(axis=-1)
-    distance = _distance_to_strokes(photo.shape[:2])
+    distance = _distance_to(STROKES, photo.shape[:2])
     # Unpainted pixels are exactly the photo's: every change lies under the brush.
-    assert changed.any() and distance[changed].max() <= BRUSH + 3, distance[changed].max()
-    np.testing.assert_array_equal(result[distance > BRUSH + 3], photo[distance > BRUSH + 3])
-    # Painted pixels are filled by the network, and not with one colour.
-    centre = distance <= 1
-    assert changed[centre].mean() > 0.9
-    assert result[changed].astype(np.float32).std(axis=0).max() > 2
-
-
-def test_non_image_upload_is_a_message_and_the_app_keeps_running(page, tmp_path):
-    (tmp_path / "notes.txt").write_text("these are notes, not pixels")
-    status = _upload(page, tmp_path / "notes.txt")
-    assert "'notes.txt' is not an image" in status, status
-    page.locator("#inpaint").click()  # nothing loaded: a message, no crash
-    assert "upload a photo" in _status_contains(page, "upload a photo or pick")
-    _photo(tmp_path / "photo.png")
-    assert "160x120" in _upload(page, tmp_path / "photo.png")
-
-
-def test_model_selector_lists_both_workdirs_and_the_classical_methods(page, served, tmp_path):
-    labels = served[1]
-    assert labels[2:] == ["PatchMatch", "OpenCV Telea", "OpenCV Navier-Stokes"], labels
-    photo = _photo(tmp_path / "photo.png")
-    _upload(page, tmp_path / "photo.png")
-    _paint(page, _photo_rect(page))
-    page.locator("#method input").click()
-    options = page.locator("ul[role=listbox] li")
-    texts = options.all_inner_texts()  # the selected one carries a check mark
-    assert len(texts) == 5 and all(sum(label in t for t in texts) == 1 for label in labels), texts
-    options.filter(has_text=labels[1]).click()
-    result, status = _inpaint_and_download(page, tmp_path, labels[1])
-    assert result.shape == photo.shape and (result != photo).any()
-
-
-def test_patchmatch_in_the_browser_fills_only_the_painted_pixels(page, served, tmp_path):
-    photo = _photo(tmp_path / "photo.png")
-    _upload(page, tmp_path / "photo.png")
-    _paint(page, _photo_rect(page))
-    page.locator("#method input").click()
-    page.locator("ul[role=listbox] li").filter(has_text="PatchMatch").click()
-    result, _ = _inpaint_and_download(page, tmp_path, "PatchMatch")
-    distance = _distance_to_strokes(photo.shape[:2])
-    np.testing.assert_array_equal(result[distance > BRUSH + 3], photo[distance > BRUSH + 3])
-    # PatchMatch copies patches of the photo into the strokes: they change, and not to one colour
-    assert (result != photo).any(axis=-1)[distance <= 1].mean() > 0.5
+    assert changed.any() and distance[changed].max() <= BRUSH / 2 + 2, distance[changed].max()
+    # PatchMatch copies patches of the photo into the strokes: they change, not to one colour.
+    assert changed[distance <= 1].mean() > 0.5
     assert result[distance <= 1].astype(np.float32).std(axis=0).max() > 2
+    np.testing.assert_array_equal(_canvas(page)[..., :3], result)  # the canvas is the result
+
+
+def test_fills_stack_and_undo_redo_restore_the_canvas(page, tmp_path):
+    photo = _photo(tmp_path / "photo.png")
+    _open(page, tmp_path / "photo.png")
+    first, second = STROKES[:1], STROKES[1:]
+    near_first = _distance_to(first, photo.shape[:2]) <= 1
+    near_second = _distance_to(second, photo.shape[:2]) <= 1
+    _paint(page, first)
+    assert "Filled" in _fill(page)
+    after_first = _canvas(page)
+    _paint(page, second)
+    assert "Filled" in _fill(page)
+    result = _download(page, tmp_path)
+    assert (result[near_first] == FILL_U8).all() and (result[near_second] == FILL_U8).all()
+    page.locator("#undo").click()  # the second fill goes; its stroke shows again
+    np.testing.assert_array_equal(_canvas(page), after_first)
+    assert _canvas(page, "mask")[near_second][..., 3].min() > 0
+    page.locator("#undo").click()  # the second stroke goes
+    assert _canvas(page, "mask")[..., 3].max() == 0
+    page.locator("#undo").click()  # the first fill goes
+    page.locator("#undo").click()  # the first stroke goes: the photo as uploaded
+    np.testing.assert_array_equal(_canvas(page)[..., :3], photo)
+    assert page.locator("#undo").is_disabled()
+    np.testing.assert_array_equal(_download(page, tmp_path), photo)
+    for _ in range(4):
+        page.locator("#redo").click()
+    np.testing.assert_array_equal(_canvas(page)[..., :3], result)
+    np.testing.assert_array_equal(_download(page, tmp_path), result)
+
+
+def test_a_mask_file_adds_its_holes(page, tmp_path):
+    photo = _photo(tmp_path / "photo.png")
+    _open(page, tmp_path / "photo.png")
+    holes = np.zeros((120, 160), np.uint8)
+    holes[30:50, 40:90] = 255  # white = hole
+    cv2.imwrite(str(tmp_path / "mask.png"), holes)
+    cv2.imwrite(str(tmp_path / "small.png"), holes[:60, :80])
+    page.locator("#mask-file").set_input_files(str(tmp_path / "small.png"))
+    page.wait_for_function("document.querySelector('#status').className === 'error'")
+    assert "80x60 but the photo is 160x120" in _status(page)
+    page.locator("#mask-file").set_input_files(str(tmp_path / "mask.png"))
+    page.wait_for_function("document.querySelector('#status').innerText.includes('added')")
+    assert "Filled" in _fill(page)
+    result = _download(page, tmp_path)
+    np.testing.assert_array_equal(result[holes == 0], photo[holes == 0])
+    assert (result[holes > 0] == FILL_U8).all()
+
+
+def test_auto_fills_each_stroke_when_it_ends(page, tmp_path):
+    photo = _photo(tmp_path / "photo.png")
+    _open(page, tmp_path / "photo.png")
+    page.locator("#auto").check()
+    for stroke in STROKES:  # each stroke fills on its own, on the canvas the one before left
+        assert "Filled" in _fill(page, lambda stroke=stroke: _paint(page, [stroke]))
+    near = _distance_to(STROKES, photo.shape[:2]) <= 1
+    assert (_canvas(page)[near][..., :3] == FILL_U8).all()
+    assert _canvas(page, "mask")[..., 3].max() == 0
+
+
+def test_before_after_shows_the_original_on_the_same_canvas(page, tmp_path):
+    photo = _photo(tmp_path / "photo.png")
+    _open(page, tmp_path / "photo.png")
+    _paint(page)
+    _fill(page)
+    point = (0.35, 0.325)  # on the first stroke
+    original = photo[round(point[1] * 120), round(point[0] * 160)].astype(int)
+    assert np.abs(_on_screen(page, *point) - FILL_U8).max() <= 3
+    page.locator("#before").click()
+    assert np.abs(_on_screen(page, *point) - original).max() <= 8
+    page.locator("#before").click()
+    assert np.abs(_on_screen(page, *point) - FILL_U8).max() <= 3
+    page.keyboard.down("b")  # held: before
+    assert np.abs(_on_screen(page, *point) - original).max() <= 8
+    page.keyboard.up("b")
+    assert np.abs(_on_screen(page, *point) - FILL_U8).max() <= 3
+
+
+def test_ten_uploads_after_inpaints_each_leave_a_usable_editor(page, tmp_path):
+    stroke = [((0.2, 0.5), (0.8, 0.5))]
+    near = _distance_to(stroke, (120, 160)) <= 1
+    for i in range(10):
+        photo = _photo(tmp_path / f"photo{i}.png", seed=i % 2)
+        assert "160x120" in _open(page, tmp_path / f"photo{i}.png")
+        np.testing.assert_array_equal(_canvas(page)[..., :3], photo)  # the new photo, shown
+        assert page.locator("#undo").is_disabled() and page.locator("#redo").is_disabled()
+        _paint(page, stroke)
+        assert "Filled" in _fill(page), _status(page)
+        assert (_canvas(page)[near][..., :3] == FILL_U8).all()
+        if i % 2:  # the next upload comes while an Inpaint runs: its answer is dropped
+            _paint(page, [((0.5, 0.1), (0.5, 0.9))])
+            page.locator("#inpaint").click()
+
+
+def test_no_control_or_key_removes_the_photo(page, tmp_path):
+    photo = _photo(tmp_path / "photo.png")
+    _open(page, tmp_path / "photo.png")
+    labels = " ".join(page.locator("#bar button, #bar a, #bar label").all_inner_texts())
+    assert not any(word in labels.lower() for word in ("clear", "trash", "remove", "delete"))
+    for key in ("Control+z", "Control+Shift+z", "Control+y", "Delete", "Backspace", "Escape"):
+        page.keyboard.press(key)
+    for control in ("undo", "redo", "before", "before", "inpaint"):
+        page.evaluate("id => document.getElementById(id).click()", control)
+    np.testing.assert_array_equal(_canvas(page)[..., :3], photo)
+    _paint(page)
+    _fill(page)
+    for _ in range(5):  # more undos than edits
+        page.keyboard.press("Control+z")
+    np.testing.assert_array_equal(_canvas(page)[..., :3], photo)
+
+
+def test_keys_for_brush_undo_redo_inpaint_and_the_wheel_and_drags_move_the_view(page, tmp_path):
+    _photo(tmp_path / "photo.png")
+    _open(page, tmp_path / "photo.png")
+    brush = page.locator("#brush")
+    page.keyboard.press("]")
+    assert int(brush.input_value()) > BRUSH
+    page.keyboard.press("[")
+    page.keyboard.press("[")
+    assert int(brush.input_value()) < BRUSH
+    _paint(page, STROKES[:1])
+    painted = lambda: _canvas(page, "mask")[..., 3].max() > 0  # noqa: E731
+    page.keyboard.press("Control+z")
+    assert not painted()
+    page.keyboard.press("Control+Shift+z")
+    assert painted()
+    page.keyboard.press("Control+z")
+    page.keyboard.press("Control+y")
+    assert painted()
+    assert "Filled" in _fill(page, lambda: page.keyboard.press("Enter"))
+    assert not painted()
+    # The wheel zooms around the cursor: the photo point under it stays there.
+    before = page.locator("#mask").bounding_box()
+    x, y = before["x"] + 0.3 * before["width"], before["y"] + 0.6 * before["height"]
+    page.mouse.move(x, y)
+    page.mouse.wheel(0, -300)
+    page.wait_for_timeout(100)
+    after = page.locator("#mask").bounding_box()
+    assert after["width"] > 1.5 * before["width"]
+    assert abs((x - after["x"]) / after["width"] - 0.3) < 0.01
+    assert abs((y - after["y"]) / after["height"] - 0.6) < 0.01
+    # Space + drag and a middle-button drag pan; neither paints.
+    for press, release, button in ((lambda: page.keyboard.down(" "),
+                                    lambda: page.keyboard.up(" "), "left"),
+                                   (lambda: None, lambda: None, "middle")):
+        start = page.locator("#mask").bounding_box()
+        press()
+        page.mouse.move(x, y)
+        page.mouse.down(button=button)
+        page.mouse.move(x + 40, y + 25, steps=4)
+        page.mouse.up(button=button)
+        release()
+        moved = page.locator("#mask").bounding_box()
+        assert (round(moved["x"] - start["x"]), round(moved["y"] - start["y"])) == (40, 25)
+        assert not painted()
+
+
+def test_phone_layout_shows_inpaint_and_the_result_on_the_first_screen(browser, served,
+                                                                       tmp_path):
+    page = _new_page(browser, served, 390, 844)
+    try:
+        _photo(tmp_path / "photo.png")
+        _open(page, tmp_path / "photo.png")
+        _paint(page)
+        button = page.locator("#inpaint").bounding_box()
+        assert button["y"] >= 0 and button["y"] + button["height"] <= 844, button
+        assert "Filled" in _fill(page)
+        result = page.locator("#mask").bounding_box()
+        assert result["y"] >= 0 and result["y"] + result["height"] <= 844, result
+        assert result["width"] >= 300, result  # the photo fills the phone's width
+        status = page.locator("#status").bounding_box()
+        assert status["y"] + status["height"] <= 844, status
+        assert page.evaluate("document.scrollingElement.scrollHeight") <= 844
+    finally:
+        page.close()
+
+
+def test_inpaint_sends_only_the_mask(page, tmp_path):
+    photo = np.random.default_rng(5).integers(0, 256, (300, 400, 3), np.uint8)
+    cv2.imwrite(str(tmp_path / "noise.png"), photo)
+    sizes: dict[str, list[int]] = {"photo": [], "inpaint": []}
+
+    def record(request):  # a Blob body is not in post_data_buffer: its size is
+        for kind in sizes:
+            if f"/api/{kind}" in request.url and request.method == "POST":
+                sizes[kind].append(int(request.all_headers()["content-length"]))
+    page.on("requestfinished", record)
+    _open(page, tmp_path / "noise.png")
+    _paint(page)
+    assert "Filled" in _fill(page)
+    photo_bytes = os.path.getsize(tmp_path / "noise.png")
+    assert sizes["photo"] == [photo_bytes], sizes
+    assert len(sizes["inpaint"]) == 1 and sizes["inpaint"][0] < photo_bytes / 20, sizes
+
+
+def test_errors_show_next_to_the_button_without_server_paths(page, tmp_path):
+    page.locator("#inpaint").click()
+    assert "upload a photo" in _status(page)
+    photo = _photo(tmp_path / "photo.png")
+    _open(page, tmp_path / "photo.png")
+    page.locator("#inpaint").click()
+    assert "nothing to fill" in _status(page) and page.locator("#status.error").count() == 1
+    button, status = (page.locator(s).bounding_box() for s in ("#inpaint", "#status"))
+    assert status["y"] < button["y"] + button["height"] and button["y"] < status["y"] + 40
+    assert 0 <= status["x"] - (button["x"] + button["width"]) < 250  # beside it, in view
+    (tmp_path / "big.png").write_bytes(os.urandom(int(MAX_UPLOAD_MB * 2**20) + 1))
+    assert f"upload limit of {MAX_UPLOAD_MB:g} MB" in _open(page, tmp_path / "big.png")
+    (tmp_path / "notes.txt").write_text("these are notes, not pixels")
+    message = _open(page, tmp_path / "notes.txt")
+    assert "'notes.txt' is not an image" in message and "/" not in message, message
+    np.testing.assert_array_equal(_canvas(page)[..., :3], photo)  # the photo stays
+
+
+def test_grayscale_photos_get_gray_fills_and_dropped_transparency_is_said(page, tmp_path):
+    gray = _photo(tmp_path / "colour.png")[..., 1]
+    cv2.imwrite(str(tmp_path / "gray.png"), gray)
+    _open(page, tmp_path / "gray.png")
+    _paint(page)
+    _fill(page)
+    result = _download(page, tmp_path)
+    assert result.shape == gray.shape  # a gray PNG
+    changed = result != gray
+    assert changed.any() and (result[changed] == round(FILL_U8.mean())).all()
+    rgba = np.dstack([_photo(tmp_path / "c.png"), np.full((120, 160), 128, np.uint8)])
+    PIL.Image.fromarray(rgba).save(tmp_path / "clear.png")
+    assert "transparency is dropped" in _open(page, tmp_path / "clear.png")
+
+
+def test_toy_networks_are_marked_in_the_page_and_patchmatch_preselected(serve, browser):
+    url = serve([_flat_method("tiny net")] + app.classical_methods(), toys=["tiny net"])
+    page = _new_page(browser, url)
+    try:
+        assert page.locator("#method").input_value() == "PatchMatch"
+        options = page.locator("#method option").all_inner_texts()
+        assert options == ["tiny net (toy)", "PatchMatch", "OpenCV Telea",
+                           "OpenCV Navier-Stokes"], options
+        assert "Toy: tiny net" in page.locator("#notes").inner_text()
+    finally:
+        page.close()
