@@ -17,7 +17,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from pconv_jax import cli
-from pconv_jax.evaluation.table1 import METHODS
+from pconv_jax.inference.methods import NAMES as METHODS
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "config file (path.py[:arg])",
                                           lock_config=True)

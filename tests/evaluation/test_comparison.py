@@ -8,7 +8,7 @@ import pytest
 from pconv_jax.data import masks as masks_lib
 from pconv_jax.evaluation import baselines, table1
 from pconv_jax.evaluation.learned_metrics import LearnedMetrics
-from pconv_jax.inference import evaluate
+from pconv_jax.inference import evaluate, methods
 from tests.helpers.training import tiny_eval_config
 
 
@@ -49,8 +49,8 @@ def test_patchmatch_keeps_known_pixels_fills_holes_and_repeats_under_its_seed(te
 
 
 def test_unknown_method_and_metric_are_clear_errors(tmp_path):
-    with pytest.raises(ValueError, match="unknown classical method 'pm'"):
-        baselines.classical_inpainter("pm")
+    with pytest.raises(ValueError, match="unknown method 'pm': choose from model, patchmatch"):
+        methods.build("pm")
     assert table1.parse_metrics("ssim, L1,fid") == ("l1", "ssim", "fid")
     with pytest.raises(ValueError, match=r"unknown metric\(s\) \['psnrr'\].*l1,psnr,ssim"):
         table1.parse_metrics("l1,psnrr")
@@ -103,7 +103,7 @@ def test_fid_and_is_over_all_masks_and_per_cell_only_with_enough_masks(test_set,
                                                 rel=1e-3)
     assert table["all"]["fid"] > 0.01 and table["all"]["is"] >= 1.0
     monkeypatch.setattr(table1, "MIN_SET_METRIC_MASKS", 2)
-    _, table = run(baselines.classical_inpainter("telea"))
+    _, table = run(methods.build("telea").inpaint)
     assert all(np.isfinite(table[c]["is"]) for c in table)
     text = table1.format_table(table)
     assert "| FID |" in text and "| IScore |" in text and "at least 2 masks" in text

@@ -257,7 +257,7 @@ def test_eval_reports_lpips_per_mask_with_the_named_files(tmp_path, backbone, me
     images = np.asarray(pipeline.load_eval_images(config), np.float32)
     test_masks = table1.EvalMaskSet.scan(results["test_masks"])
     index = np.arange(len(test_masks))
-    composites = baselines.classical_inpainter("telea")(
+    composites = baselines.inpaint_opencv(
         images[index % len(images)], test_masks.load(index, images.shape[1:3]))
     want = np.asarray(metric(composites, images[index % len(images)]))
     np.testing.assert_allclose(results["per_mask"]["lpips"], want, rtol=1e-5)

@@ -17,7 +17,7 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from pconv_jax.inference import app
+from pconv_jax.inference import app, fill, methods, model_inpainter
 from tests.helpers import REPO
 from tests.helpers.training import demo_config
 
@@ -28,13 +28,13 @@ EXTRAS = all(importlib.util.find_spec(m) for m in ("gradio", "playwright"))
 BRUSH = 6  # brush radius in the tests' app, in photo pixels
 
 
-def _fake_method(seen: list[tuple[int, ...]], multiple: int = 8):
+def _fake_method(seen: list[tuple[int, ...]]):
     """A method that records the shapes it is given and fills holes with a gradient."""
     def fill(images, masks):
         seen.append(images.shape)
         ramp = np.linspace(0.2, 0.8, images.shape[2], dtype=np.float32)[None, None, :, None]
         return np.where(masks > 0.5, images, ramp)
-    return app.Method("fake", fill, multiple)
+    return methods.Method("fake", "fake", fill)
 
 
 # ----------------------------------------------------------------------------- no browser
@@ -99,14 +99,14 @@ def test_similar_sizes_share_a_padded_shape():
     """The app's networks pad photos of similar sizes to one bucket: one compilation for all."""
     from flax import nnx
 
-    from pconv_jax.inference.inpaint import ModelInpainter
     from pconv_jax.network.unet import PConvUNet
-    fill = ModelInpainter(PConvUNet(depth=2, widths=(4, 8), rngs=nnx.Rngs(0)),
-                          pad_side=app.bucket_side)
+    network = model_inpainter.ModelInpainter(PConvUNet(depth=2, widths=(4, 8),
+                                                       rngs=nnx.Rngs(0)),
+                                             pad_side=model_inpainter.bucket_side)
     seen: list[tuple[int, ...]] = []
-    run = fill._run
-    fill._run = lambda images, masks: (seen.append(images.shape), run(images, masks))[1]
-    method = app.Method("network", fill, 1)
+    run = network._run
+    network._run = lambda images, masks: (seen.append(images.shape), run(images, masks))[1]
+    method = methods.Method("network", "network", network)
     rng = np.random.default_rng(0)
     for h, w in ((375, 500), (360, 480), (333, 401)):
         image = rng.random((h, w, 3), np.float32)
@@ -116,7 +116,8 @@ def test_similar_sizes_share_a_padded_shape():
         assert out.shape == (h, w, 3)
         np.testing.assert_array_equal(out[valid[..., 0] > 0], image[valid[..., 0] > 0])
     assert seen == [(1, 384, 512, 3)] * 3
-    assert app.bucket_side(1000, 256) == 1024 and app.bucket_side(1100, 8) == 1280
+    assert model_inpainter.bucket_side(1000, 256) == 1024
+    assert model_inpainter.bucket_side(1100, 8) == 1280
 
 
 def test_large_photo_is_filled_by_crops_and_keeps_every_known_pixel():
@@ -142,7 +143,7 @@ def test_boxes_merge_where_their_context_overlaps():
     holes = np.zeros((200, 200), bool)
     holes[50:55, 50:55] = holes[60:65, 90:95] = True  # close: one box
     holes[190:195, 190:195] = True                     # far: its own box
-    boxes = app.hole_boxes(holes)
+    boxes = fill.hole_boxes(holes)
     assert len(boxes) == 2
     covered = np.zeros_like(holes, int)
     for y0, x0, y1, x1 in boxes:
@@ -160,7 +161,7 @@ def _assert_boxes_hold_regions_with_context(holes, boxes) -> None:
     for i, (y0, x0, y1, x1) in enumerate(boxes):
         box_of[y0:y1, x0:x1] = i + 1
     count, _, stats, _ = cv2.connectedComponentsWithStats(holes.astype(np.uint8), connectivity=8)
-    c = app.MIN_CONTEXT
+    c = fill.MIN_CONTEXT
     for x, y, w, h, _ in stats[1:count]:
         around = box_of[max(0, y - c):y + h + c, max(0, x - c):x + w + c]
         assert (around == around.flat[0]).all() and around.flat[0] > 0
@@ -171,7 +172,7 @@ def test_speckled_mask_is_grouped_in_linear_time():
     holes[200::8, ::8] = True  # 15,594 separated dots (a 1.3 % fill)
     holes[0, 0] = True         # and one far from them: the pairwise merge rescanned all after it
     start = time.perf_counter()
-    boxes = app.hole_boxes(holes)
+    boxes = fill.hole_boxes(holes)
     seconds = time.perf_counter() - start
     assert sorted(boxes) == [(0, 0, 49, 49), (152, 0, 1100, 1100)]
     _assert_boxes_hold_regions_with_context(holes, boxes)
@@ -181,14 +182,14 @@ def test_speckled_mask_is_grouped_in_linear_time():
 def test_many_distant_holes_are_filled_in_a_bounded_number_of_crops():
     holes = np.zeros((1100, 1100), bool)
     holes[5::100, 5::100] = True  # 121 dots, their contexts apart: one crop each before
-    boxes = app.hole_boxes(holes)
-    assert 1 <= len(boxes) <= app.MAX_CROPS
+    boxes = fill.hole_boxes(holes)
+    assert 1 <= len(boxes) <= fill.MAX_CROPS
     _assert_boxes_hold_regions_with_context(holes, boxes)
     seen: list[tuple[int, ...]] = []
     photo = np.random.default_rng(2).integers(0, 256, (1100, 1100, 3), np.uint8)
     valid = (~holes).astype(np.float32)[..., None]
     result = app.inpaint_photo(_fake_method(seen), photo, valid, max_side=1024)
-    assert 1 <= len(seen) <= app.MAX_CROPS
+    assert 1 <= len(seen) <= fill.MAX_CROPS
     np.testing.assert_array_equal(result[~holes], photo[~holes])
     assert (result[holes] != photo[holes]).any()
 
@@ -240,7 +241,7 @@ class _Gate:
 
     def __init__(self):
         self.started, self.opened, self.error = threading.Event(), threading.Event(), None
-        self.method = app.Method("gated", self._fill, 8)
+        self.method = app.Method("gated", "gated", self._fill)
 
     def _fill(self, images, masks):
         self.started.set()
