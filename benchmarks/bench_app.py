@@ -23,16 +23,17 @@ import numpy as np
 from flax import nnx
 
 from pconv_jax import config as config_lib
-from pconv_jax.inference import app, inpaint
+from pconv_jax.inference import app, methods, model_inpainter
 from pconv_jax.network.unet import PConvUNet
 
 
-def network_method(workdir: str | None, config_spec: str | None) -> app.Method:
+def network_method(workdir: str | None, config_spec: str | None) -> methods.Method:
     """The trained network of a workdir, or a config's network with random weights."""
     if workdir:
         return app.load_methods([workdir])[0]
     model = PConvUNet.from_config(config_lib.load_config(config_spec).model, rngs=nnx.Rngs(0))
-    return app.Method("random weights", inpaint.ModelInpainter(model), 2**model.depth, True)
+    network = model_inpainter.ModelInpainter(model, pad_side=model_inpainter.bucket_side)
+    return methods.Method("random", "random weights", network)
 
 
 def photo_and_strokes(h: int, w: int, seed: int) -> tuple[np.ndarray, dict]:
@@ -74,12 +75,12 @@ def main() -> None:
         for i in range(args.repeats):  # other photos of the same bucket: e.g. 500x490 for 512
             photo, value = photo_and_strokes(side - 4 * (i + 1), side - 6 * (i + 1), i + 1)
             repeated.append(timed(lambda: respond(photo, value)))
-        bucket = app.bucket_side(side, method.multiple)
+        bucket = model_inpainter.bucket_side(side, method.inpaint.multiple)
         images = np.random.default_rng(0).random((1, bucket, bucket, 3), np.float32)
         masks = np.ones((1, bucket, bucket, 1), np.float32)
         masks[:, bucket // 4: bucket // 2, bucket // 4: bucket // 2] = 0
-        method.fill(images, masks)  # compiled already; one more warm-up
-        forward = statistics.median(timed(lambda: method.fill(images, masks))
+        method.inpaint(images, masks)  # compiled already; one more warm-up
+        forward = statistics.median(timed(lambda: method.inpaint(images, masks))
                                     for _ in range(args.repeats))
         median = statistics.median(repeated)
         print(json.dumps({"side": side, "padded": bucket, "first_s": round(first, 3),

@@ -42,7 +42,6 @@ from pconv_jax import config as config_lib
 from pconv_jax.cli import USER_ERRORS
 from pconv_jax.data import images, sources
 from pconv_jax.inference import fill, methods, model_inpainter
-from pconv_jax.network.unet import MASK_THRESHOLD
 
 # The editor gets a copy no larger than this (painting does not need more); the mask painted on
 # it is scaled back to the photo nearest-neighbour.
@@ -73,6 +72,7 @@ def page_error(err: BaseException) -> str:
 
 Method = methods.Method
 fill_photo = fill.fill_photo  # the composite of a photo of any size, crop by crop
+inpaint_photo = fill.inpaint_photo  # the same on uint8 photos
 
 
 def classical_methods() -> list[Method]:
@@ -176,14 +176,6 @@ def valid_mask(editor_value: Mapping | None, mask_path: str | None,
         raise InputError("nothing to fill: paint over what should go (or upload a mask file, "
                          "white = hole), then press Inpaint")
     return (~holes).astype(np.float32)[..., None]
-
-
-def inpaint_photo(method: Method, photo: np.ndarray, valid: np.ndarray,
-                  max_side: int = fill.MAX_SIDE) -> np.ndarray:
-    """uint8 result at the photo's resolution; outside the holes exactly the photo's pixels."""
-    filled = fill_photo(method, photo.astype(np.float32) / 255.0, valid, max_side)
-    filled = np.round(np.clip(filled, 0, 1) * 255).astype(np.uint8)
-    return np.where(valid > MASK_THRESHOLD, photo, filled)
 
 
 def respond(method: Method, photo: np.ndarray, stem: str, editor_value: Mapping | None,

@@ -60,6 +60,14 @@ def fill_photo(method: FillOne, image: np.ndarray, valid: np.ndarray,
     return result
 
 
+def inpaint_photo(method: FillOne, photo: np.ndarray, valid: np.ndarray,
+                  max_side: int = MAX_SIDE) -> np.ndarray:
+    """uint8 result at the photo's resolution; outside the holes exactly the photo's pixels."""
+    filled = fill_photo(method, photo.astype(np.float32) / 255.0, valid, max_side)
+    filled = np.round(np.clip(filled, 0, 1) * 255).astype(np.uint8)
+    return np.where(valid > MASK_THRESHOLD, photo, filled)
+
+
 def sized_inpainter(method: FillOne, max_side: int = MAX_SIDE) -> Inpainter:
     """An inpainter of batches that fills each image with `fill_photo` (the evaluation's path
     for images larger than a network's training side)."""
