@@ -134,3 +134,23 @@ def test_compare_writes_one_table_with_a_row_per_method_on_identical_pairs(tmp_p
                           progress=False)
     assert single["table"] == saved["methods"][1]["table"]
     assert not (tmp_path / "results.json").exists()
+
+
+def test_fill_at_training_size_runs_a_network_on_crops_at_its_training_side(tmp_path,
+                                                                            monkeypatch):
+    seen = []
+
+    def small_network(request):  # a stand-in network trained at 16 px that records its inputs
+        def inpaint(images, masks):
+            seen.append(images.shape[1:3])
+            return np.where(masks > 0.5, images, 0.5).astype(np.float32)
+        return methods.Method("net16", "net16", inpaint, training_size=16)
+
+    monkeypatch.setitem(methods.REGISTRY, "net16", methods.Entry("net16", small_network))
+    evaluate.run(tiny_eval_config(), str(tmp_path), method="net16", metric_names="l1",
+                 progress=False)
+    assert set(seen) == {(32, 32)}  # the paper's protocol: whole images
+    seen.clear()
+    evaluate.run(tiny_eval_config(fill_at_training_size=True), str(tmp_path), method="net16",
+                 metric_names="l1", progress=False)
+    assert seen and all(max(shape) <= 16 for shape in seen), seen
