@@ -28,8 +28,7 @@ from flax import nnx
 from playwright.sync_api import sync_playwright
 
 from pconv_jax import config as config_lib
-from pconv_jax.evaluation import baselines
-from pconv_jax.inference import app, inpaint
+from pconv_jax.inference import app, methods, model_inpainter
 from pconv_jax.network.unet import PConvUNet
 
 STROKES = [((0.2, 0.3), (0.45, 0.35)), ((0.6, 0.2), (0.65, 0.6)), ((0.3, 0.7), (0.8, 0.75))]
@@ -41,10 +40,9 @@ def the_method(args) -> app.Method:
     if args.config:
         model = PConvUNet.from_config(config_lib.load_config(args.config).model,
                                       rngs=nnx.Rngs(0))
-        return app.Method(label="network (random weights)", fill=inpaint.ModelInpainter(model),
-                          multiple=2**model.depth)
-    title = baselines.METHOD_TITLES[args.method]
-    return next(m for m in app.classical_methods() if m.label == title)
+        network = model_inpainter.ModelInpainter(model, pad_side=model_inpainter.bucket_side)
+        return methods.Method("random", "network (random weights)", network)
+    return methods.build(args.method)
 
 
 def measure(page, url: str, path: str, label: str, repeats: int, brush: int) -> dict:
@@ -92,7 +90,7 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", help="a trained workdir's network")
     parser.add_argument("--config", help="a config's network with random weights")
-    parser.add_argument("--method", default="patchmatch", choices=baselines.CLASSICAL_METHODS)
+    parser.add_argument("--method", default="patchmatch", choices=methods.SETTINGS_ONLY)
     parser.add_argument("--sizes", default="512x512,1600x1200", help="WxH, comma-separated")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")

@@ -16,19 +16,20 @@ import json
 import time
 
 import cv2
+import ml_collections
 import numpy as np
 import skimage.data
 
 from pconv_jax.data import masks
-from pconv_jax.evaluation import baselines
+from pconv_jax.inference import methods
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
-    parser.add_argument("--methods", nargs="+", default=list(baselines.CLASSICAL_METHODS),
-                        choices=baselines.CLASSICAL_METHODS)
+    parser.add_argument("--methods", nargs="+", default=list(methods.SETTINGS_ONLY),
+                        choices=methods.SETTINGS_ONLY)
     parser.add_argument("--patch_radius", type=int, default=3, help="PatchMatch (config: 3)")
     args = parser.parse_args()
 
@@ -40,7 +41,9 @@ def main() -> None:
         test_masks = [masks.generated_test_mask(2 * b + 1, 1, size, seed=0)
                       for b in range(masks.NUM_BINS)]
         for method in args.methods:
-            fill = baselines.classical_inpainter(method, patch_radius=args.patch_radius)
+            settings = ml_collections.ConfigDict({"eval": {"patchmatch_patch_radius":
+                                                           args.patch_radius}})
+            fill = methods.build(method, config=settings).inpaint
             seconds = []
             for valid in test_masks:
                 start = time.perf_counter()

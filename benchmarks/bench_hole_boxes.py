@@ -1,4 +1,4 @@
-"""The time `app.hole_boxes` takes on a speckled mask: separated dots on a 1100 x 1100 photo.
+"""The time `fill.hole_boxes` takes on a speckled mask: separated dots on a 1100 x 1100 photo.
 
 A mask of dots every `step` pixels below the first 200 rows (one hole region per dot), and with
 `--corner_dot` one more dot in the top-left corner, whose box overlaps no other: the worst case for
@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from pconv_jax.inference import app
+from pconv_jax.inference import fill
 
 
 def main() -> None:
@@ -31,7 +31,7 @@ def main() -> None:
         holes[200::step, ::step] = True
         holes[0, 0] = args.corner_dot
         start = time.perf_counter()
-        boxes = app.hole_boxes(holes)
+        boxes = fill.hole_boxes(holes)
         seconds = time.perf_counter() - start
         print(json.dumps({"side": args.side, "step": step, "corner_dot": args.corner_dot,
                           "regions": int(holes.sum()),

@@ -21,7 +21,7 @@ from flax import nnx
 
 from pconv_jax import PConvUNet
 from pconv_jax.data import masks
-from pconv_jax.inference.inpaint import ModelInpainter
+from pconv_jax.inference.model_inpainter import ModelInpainter
 from pconv_jax.network.unet import paper_widths
 
 

@@ -42,8 +42,7 @@ def main() -> None:
     args = parser.parse_args()
 
     methods = app.load_methods(args.workdir)
-    toys = [m.label for m, w in zip(methods, args.workdir) if app.workdir_is_toy(w)]
-    server = app.launch(app.build_app(methods, toys=toys, brush_size=24), port=0)
+    server = app.launch(app.build_app(methods, brush_size=24), port=0)
     try:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=args.chromium, headless=True)

@@ -89,6 +89,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.eval.mask_seed = 0         # seed of the generated set
     config.eval.batch_size = 8        # pairs per evaluation batch
     config.eval.method = "model"      # 'model' | 'patchmatch' | 'telea' | 'ns' (OpenCV)
+    # Networks fill images larger than their training side around the holes at that side, as
+    # inpaint.py and the app do (False: the whole image at once, the paper's protocol).
+    config.eval.fill_at_training_size = False
     config.eval.metrics = "l1,psnr,ssim"  # of l1,psnr,ssim,lpips,fid,is (the last 3 need files)
     config.eval.inpaint_radius = 3    # OpenCV inpaint radius for 'telea' and 'ns'
     config.eval.patchmatch_patch_radius = 3  # PatchMatch patches of (2r+1)^2 pixels

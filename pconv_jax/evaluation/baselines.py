@@ -1,7 +1,8 @@
 """Classical (not learned) inpainting baselines: PatchMatch, OpenCV Telea and Navier-Stokes.
 
-Same interface as the network: images (N, H, W, 3) float in [0, 1] and masks (N, H, W, 1)
-with 1 = valid, 0 = hole; returns the inpainted images (N, H, W, 3) float32 in [0, 1]. The
+Each is an `Inpainter` (`pconv_jax.inpainter`), as the network is: images (N, H, W, 3) float in
+[0, 1] and masks (N, H, W, 1) with 1 = valid, 0 = hole; returns the inpainted images
+(N, H, W, 3) float32 in [0, 1]. `pconv_jax.inference.methods` offers them by name. The
 libraries work on 8-bit pixels, so the known pixels are pasted back from the float input (the
 composite) and only the holes carry the libraries' quantised values.
 
@@ -24,23 +25,6 @@ import numpy as np
 from pconv_jax.convention import MASK_THRESHOLD
 
 _OPENCV_FLAGS = {"telea": cv2.INPAINT_TELEA, "ns": cv2.INPAINT_NS}
-CLASSICAL_METHODS = ("patchmatch", "telea", "ns")  # the names `classical_inpainter` takes
-METHOD_TITLES = {"patchmatch": "PatchMatch", "telea": "OpenCV Telea",
-                 "ns": "OpenCV Navier-Stokes"}
-
-# images (B, H, W, 3), masks (B, H, W, 1) 1 = valid  ->  composites (B, H, W, 3) in [0, 1]
-Inpainter = Callable[[np.ndarray, np.ndarray], np.ndarray]
-
-
-def classical_inpainter(method: str, *, radius: int = 3, patch_radius: int = 3,
-                        seed: int = 0) -> Inpainter:
-    """The inpainter of a classical method: 'patchmatch', 'telea' or 'ns'."""
-    if method == "patchmatch":
-        _patchmatch()  # a missing library fails here, before any image is read
-        return lambda images, masks: inpaint_patchmatch(images, masks, patch_radius, seed)
-    if method in _OPENCV_FLAGS:
-        return lambda images, masks: inpaint_opencv(images, masks, method, radius)
-    raise ValueError(f"unknown classical method {method!r}; choose one of {CLASSICAL_METHODS}")
 
 
 def inpaint_opencv(images: np.ndarray, masks: np.ndarray, method: str = "telea",
@@ -55,7 +39,7 @@ def inpaint_opencv(images: np.ndarray, masks: np.ndarray, method: str = "telea",
 def inpaint_patchmatch(images: np.ndarray, masks: np.ndarray, patch_radius: int = 3,
                        seed: int = 0) -> np.ndarray:
     """Fills the holes of each image with PatchMatch and composites."""
-    library = _patchmatch()
+    library = patchmatch_library()
     library.set_random_seed(seed)  # every inpainting starts from it: results never depend on
     # the batch or the thread (checked: threads give the sequential run's pixels)
 
@@ -91,7 +75,7 @@ def _fill_each(images: np.ndarray, masks: np.ndarray,
         return np.stack(list(pool.map(one, images, valid)))
 
 
-def _patchmatch():
+def patchmatch_library():
     """PyPatchMatch's module, or an error saying how to install it."""
     try:
         from patchmatch import patch_match

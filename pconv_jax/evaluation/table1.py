@@ -14,7 +14,7 @@ Protocol (deterministic, so two methods are compared on identical pairs):
 - Images: the first `config.eval.num_images` held-out images of the config's data source.
   Mask file j (00000.png = 0) is paired with image j mod num_images.
 - Each method (a network, PatchMatch, or OpenCV's Telea / Navier-Stokes) fills the holes (a
-  network's unreached hole pixels as `pconv_jax.inference.inpaint.ModelInpainter` does); the
+  network's unreached hole pixels as `pconv_jax.inference.model_inpainter.ModelInpainter` does); the
   metrics are computed on the composite (known pixels pasted back), clipped to [0, 1], against
   the image, over the whole image at the evaluation resolution.
 - Metrics: L1 (%), PSNR, SSIM (`metrics`; no weights needed, the default) and LPIPS, FID and
@@ -42,8 +42,9 @@ from tqdm import tqdm
 from pconv_jax import files
 from pconv_jax.data import masks as masks_lib
 from pconv_jax.data import nvidia_masks
-from pconv_jax.evaluation import baselines, metrics
+from pconv_jax.evaluation import metrics
 from pconv_jax.evaluation.learned_metrics import SET_METRICS, LearnedMetrics
+from pconv_jax.inpainter import Inpainter
 
 METRICS = ("l1", "psnr", "ssim", "lpips", "fid", "is")  # in table order
 DEFAULT_METRICS = ("l1", "psnr", "ssim")  # the metrics that need no weights files
@@ -53,8 +54,6 @@ _FORMATS = {"l1": "{:.2f}", "psnr": "{:.2f}", "ssim": "{:.3f}", "lpips": "{:.4f}
             "fid": "{:.2f}", "is": "{:.3f}"}
 MIN_SET_METRIC_MASKS = 1000  # FID / IS of a single cell only from this many masks
 LABELS = ("N", "B")
-METHODS = ("model",) + baselines.CLASSICAL_METHODS  # what the commands accept
-Inpainter = baselines.Inpainter
 
 
 def cell_name(bin_index: int, label: str) -> str:

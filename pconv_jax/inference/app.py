@@ -14,17 +14,18 @@ workdir without a checkpoint stops the start.
 The page (`editor/`: HTML, JS, CSS) sends the photo once per upload and, per Inpaint, only a PNG
 of the strokes with the number of the state they were painted on; the server keeps each page's
 photo and its fills (`Document`, under an unguessable id) and answers with the filled box's
-pixels. The network runs on the same path as `inpaint.py` (`build_inpainter`, `inpaint_image`:
-mirror padding, composite), with two additions:
-- sizes are bucketed: a photo is mirror-padded up to one of a few sides (`BUCKET_SIDES`), so a
-  second photo of a similar size reuses the compiled network instead of compiling anew;
-- photos larger than `--max_side` are filled crop by crop around the holes (with context
-  around them), or from a downscaled copy where a hole region is itself larger than
-  `--max_side`; only the hole pixels are pasted into the full-resolution photo.
+pixels.
+
+The methods come from the registry (`methods`) and fill photos as `inpaint.py` does
+(`fill.fill_photo`): a network works around the holes at the side it was trained at, crops
+larger than that are filled from downscaled copies, and only the hole pixels are pasted into
+the full-resolution photo; the classical methods fill photos up to `--max_side` whole. Sizes are
+bucketed (`model_inpainter.bucket_side`): a photo or crop is mirror-padded up to one of a few
+sides, so a second one of a similar size reuses the compiled network instead of compiling anew.
 
 The server binds 127.0.0.1 unless `--host` says otherwise. It serves the requests that decode,
 fill or encode pixels one at a time, whichever page sent them, fills a photo in at most
-MAX_CROPS crops, writes no file that outlives a request, forgets a photo unused for an hour
+`fill.MAX_CROPS` crops, writes no file that outlives a request, forgets a photo unused for an hour
 (and the oldest beyond MAX_DOCUMENTS), and shows no server path in the page.
 """
 
@@ -46,41 +47,28 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from importlib import resources
 
 import cv2
 import numpy as np
 import PIL.Image
 
+from pconv_jax import config as config_lib
 from pconv_jax.cli import USER_ERRORS
-from pconv_jax.convention import MASK_THRESHOLD
 from pconv_jax.data import images, sources
-from pconv_jax.evaluation import baselines
-from pconv_jax.inference import inpaint
+from pconv_jax.inference import fill, methods, model_inpainter
 
-# Padded sides the network sees (each rounded up to the network's size multiple); a larger side
-# is rounded up to a multiple of 256. Few sides = few compilations.
-BUCKET_SIDES = (128, 256, 384, 512, 768, 1024)
-# Context kept around a hole region when a large photo is filled crop by crop: at least this
-# many pixels, and at least half the region's size.
-MIN_CONTEXT = 48
 # The editor gets a copy no larger than this (painting does not need more); the mask painted on
 # it is scaled back to the photo nearest-neighbour.
 DISPLAY_MAX_SIDE = 2048
-# A large photo is filled in at most this many crops (one network or PatchMatch call each).
-MAX_CROPS = 64
 # A page's photo and fills are forgotten this long after its last request; at most this many
 # photos, holding at most this many bytes together, are kept (the least recently used go first,
 # the newest always stays).
 DOCUMENT_LIFETIME_S = 3600
 MAX_DOCUMENTS = 16
 MAX_DOCUMENT_BYTES = 2 * 1024**3
-# A network trained at 128² or less, or for fewer steps, is marked a toy in the page.
-TOY_STEPS = 5000
 EXAMPLES = ("coffee", "chelsea", "astronaut", "rocket", "flower.jpg")
-
-Fill = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 class InputError(ValueError):
@@ -105,33 +93,14 @@ def without_paths(text: str) -> str:
 
 # ----------------------------------------------------------------------------- methods
 
-def bucket_side(side: int, multiple: int) -> int:
-    """The padded side for an image side: the first bucket that holds it."""
-    for bucket in BUCKET_SIDES:
-        if side <= inpaint.round_up(bucket, multiple):
-            return inpaint.round_up(bucket, multiple)
-    return inpaint.round_up(side, max(256, multiple))
-
-
-@dataclasses.dataclass
-class Method:
-    """One entry of the method selector."""
-    label: str
-    fill: Fill       # (N, H, W, 3) images, (N, H, W, 1) masks (1 = valid) -> composites
-    multiple: int    # sides the fill needs a multiple of
-
-    def __call__(self, image: np.ndarray, valid: np.ndarray) -> np.ndarray:
-        """The composite (H, W, 3) of one float image and its (H, W, 1) mask."""
-        return inpaint.inpaint_image(self.fill, image, valid, self.multiple)
+Method = methods.Method
+fill_photo = fill.fill_photo  # the composite of a photo of any size, crop by crop
+inpaint_photo = fill.inpaint_photo  # the same on uint8 photos
 
 
 def classical_methods() -> list[Method]:
-    """PatchMatch and OpenCV's two methods, always offered for comparison."""
-    methods = []
-    for name in baselines.CLASSICAL_METHODS:
-        fill, multiple = inpaint.build_inpainter(name, None, None, None)
-        methods.append(Method(baselines.METHOD_TITLES[name], fill, multiple))
-    return methods
+    """The methods built from settings alone (PatchMatch, OpenCV's two), always offered."""
+    return [methods.build(name) for name in methods.SETTINGS_ONLY]
 
 
 def workdir_label(workdir: str, partial: bool, unique_names: bool) -> str:
@@ -146,7 +115,7 @@ def load_methods(workdirs: Sequence[str]) -> list[Method]:
     """
     names = [os.path.basename(os.path.normpath(w)) for w in workdirs]
     unique = len(set(names)) == len(names)
-    methods = []
+    loaded = []
     from pconv_jax.training import checkpoints
     for workdir in workdirs:
         if not os.path.isdir(workdir):
@@ -154,102 +123,13 @@ def load_methods(workdirs: Sequence[str]) -> list[Method]:
         if not os.path.isdir(checkpoints.checkpoint_dir(workdir)):
             raise FileNotFoundError(f"workdir {workdir!r} has no checkpoints/ folder: train a "
                                     f"model there first, or pass another --workdir")
-        config = inpaint.workdir_config(workdir)
+        config = config_lib.load_workdir_config(workdir)
         # The network pads to the buckets itself, so that it counts only the photo's pixels.
-        fill, multiple = inpaint.build_inpainter("model", workdir, None, None,
-                                                 pad_side=bucket_side)
-        label = workdir_label(workdir, bool(config.model.get("partial", True)), unique)
-        methods.append(Method(label, fill, multiple))
-    return methods + classical_methods()
-
-
-# ----------------------------------------------------------------------------- filling
-
-def grouped_boxes(boxes: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """The bounding boxes (y0, x0, y1, x1) of the groups of `boxes` that overlap or touch, in one
-    pass over the image: the boxes are painted (corner marks, summed up), the painting labelled."""
-    marks = np.zeros((shape[0] + 1, shape[1] + 1), np.int32)
-    y0, x0, y1, x1 = boxes.T
-    for ys, xs, sign in ((y0, x0, 1), (y0, x1, -1), (y1, x0, -1), (y1, x1, 1)):
-        np.add.at(marks, (ys, xs), sign)
-    np.cumsum(marks, axis=0, out=marks)
-    np.cumsum(marks, axis=1, out=marks)
-    painted = (marks[:-1, :-1] > 0).astype(np.uint8)
-    count, _, stats, _ = cv2.connectedComponentsWithStats(painted, connectivity=4)
-    x, y, w, h = stats[1:count, :4].T.astype(np.int64)
-    return np.stack([y, x, y + h, x + w], axis=1)
-
-
-def merge_overlapping(boxes: Sequence[Sequence[int]]) -> list[tuple[int, int, int, int]]:
-    """Unites overlapping boxes until none overlap (pairwise: meant for a few boxes)."""
-    boxes = [tuple(int(v) for v in box) for box in boxes]
-    merged = True
-    while merged:
-        merged, kept = False, []
-        for a in boxes:
-            for i, b in enumerate(kept):
-                if a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]:
-                    kept[i] = (min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3]))
-                    merged = True
-                    break
-            else:
-                kept.append(a)
-        boxes = kept
-    return boxes
-
-
-def hole_boxes(holes: np.ndarray, max_boxes: int = MAX_CROPS) -> list[tuple[int, int, int, int]]:
-    """At most `max_boxes` (y0, x0, y1, x1) boxes around the hole regions with context, merged
-    where they overlap.
-
-    Every hole pixel lies in exactly one box, and a box holds whole hole regions with at least
-    their context. The work is linear in the image size: the regions' boxes are grouped on a
-    painted map, not pair by pair. When the groups are more than `max_boxes` (a speckled mask),
-    the context doubles until they are not, which bounds the crops one photo costs.
-    """
-    h, w = holes.shape
-    count, _, stats, _ = cv2.connectedComponentsWithStats(holes.astype(np.uint8), connectivity=8)
-    x, y, bw, bh = stats[1:count, :4].T.astype(np.int64)
-    context = MIN_CONTEXT
-    while True:
-        margin = np.maximum(context, np.maximum(bw, bh) // 2)
-        boxes = np.stack([np.maximum(y - margin, 0), np.maximum(x - margin, 0),
-                          np.minimum(y + bh + margin, h), np.minimum(x + bw + margin, w)], axis=1)
-        groups = grouped_boxes(boxes, (h, w))
-        if len(groups) <= max_boxes:  # a context as large as the image leaves one group
-            return merge_overlapping(groups)
-        context *= 2
-
-
-def fill_downscaled(method: Method, image: np.ndarray, valid: np.ndarray,
-                    max_side: int) -> np.ndarray:
-    """Fills a copy scaled to `max_side`, scales the fill back up; known pixels as given."""
-    h, w = image.shape[:2]
-    scale = max_side / max(h, w)
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    small_image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-    # A small pixel that covers any hole pixel is a hole: no hole colour leaks into the context.
-    hole_cover = cv2.resize((valid[..., 0] <= MASK_THRESHOLD).astype(np.float32), size,
-                            interpolation=cv2.INTER_AREA)
-    small_valid = (hole_cover <= 0).astype(np.float32)[..., None]
-    filled = cv2.resize(method(small_image, small_valid), (w, h), interpolation=cv2.INTER_CUBIC)
-    return np.where(valid > MASK_THRESHOLD, image, np.clip(filled, 0, 1))
-
-
-def fill_photo(method: Method, image: np.ndarray, valid: np.ndarray,
-               max_side: int) -> np.ndarray:
-    """The composite of a photo of any size: whole when it fits `max_side`, else crop by crop."""
-    if max(image.shape[:2]) <= max_side:
-        return method(image, valid)
-    result = image.copy()
-    for y0, x0, y1, x1 in hole_boxes(valid[..., 0] <= MASK_THRESHOLD):
-        crop, crop_valid = image[y0:y1, x0:x1], valid[y0:y1, x0:x1]
-        if max(y1 - y0, x1 - x0) <= max_side:
-            filled = method(crop, crop_valid)
-        else:
-            filled = fill_downscaled(method, crop, crop_valid, max_side)
-        result[y0:y1, x0:x1] = np.where(crop_valid > MASK_THRESHOLD, crop, filled)
-    return result
+        method = methods.build("model", config=config, workdir=workdir,
+                               pad_side=model_inpainter.bucket_side)
+        method.label = workdir_label(workdir, bool(config.model.get("partial", True)), unique)
+        loaded.append(method)
+    return loaded + classical_methods()
 
 
 # ----------------------------------------------------------------------------- page input
@@ -301,14 +181,6 @@ def mask_holes(data: bytes, size: tuple[int, int], corner: tuple[int, int] = (0,
     if not holes.any():
         raise InputError("nothing to fill: paint over what should go, then press Inpaint")
     return holes
-
-
-def inpaint_photo(method: Method, photo: np.ndarray, valid: np.ndarray,
-                  max_side: int) -> np.ndarray:
-    """uint8 result at the photo's resolution; outside the holes exactly the photo's pixels."""
-    filled = fill_photo(method, photo.astype(np.float32) / 255.0, valid, max_side)
-    filled = np.round(np.clip(filled, 0, 1) * 255).astype(np.uint8)
-    return np.where(valid > MASK_THRESHOLD, photo, filled)
 
 
 def display_size(h: int, w: int) -> tuple[int, int]:
@@ -450,24 +322,14 @@ class Documents:
 
 # ----------------------------------------------------------------------------- the page
 
-def workdir_is_toy(workdir: str) -> bool:
-    """Whether a workdir's network is demo-sized: trained at 128² or less, or for under
-    TOY_STEPS steps (its fills are not meant to look right)."""
-    from pconv_jax.training import checkpoints
-    config = inpaint.workdir_config(workdir)
-    steps = [int(name) for name in os.listdir(checkpoints.checkpoint_dir(workdir))
-             if name.isdigit()]
-    return int(config.data.get("image_size", 0) or 0) <= 128 or max(steps, default=0) < TOY_STEPS
-
-
-def preselected(methods: Sequence[Method], toys: set[str]) -> str:
+def preselected(offered: Sequence[Method], toys: set[str]) -> str:
     """The method the page starts with: the first network that is not a toy, else PatchMatch."""
     classical = {m.label for m in classical_methods()}
-    for method in methods:
+    for method in offered:
         if method.label not in classical and method.label not in toys:
             return method.label
-    labels = [m.label for m in methods]
-    patchmatch = baselines.METHOD_TITLES["patchmatch"]
+    labels = [m.label for m in offered]
+    patchmatch = methods.REGISTRY["patchmatch"].title
     return patchmatch if patchmatch in labels else labels[0]
 
 
@@ -726,9 +588,7 @@ def main(argv: Sequence[str]) -> None:
     if any(importlib.util.find_spec(m) is None for m in ("fastapi", "uvicorn")):
         raise app.UsageError("the app needs fastapi and uvicorn: pip install -e '.[app]'")
     methods = load_methods(options.workdir)  # before serving: a bad workdir stops the start
-    toys = [m.label for m, w in zip(methods, options.workdir) if workdir_is_toy(w)]
-    api = build_app(methods, max_side=options.max_side, max_upload_mb=options.max_upload_mb,
-                    toys=toys)
+    api = build_app(methods, max_side=options.max_side, max_upload_mb=options.max_upload_mb)
     server = launch(api, host=options.host, port=options.port)
     print(f"serving on http://{options.host}:{options.port} (Ctrl+C stops)", flush=True)
     server.wait()

@@ -1,10 +1,15 @@
 """Evaluating methods with the paper's Table 1 protocol: what `eval.py` runs.
 
-A method is the workdir's network ('model': restored from its checkpoint, unreached holes filled
-as `ModelInpainter` does), another training workdir's network (its path), or a classical method
-('patchmatch', 'telea', 'ns'). One method writes results[_<method>].json/.md; a comparison of
-several, on identical pairs, writes comparison.json/.md with a row per method. The protocol
-itself, which takes any inpainter callable, is `pconv_jax.evaluation.table1`.
+A method is a name of the registry (`methods.REGISTRY`: 'model' is the workdir's network,
+restored from its checkpoint, unreached holes filled as `ModelInpainter` does; 'patchmatch',
+'telea', 'ns') or the path of another training workdir (its network). One method writes
+results[_<method>].json/.md; a comparison of several, on identical pairs, writes
+comparison.json/.md with a row per method. With `eval.fill_at_training_size`, a network fills
+images larger than its training side as `inpaint.py` and the app do (`fill.fill_photo`).
+
+The protocol itself, which takes any `Inpainter`, is `pconv_jax.evaluation.table1`; this module
+sits on the inference floor because it builds the methods (restoring networks needs
+`training.checkpoints`, which imports `evaluation`).
 """
 
 from __future__ import annotations
@@ -19,20 +24,10 @@ import ml_collections
 import numpy as np
 
 from pconv_jax.data import heldout, nvidia_masks
-from pconv_jax.evaluation import baselines, table1
+from pconv_jax.evaluation import table1
 from pconv_jax.evaluation.learned_metrics import LearnedMetrics
-from pconv_jax.inference.inpaint import ModelInpainter, workdir_config
-from pconv_jax.training import checkpoints
+from pconv_jax.inference import fill, methods
 from pconv_jax.training import workdir as workdir_lib
-
-
-@dataclasses.dataclass
-class Candidate:
-    """One method of an evaluation: its name, its row label and its inpainter."""
-    method: str
-    label: str
-    inpaint: table1.Inpainter
-    step: int | None = None
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, *, method: str | None = None,
@@ -57,19 +52,19 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, method: str | None =
         checkpoint_step = config.eval.checkpoint_step
     # Weights, checkpoints and the workdir are checked before the evaluation, not after it.
     learned = LearnedMetrics.from_config(config, names)
-    candidates = [_candidate(config, workdir, entry, checkpoint_step) for entry in entries]
-    labels = [c.label for c in candidates]
-    for candidate in candidates:  # two workdirs of one name: their rows name their paths
-        if labels.count(candidate.label) > 1:
-            candidate.label = f"{candidate.method}: {candidate.label}"
+    built = [_build(config, workdir, entry, checkpoint_step) for entry in entries]
+    labels = [method.label for method in built]
+    for entry, method in zip(entries, built):  # two workdirs of one name: rows name their paths
+        if labels.count(method.label) > 1:
+            method.label = f"{entry}: {method.label}"
     workdir_lib.prepare_workdir(workdir, writing="the results into")
 
     images = np.asarray(heldout.load_eval_images(
         config.data, config.eval.num_images, heldout.eval_image_size(config)), np.float32)
     test_masks = table1.prepare_test_masks(config, workdir, images.shape[1:3])
     reference = table1.reference_features(images, learned, config.eval.batch_size)
-    rows = [_evaluate(config, candidate, images, test_masks, names, learned, reference,
-                      progress) for candidate in candidates]
+    rows = [_evaluate(config, entry, method, images, test_masks, names, learned, reference,
+                      progress) for entry, method in zip(entries, built)]
 
     setting = (f"{len(test_masks)} masks on {len(images)} held-out images, "
                f"{images.shape[1]}x{images.shape[2]}")
@@ -99,48 +94,47 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, method: str | None =
 
 def _check_entries(entries: Sequence[str]) -> None:
     for entry in entries:
-        if entry not in table1.METHODS and not os.path.isdir(entry):
-            raise ValueError(f"unknown method {entry!r}: choose from {', '.join(table1.METHODS)}"
-                             f", or give the path of a training workdir")
+        if entry not in methods.REGISTRY and not os.path.isdir(entry):
+            raise ValueError(f"unknown method {entry!r}: choose from "
+                             f"{', '.join(methods.REGISTRY)}, or give the path of a training "
+                             f"workdir")
     repeated = sorted({e for e in entries if entries.count(e) > 1})
     if repeated:
         raise ValueError(f"method(s) {repeated} named twice")
 
 
-def _candidate(config: ml_collections.ConfigDict, workdir: str, entry: str,
-               checkpoint_step: int | None) -> Candidate:
-    if entry in baselines.CLASSICAL_METHODS:
-        inpaint = baselines.classical_inpainter(
-            entry, radius=config.eval.inpaint_radius,
-            patch_radius=config.eval.patchmatch_patch_radius, seed=config.eval.patchmatch_seed)
-        return Candidate(entry, baselines.METHOD_TITLES[entry], inpaint)
-    if entry == "model":
-        model_config, model_dir, name = config, workdir, config.get("experiment", "model")
-    else:  # another training workdir: its own config and latest checkpoint
-        model_config, model_dir = workdir_config(entry), entry
-        name, checkpoint_step = os.path.basename(os.path.normpath(entry)), None
-    model, step = checkpoints.restore_model(model_config, model_dir, step=checkpoint_step)
-    kind = "partial" if model_config.model.partial else "ordinary"
-    return Candidate(entry, f"{name} ({kind} convolutions, step {step})",
-                     ModelInpainter(model, warn=False), step)  # one summary warning
+def _build(config: ml_collections.ConfigDict, workdir: str, entry: str,
+           checkpoint_step: int | None) -> methods.Method:
+    """The method of an entry: a registry name, or another training workdir's network (its own
+    config and latest checkpoint). Networks warn about unreached holes once, in `_evaluate`."""
+    if entry not in methods.REGISTRY:
+        return methods.build("model", workdir=entry, warn=False)
+    if methods.REGISTRY[entry].from_workdir:
+        return methods.build(entry, config=config, workdir=workdir, checkpoint=checkpoint_step,
+                             network_name=config.get("experiment", "model"), warn=False)
+    return methods.build(entry, config=config)
 
 
-def _evaluate(config: ml_collections.ConfigDict, candidate: Candidate, images: np.ndarray,
+def _evaluate(config: ml_collections.ConfigDict, entry: str, method: methods.Method,
+              images: np.ndarray,
               test_masks: nvidia_masks.TestMaskSet, names: Sequence[str],
               learned: LearnedMetrics, reference: dict[str, np.ndarray],
               progress: bool) -> dict:
     """One method's row: its table, per-mask values and timing."""
     start = time.time()
-    per_mask = table1.evaluate(candidate.inpaint, images, test_masks,
+    inpaint = method.inpaint
+    if config.eval.get("fill_at_training_size", False) and method.training_size:
+        inpaint = fill.sized_inpainter(method)  # crops around the holes at the training side
+    per_mask = table1.evaluate(inpaint, images, test_masks,
                                batch_size=config.eval.batch_size, psnr_cap=config.eval.psnr_cap,
                                metric_names=names, learned=learned, progress=progress)
     table = table1.summarize(per_mask, test_masks, names, learned, reference)
-    unreached = getattr(candidate.inpaint, "unreached_share", 0.0)
+    unreached = getattr(method.inpaint, "unreached_share", 0.0)
     if unreached:
-        warnings.warn(f"{candidate.label}: {unreached:.2%} of the hole pixels lay beyond the "
+        warnings.warn(f"{method.label}: {unreached:.2%} of the hole pixels lay beyond the "
                       f"network's reach and were filled from downscaled copies", stacklevel=3)
     return dict(
-        method=candidate.method, label=candidate.label, step=candidate.step, table=table,
+        method=entry, label=method.label, step=method.step, table=table,
         unreached_hole_share=unreached, seconds=round(time.time() - start, 2),
         per_mask={k: v.tolist() for k, v in per_mask.items() if v.ndim == 1},
     )

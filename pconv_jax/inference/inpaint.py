@@ -22,24 +22,13 @@ an input (`--out` or `--panel` equal to `--image` or `--mask`, or inside an inpu
 `--mask` that is the `--image` itself (the same file or folder), are refused before anything is
 loaded.
 
-Any image size: the network needs sides that are multiples of 2**depth, so the image *and its
-mask* are mirror-padded (symmetric) up to the next multiple and the result is cropped back. A padded
-pixel is thus valid exactly where the pixel it mirrors is valid, so the network sees plausible
-context at the border and never has to invent the padding. The output is the composite: the
-known pixels are the input's, the holes the network's.
-
-Large photos: a photo with a side above `--max_side` (default 1024, as the web app) is filled
-crop by crop around its holes, with context around each, as the web app does
-(`app.fill_photo`): the network never sees more than `--max_side` pixels a side, so memory and
-time follow the holes, not the photo. A hole region larger than `--max_side` is filled from a
-downscaled copy. Only hole pixels change.
-
-Holes beyond the network's reach: a hole pixel farther from every known pixel than the
-network's receptive field gets no value from the network (its final mask is 0, its output
-exactly 0: black). Such pixels are filled from the same network run on copies halved until
-every pixel is reached (a half-size pixel is known if any of its 2x2 pixels is, with their
-mean), upsampled nearest-neighbour; only the unreached pixels take these values, and a warning
-gives their share of the hole pixels (the photo's own: padding is not counted).
+A network fills each photo where its holes look like its training holes (`fill.fill_photo`):
+a photo larger than the side it was trained at (the workdir's `data.image_size`) is filled crop
+by crop around its holes, with context around each, and a crop larger than that side is filled
+from a copy downscaled to it; only the filled pixels are scaled back up and pasted. PatchMatch
+and OpenCV's methods fill the whole photo up to `--max_side` (default 1024, as the web app) and
+crop by crop beyond. Either way memory and time follow the holes, not the photo, and only hole
+pixels change. See `model_inpainter` for odd sizes and holes beyond the network's reach.
 
 The model is rebuilt from `--config` (a config file, `path.py` or `path.py:arg`), or from the
 config saved in the workdir by training; the latest checkpoint is restored (or `--checkpoint`).
@@ -47,18 +36,12 @@ config saved in the workdir by training; the latest checkpoint is restored (or `
 
 from __future__ import annotations
 
-import functools
 import os
 import sys
-import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
-import jax
-import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from absl import app, flags
-from flax import nnx
 from tqdm import tqdm
 
 from pconv_jax import cli
@@ -66,8 +49,7 @@ from pconv_jax import config as config_lib
 from pconv_jax.convention import MASK_THRESHOLD
 from pconv_jax.data import images
 from pconv_jax.data.images import IMAGE_EXTENSIONS
-from pconv_jax.evaluation.table1 import METHODS
-from pconv_jax.network.unet import composite
+from pconv_jax.inference import fill, methods, model_inpainter
 
 
 def read_pair(image_path: str, mask_path: str, holes: str = "white"
@@ -89,54 +71,12 @@ def read_pair(image_path: str, mask_path: str, holes: str = "white"
     return image, mask
 
 
-def round_up(side: int, multiple: int) -> int:
-    """The smallest multiple of `multiple` that is >= `side`."""
-    return -(-side // multiple) * multiple
-
-
-def pad_to_size(image: np.ndarray, mask: np.ndarray, size: tuple[int, int]
-                ) -> tuple[np.ndarray, np.ndarray]:
-    """Mirror-pads image and mask (bottom and right) to `size` (H, W).
-
-    Single (H, W, C) arrays or batches (N, H, W, C).
-    """
-    h, w = image.shape[-3:-1]
-    pad = ((0, 0),) * (image.ndim - 3) + ((0, size[0] - h), (0, size[1] - w), (0, 0))
-    # 'symmetric' repeats the edge pixel and, unlike 'reflect', works for 1-pixel-wide images.
-    return np.pad(image, pad, mode="symmetric"), np.pad(mask, pad, mode="symmetric")
-
-
-def pad_to_multiple(image: np.ndarray, mask: np.ndarray, multiple: int
-                    ) -> tuple[np.ndarray, np.ndarray]:
-    """Mirror-pads image and mask (bottom and right) to sides that are multiples of `multiple`."""
-    h, w = image.shape[-3:-1]
-    return pad_to_size(image, mask, (round_up(h, multiple), round_up(w, multiple)))
-
-
-def inpaint_image(fill, image: np.ndarray, mask: np.ndarray, multiple: int = 1) -> np.ndarray:
-    """Composite (H, W, 3) of one image: pads to `multiple`, fills with `fill`, crops back.
-
-    `fill`: an inpainter taking (1, H', W', 3) images and (1, H', W', 1) masks (1 = valid)
-    and returning composites, e.g. `ModelInpainter(model)`.
-    """
-    h, w = image.shape[:2]
-    padded_image, padded_mask = pad_to_multiple(image, mask, multiple)
-    result = np.asarray(fill(padded_image[None], padded_mask[None]))[0, :h, :w]
-    return np.where(mask > MASK_THRESHOLD, image, result)  # known pixels exactly as given
-
-
 def side_by_side(image: np.ndarray, mask: np.ndarray, result: np.ndarray,
                  gap: int = 4) -> np.ndarray:
     """A panel [input with holes in white | result | original] with white gaps between."""
     holes_white = np.where(mask > MASK_THRESHOLD, image, 1.0)
     spacer = np.ones((image.shape[0], gap, 3), np.float32)
     return np.concatenate([holes_white, spacer, result, spacer, image], axis=1)
-
-
-def workdir_config(workdir: str) -> ml_collections.ConfigDict:
-    """The config training saved in the workdir (config.json), validated; a clear error naming
-    the file and the setting if there is none or it is damaged."""
-    return config_lib.load_workdir_config(workdir)
 
 
 def pair_folder(image_dir: str, mask_dir: str) -> list[tuple[str, str]]:
@@ -197,112 +137,6 @@ def check_outputs(image: str, mask: str, out: str, panel: str | None = None) -> 
         raise ValueError(f"--panel {panel!r} is the same file as --out")
 
 
-PadSide = Callable[[int, int], int]  # (side, multiple) -> padded side, a multiple of `multiple`
-
-
-class ModelInpainter:
-    """The network as an inpainter: composites (N, H, W, 3) in [0, 1], any H and W.
-
-    Images (N, H, W, 3) in [0, 1] and masks (N, H, W, 1), 1 = valid, are mirror-padded to
-    sides `pad_side(side, 2**depth)` (default: the next multiple of 2**depth). Hole pixels the
-    network does not reach (final mask 0) are filled from the network run on halved copies,
-    recursively, upsampled nearest-neighbour. `hole_pixels` and `unreached_pixels` count over
-    all calls, the given pixels only (not the padding); with `warn`, each call that filled
-    unreached pixels says so with their share.
-    """
-
-    def __init__(self, model: nnx.Module, *, warn: bool = True, pad_side: PadSide = round_up):
-        model.eval()
-        graphdef, state = nnx.split(model)
-        self.multiple = 2**model.depth
-        self.pad_side = pad_side
-        self.warn = warn
-        self.hole_pixels = 0
-        self.unreached_pixels = 0
-
-        @jax.jit
-        def run(state, images, masks):
-            net = nnx.merge(graphdef, state)
-            output, final_mask = net(images, masks, return_mask=True)
-            return jnp.clip(composite(output, images, masks), 0.0, 1.0), final_mask
-
-        self._run = lambda images, masks: run(state, images, masks)
-
-    @property
-    def unreached_share(self) -> float:
-        """Unreached hole pixels / hole pixels, over all calls so far."""
-        return self.unreached_pixels / max(self.hole_pixels, 1)
-
-    def __call__(self, images: np.ndarray, masks: np.ndarray) -> np.ndarray:
-        images = np.asarray(images, np.float32)
-        valid = np.all(np.asarray(masks) > MASK_THRESHOLD, axis=-1, keepdims=True)
-        empty = np.flatnonzero(~valid.any(axis=(1, 2, 3)))
-        if empty.size:
-            raise ValueError(f"mask {int(empty[0])} of the batch marks every pixel as a hole: "
-                             f"there are no known pixels to inpaint from")
-        result, unreached = self._fill(images, valid)
-        holes = int((~valid).sum())
-        self.hole_pixels += holes
-        self.unreached_pixels += unreached
-        if unreached and self.warn:
-            warnings.warn(f"{unreached / holes:.1%} of the hole pixels ({unreached} px) lie "
-                          f"beyond the network's reach; filled from downscaled copies",
-                          stacklevel=2)
-        return result
-
-    def _fill(self, images: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, int]:
-        """(composites, count of unreached pixels) of images and boolean masks (True = valid)."""
-        h, w = images.shape[1:3]
-        size = self.pad_side(h, self.multiple), self.pad_side(w, self.multiple)
-        padded_images, padded_valid = pad_to_size(images, valid.astype(np.float32), size)
-        result, final_mask = self._run(padded_images, padded_valid)
-        result = np.asarray(result)[:, :h, :w]
-        unreached = (np.asarray(final_mask)[:, :h, :w] <= MASK_THRESHOLD) & ~valid
-        count = int(unreached.sum())
-        if count == 0:
-            return result, 0
-        if h == 1 and w == 1:  # cannot happen with a known pixel; guards the recursion
-            raise RuntimeError("the network reaches no pixel even at 1x1")
-        small, _ = self._fill(*_halve(images, valid))
-        upsampled = np.repeat(np.repeat(small, 2, axis=1), 2, axis=2)[:, :h, :w]
-        return np.where(unreached, upsampled, result), count
-
-
-def _halve(images: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Half-size copies: a pixel is known if any of its 2x2 pixels is, with their mean.
-
-    Holes stay holes (a hole block stays a hole) and hole content is never read.
-    """
-    n, h, w, c = images.shape
-    pad = ((0, 0), (0, h % 2), (0, w % 2), (0, 0))
-    images, weights = np.pad(images, pad, mode="edge"), np.pad(valid, pad, mode="edge")
-    weights = weights.astype(np.float32)
-
-    def blocks(x):
-        return x.reshape(n, x.shape[1] // 2, 2, x.shape[2] // 2, 2, x.shape[3]).sum(axis=(2, 4))
-
-    count, total = blocks(weights), blocks(images * weights)
-    return np.where(count > 0, total / np.maximum(count, 1), 0.0).astype(np.float32), count > 0
-
-
-def build_inpainter(method: str, workdir: str | None, config_spec: str | None,
-                    checkpoint: int | None, radius: int = 3, pad_side: PadSide = round_up):
-    """(inpainter, size multiple) for 'model' (restored from the workdir) or a classical method
-    ('patchmatch', 'telea', 'ns', with the evaluation's default settings).
-
-    The network pads its inputs itself (to `pad_side`, see `ModelInpainter`): its multiple is 1.
-    """
-    from pconv_jax.evaluation import baselines
-    if method != "model":
-        return baselines.classical_inpainter(method, radius=radius), 1
-    if not workdir:
-        raise ValueError("--workdir is required with --method model (it holds the checkpoints)")
-    from pconv_jax.training import checkpoints
-    config = config_lib.load_config(config_spec) if config_spec else workdir_config(workdir)
-    model, _ = checkpoints.restore_model(config, workdir, step=checkpoint)
-    return ModelInpainter(model, pad_side=pad_side), 1
-
-
 def define_flags() -> None:
     """The command's flags (defined by the command only, so that importing this module doesn't)."""
     flags.DEFINE_string("image", None, "an image file, or a folder of images")
@@ -315,10 +149,11 @@ def define_flags() -> None:
     flags.DEFINE_enum("mask_holes", "white", ["white", "black"], "which mask colour marks holes")
     flags.DEFINE_string("panel", None, "single image: also write [input with holes | result | "
                         "original] to this file")
-    flags.DEFINE_enum("method", "model", list(METHODS),
+    flags.DEFINE_enum("method", "model", list(methods.NAMES),
                       "the network, PatchMatch, or OpenCV's Telea / Navier-Stokes inpainting")
-    flags.DEFINE_integer("max_side", 1024, "photos with a longer side are filled crop by crop "
-                         "around the holes (bounds memory and time)")
+    flags.DEFINE_integer("max_side", fill.MAX_SIDE, "photos with a longer side are filled crop "
+                         "by crop around the holes (bounds memory and time); a network works "
+                         "at most at the side it was trained at")
 
 
 def main(argv: Sequence[str]) -> None:
@@ -341,13 +176,14 @@ def main(argv: Sequence[str]) -> None:
     if args.max_side < 64:
         raise ValueError(f"--max_side must be at least 64, got {args.max_side}")
 
-    from pconv_jax.inference import app as web_app  # its crop-around-holes path
-    fill, multiple = build_inpainter(args.method, args.workdir, args.config, args.checkpoint)
-    method = functools.partial(inpaint_image, fill, multiple=multiple)
+    config = config_lib.load_config(args.config) if args.config else None
+    # Bucketed padding: crops of similar sizes reuse one compiled network.
+    method = methods.build(args.method, config=config, workdir=args.workdir,
+                           checkpoint=args.checkpoint, pad_side=model_inpainter.bucket_side)
     for image_path, mask_path in tqdm(pairs, unit="image", file=sys.stderr,
                                       disable=not folder_mode):
         image, mask = read_pair(image_path, mask_path, args.mask_holes)
-        result = web_app.fill_photo(method, image, mask, args.max_side)
+        result = fill.fill_photo(method, image, mask, args.max_side)
         out = (os.path.join(out_arg, os.path.splitext(os.path.basename(image_path))[0] + ".png")
                if folder_mode else out_arg)
         images.write_image(out, result)

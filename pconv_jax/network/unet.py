@@ -245,8 +245,8 @@ class PConvUNet(nnx.Module):
         """The raw output; with `return_mask`, also the final mask (N, H, W, 1).
 
         The final mask is 0 where no valid pixel lies within the network's receptive field:
-        the output there is exactly 0 (see `pconv_jax.inference.inpaint` for filling it). The
-        baseline (`partial=False`) reaches every pixel: its final mask is all ones.
+        the output there is exactly 0 (see `pconv_jax.inference.model_inpainter` for filling
+        it). The baseline (`partial=False`) reaches every pixel: its final mask is all ones.
         """
         levels = self.encode(image, mask)
         x, mask = levels.pop()

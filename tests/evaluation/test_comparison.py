@@ -9,7 +9,7 @@ from pconv_jax.data import masks as masks_lib
 from pconv_jax.data import nvidia_masks
 from pconv_jax.evaluation import baselines, table1
 from pconv_jax.evaluation.learned_metrics import LearnedMetrics
-from pconv_jax.inference import evaluate
+from pconv_jax.inference import evaluate, methods
 from tests.helpers.training import tiny_eval_config
 
 
@@ -50,8 +50,8 @@ def test_patchmatch_keeps_known_pixels_fills_holes_and_repeats_under_its_seed(te
 
 
 def test_unknown_method_and_metric_are_clear_errors(tmp_path):
-    with pytest.raises(ValueError, match="unknown classical method 'pm'"):
-        baselines.classical_inpainter("pm")
+    with pytest.raises(ValueError, match="unknown method 'pm': choose from model, patchmatch"):
+        methods.build("pm")
     assert table1.parse_metrics("ssim, L1,fid") == ("l1", "ssim", "fid")
     with pytest.raises(ValueError, match=r"unknown metric\(s\) \['psnrr'\].*l1,psnr,ssim"):
         table1.parse_metrics("l1,psnrr")
@@ -104,7 +104,7 @@ def test_fid_and_is_over_all_masks_and_per_cell_only_with_enough_masks(test_set,
                                                 rel=1e-3)
     assert table["all"]["fid"] > 0.01 and table["all"]["is"] >= 1.0
     monkeypatch.setattr(table1, "MIN_SET_METRIC_MASKS", 2)
-    _, table = run(baselines.classical_inpainter("telea"))
+    _, table = run(methods.build("telea").inpaint)
     assert all(np.isfinite(table[c]["is"]) for c in table)
     text = table1.format_table(table)
     assert "| FID |" in text and "| IScore |" in text and "at least 2 masks" in text
@@ -135,3 +135,23 @@ def test_compare_writes_one_table_with_a_row_per_method_on_identical_pairs(tmp_p
                           progress=False)
     assert single["table"] == saved["methods"][1]["table"]
     assert not (tmp_path / "results.json").exists()
+
+
+def test_fill_at_training_size_runs_a_network_on_crops_at_its_training_side(tmp_path,
+                                                                            monkeypatch):
+    seen = []
+
+    def small_network(request):  # a stand-in network trained at 16 px that records its inputs
+        def inpaint(images, masks):
+            seen.append(images.shape[1:3])
+            return np.where(masks > 0.5, images, 0.5).astype(np.float32)
+        return methods.Method("net16", "net16", inpaint, training_size=16)
+
+    monkeypatch.setitem(methods.REGISTRY, "net16", methods.Entry("net16", small_network))
+    evaluate.run(tiny_eval_config(), str(tmp_path), method="net16", metric_names="l1",
+                 progress=False)
+    assert set(seen) == {(32, 32)}  # the paper's protocol: whole images
+    seen.clear()
+    evaluate.run(tiny_eval_config(fill_at_training_size=True), str(tmp_path), method="net16",
+                 metric_names="l1", progress=False)
+    assert seen and all(max(shape) <= 16 for shape in seen), seen

@@ -261,7 +261,7 @@ def test_eval_reports_lpips_per_mask_with_the_named_files(tmp_path, backbone, me
         config.data, config.eval.num_images, heldout.eval_image_size(config)), np.float32)
     test_masks = nvidia_masks.scan_test_masks(results["test_masks"])
     index = np.arange(len(test_masks))
-    composites = baselines.classical_inpainter("telea")(
+    composites = baselines.inpaint_opencv(
         images[index % len(images)], test_masks.load(index, images.shape[1:3]))
     want = np.asarray(metric(composites, images[index % len(images)]))
     np.testing.assert_allclose(results["per_mask"]["lpips"], want, rtol=1e-5)

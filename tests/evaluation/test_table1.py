@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from pconv_jax.data import images, masks, nvidia_masks
-from pconv_jax.evaluation import baselines, table1
-from pconv_jax.inference import evaluate
+from pconv_jax.evaluation import table1
+from pconv_jax.inference import evaluate, methods
 from tests.helpers import REPO
 from tests.helpers.full_disk import fill_disk_after
 from tests.helpers.training import tiny_eval_config
@@ -45,7 +45,7 @@ def test_generated_masks_land_in_their_bins_at_eval_resolution(test_set):
 @pytest.mark.parametrize("method", ["telea", "ns"])
 def test_classical_baselines_fill_all_cells_with_finite_metrics(test_set, method):
     images = _images()
-    per_mask = table1.evaluate(baselines.classical_inpainter(method), images, test_set,
+    per_mask = table1.evaluate(methods.build(method).inpaint, images, test_set,
                                    batch_size=5, progress=False)
     np.testing.assert_array_equal(per_mask["image_index"], np.arange(24) % 5)
     table = table1.summarize(per_mask, test_set)
@@ -75,7 +75,7 @@ def test_identity_inpainter_gives_perfect_scores_and_the_pairing_is_fixed(test_s
 
 
 def test_results_files_and_table(tmp_path, test_set):
-    per_mask = table1.evaluate(baselines.classical_inpainter("telea"), _images(), test_set,
+    per_mask = table1.evaluate(methods.build("telea").inpaint, _images(), test_set,
                                    batch_size=8, progress=False)
     table = table1.summarize(per_mask, test_set)
     markdown = table1.format_table(table, "t")
@@ -105,7 +105,7 @@ def test_run_with_a_baseline_writes_its_own_results_files(tmp_path, capsys):
 def test_an_untrained_network_fills_every_cell(test_set):
     from flax import nnx
 
-    from pconv_jax.inference.inpaint import ModelInpainter
+    from pconv_jax.inference.model_inpainter import ModelInpainter
     from pconv_jax.network.unet import PConvUNet
     model = PConvUNet(depth=3, widths=(4, 8, 8), rngs=nnx.Rngs(0))
     per_mask = table1.evaluate(ModelInpainter(model), _images(), test_set,

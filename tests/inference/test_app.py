@@ -20,7 +20,7 @@ import PIL.Image
 import pytest
 
 from pconv_jax.data import images
-from pconv_jax.inference import app
+from pconv_jax.inference import app, methods
 from tests.helpers import REPO
 from tests.helpers.training import demo_config
 
@@ -33,13 +33,13 @@ FILL = (0.1, 0.9, 0.3)  # the colour the fake method fills with
 FILL_U8 = np.round(np.array(FILL) * 255).astype(np.uint8)
 
 
-def _fake_method(seen: list[tuple[int, ...]], multiple: int = 8):
+def _fake_method(seen: list[tuple[int, ...]]):
     """A method that records the shapes it is given and fills holes with a gradient."""
     def fill(images, masks):
         seen.append(images.shape)
         ramp = np.linspace(0.2, 0.8, images.shape[2], dtype=np.float32)[None, None, :, None]
         return np.where(masks > 0.5, images, ramp)
-    return app.Method("fake", fill, multiple)
+    return methods.Method("fake", "fake", fill)
 
 
 def _flat_method(label: str = "Flat (test)"):
@@ -87,104 +87,6 @@ def test_uploads_obey_the_readers_pixel_limit_before_decoding(tmp_path, monkeypa
     monkeypatch.undo()
     monkeypatch.setenv("PCONV_MAX_PIXELS", "2000")
     assert app.decode_photo(path).shape == (40, 50, 3)
-
-
-def test_similar_sizes_share_a_padded_shape():
-    """The app's networks pad photos of similar sizes to one bucket: one compilation for all."""
-    from flax import nnx
-
-    from pconv_jax.inference.inpaint import ModelInpainter
-    from pconv_jax.network.unet import PConvUNet
-    fill = ModelInpainter(PConvUNet(depth=2, widths=(4, 8), rngs=nnx.Rngs(0)),
-                          pad_side=app.bucket_side)
-    seen: list[tuple[int, ...]] = []
-    run = fill._run
-    fill._run = lambda images, masks: (seen.append(images.shape), run(images, masks))[1]
-    method = app.Method("network", fill, 1)
-    rng = np.random.default_rng(0)
-    for h, w in ((375, 500), (360, 480), (333, 401)):
-        image = rng.random((h, w, 3), np.float32)
-        valid = np.ones((h, w, 1), np.float32)
-        valid[100:104, 100:104] = 0
-        out = method(image, valid)
-        assert out.shape == (h, w, 3)
-        np.testing.assert_array_equal(out[valid[..., 0] > 0], image[valid[..., 0] > 0])
-    assert seen == [(1, 384, 512, 3)] * 3
-    assert app.bucket_side(1000, 256) == 1024 and app.bucket_side(1100, 8) == 1280
-
-
-def test_large_photo_is_filled_by_crops_and_keeps_every_known_pixel():
-    rng = np.random.default_rng(1)
-    photo = rng.integers(0, 256, (400, 600, 3), np.uint8)
-    valid = np.ones((400, 600, 1), np.float32)
-    valid[10:20, 10:25] = 0      # two small holes far apart: two crops
-    valid[370:382, 560:580] = 0
-    valid[150:230, 250:370] = 0  # a hole region (with context) above max_side: downscaled
-    seen: list[tuple[int, ...]] = []
-    result = app.inpaint_photo(_fake_method(seen), photo, valid, max_side=128)
-    assert result.shape == photo.shape and result.dtype == np.uint8
-    known, holes = valid[..., 0] > 0, valid[..., 0] == 0
-    np.testing.assert_array_equal(result[known], photo[known])  # bit-exact at full resolution
-    assert not np.array_equal(result[holes], photo[holes])
-    assert len(seen) == 3 and all(max(s[1:3]) <= 128 for s in seen), seen
-    # The ramp the fake fills with reaches the full-resolution photo (scaled up in the big hole).
-    big = result[150:230, 250:370].astype(np.float32) / 255
-    assert 0.15 < big.mean() < 0.85 and big.std() > 0.02
-
-
-def test_boxes_merge_where_their_context_overlaps():
-    holes = np.zeros((200, 200), bool)
-    holes[50:55, 50:55] = holes[60:65, 90:95] = True  # close: one box
-    holes[190:195, 190:195] = True                     # far: its own box
-    boxes = app.hole_boxes(holes)
-    assert len(boxes) == 2
-    covered = np.zeros_like(holes, int)
-    for y0, x0, y1, x1 in boxes:
-        covered[y0:y1, x0:x1] += 1
-    assert (covered[holes] == 1).all()  # every hole pixel in exactly one box
-
-
-def _assert_boxes_hold_regions_with_context(holes, boxes) -> None:
-    """Boxes don't overlap, and each holds whole hole regions with at least MIN_CONTEXT around."""
-    painted = np.zeros(holes.shape, int)
-    for y0, x0, y1, x1 in boxes:
-        painted[y0:y1, x0:x1] += 1
-    assert painted.max() == 1  # no two boxes overlap
-    box_of = np.zeros(holes.shape, int)
-    for i, (y0, x0, y1, x1) in enumerate(boxes):
-        box_of[y0:y1, x0:x1] = i + 1
-    count, _, stats, _ = cv2.connectedComponentsWithStats(holes.astype(np.uint8), connectivity=8)
-    c = app.MIN_CONTEXT
-    for x, y, w, h, _ in stats[1:count]:
-        around = box_of[max(0, y - c):y + h + c, max(0, x - c):x + w + c]
-        assert (around == around.flat[0]).all() and around.flat[0] > 0
-
-
-def test_speckled_mask_is_grouped_in_linear_time():
-    holes = np.zeros((1100, 1100), bool)
-    holes[200::8, ::8] = True  # 15,594 separated dots (a 1.3 % fill)
-    holes[0, 0] = True         # and one far from them: the pairwise merge rescanned all after it
-    start = time.perf_counter()
-    boxes = app.hole_boxes(holes)
-    seconds = time.perf_counter() - start
-    assert sorted(boxes) == [(0, 0, 49, 49), (152, 0, 1100, 1100)]
-    _assert_boxes_hold_regions_with_context(holes, boxes)
-    assert seconds < 5, seconds  # about 0.05 s; the pairwise merge took 14 s to 70 s
-
-
-def test_many_distant_holes_are_filled_in_a_bounded_number_of_crops():
-    holes = np.zeros((1100, 1100), bool)
-    holes[5::100, 5::100] = True  # 121 dots, their contexts apart: one crop each before
-    boxes = app.hole_boxes(holes)
-    assert 1 <= len(boxes) <= app.MAX_CROPS
-    _assert_boxes_hold_regions_with_context(holes, boxes)
-    seen: list[tuple[int, ...]] = []
-    photo = np.random.default_rng(2).integers(0, 256, (1100, 1100, 3), np.uint8)
-    valid = (~holes).astype(np.float32)[..., None]
-    result = app.inpaint_photo(_fake_method(seen), photo, valid, max_side=1024)
-    assert 1 <= len(seen) <= app.MAX_CROPS
-    np.testing.assert_array_equal(result[~holes], photo[~holes])
-    assert (result[holes] != photo[holes]).any()
 
 
 def test_workdir_without_checkpoint_stops_the_start(tmp_path):
@@ -260,14 +162,7 @@ def test_documents_expire_and_keep_a_bounded_number():
     assert len(documents) == 2 and documents.get(keys[2]).name == "2"
 
 
-def test_toy_networks_are_marked_and_patchmatch_is_preselected(tmp_path):
-    config = demo_config()
-    for name, size, step in (("small", 64, "9000"), ("brief", 256, "200"), ("real", 256, "9000")):
-        (tmp_path / name / "checkpoints" / step).mkdir(parents=True)
-        config.data.image_size = size
-        (tmp_path / name / "config.json").write_text(config.to_json_best_effort())
-    assert [app.workdir_is_toy(str(tmp_path / n)) for n in ("small", "brief", "real")] == [
-        True, True, False]
+def test_the_first_network_that_is_not_a_toy_is_preselected_else_patchmatch():
     methods = [_flat_method("toy net"), _flat_method("real net")] + app.classical_methods()
     assert app.preselected(methods, {"toy net"}) == "real net"
     assert app.preselected(methods, {"toy net", "real net"}) == "PatchMatch"
@@ -318,7 +213,7 @@ class _Gate:
 
     def __init__(self):
         self.started, self.opened, self.error = threading.Event(), threading.Event(), None
-        self.method = app.Method("gated", self._fill, 8)
+        self.method = app.Method("gated", "gated", self._fill)
 
     def _fill(self, images, masks):
         self.started.set()

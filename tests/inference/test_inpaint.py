@@ -6,7 +6,7 @@ import pytest
 from flax import nnx
 
 from pconv_jax.data import images
-from pconv_jax.inference import inpaint
+from pconv_jax.inference import inpaint, methods, model_inpainter
 from pconv_jax.network.unet import PConvUNet
 from tests.helpers.commands import run_inpaint
 
@@ -30,7 +30,7 @@ def test_odd_sized_image_through_the_network_keeps_size_and_known_pixels(photo):
     tmp_path, rgb, holes = photo
     model = PConvUNet(depth=3, widths=(4, 8, 8), rngs=nnx.Rngs(0))
     image, mask = inpaint.read_pair(str(tmp_path / "photo.png"), str(tmp_path / "mask.png"))
-    out = inpaint.inpaint_image(inpaint.ModelInpainter(model), image, mask, multiple=8)
+    out = model_inpainter.inpaint_image(model_inpainter.ModelInpainter(model), image, mask)
     assert out.shape == (37, 53, 3)
     np.testing.assert_array_equal(out[mask[..., 0] > 0], image[mask[..., 0] > 0])
     assert np.isfinite(out).all() and 0 <= out.min() and out.max() <= 1
@@ -44,17 +44,6 @@ def test_command_with_patchmatch_fills_only_the_holes(photo):
     out = cv2.cvtColor(cv2.imread(str(tmp_path / "pm.png")), cv2.COLOR_BGR2RGB)
     np.testing.assert_array_equal(out[holes == 0], rgb[holes == 0])
     assert (out[holes > 0] != rgb[holes > 0]).any(axis=-1).mean() > 0.9
-
-
-def test_padding_mirrors_the_mask_too():
-    image = np.arange(3 * 5 * 3, dtype=np.float32).reshape(3, 5, 3)
-    mask = np.ones((3, 5, 1), np.float32)
-    mask[2, 4] = 0  # a hole in the bottom-right corner
-    padded_image, padded_mask = inpaint.pad_to_multiple(image, mask, 4)
-    assert padded_image.shape == (4, 8, 3) and padded_mask.shape == (4, 8, 1)
-    assert padded_mask[3, 5, 0] == 0 and padded_mask[2, 5, 0] == 0  # mirrors of the hole
-    assert padded_mask[0, 5, 0] == 1
-    np.testing.assert_array_equal(padded_image[:3, :5], image)
 
 
 def test_command_white_and_black_conventions_swap_the_holes(photo):
@@ -110,7 +99,7 @@ def test_missing_and_unreadable_files_are_clear_errors(photo):
     with pytest.raises(ValueError, match="cannot decode image"):
         images.read_image(str(tmp_path / "junk.png"))
     with pytest.raises(FileNotFoundError, match="no config.json"):
-        inpaint.workdir_config(str(tmp_path))
+        methods.build("model", workdir=str(tmp_path))
 
 
 def _telea(image, mask, out, *extra):
@@ -183,48 +172,7 @@ def test_an_all_hole_mask_is_refused(photo):
         _telea(tmp_path / "photo.png", tmp_path / "all.png", tmp_path / "out.png")
     model = PConvUNet(depth=2, widths=(4, 8), rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="every pixel as a hole"):
-        inpaint.ModelInpainter(model)(np.zeros((1, 8, 8, 3)), np.zeros((1, 8, 8, 1)))
-
-
-@pytest.mark.slow
-def test_holes_beyond_the_receptive_field_are_filled_with_a_warning():
-    # A depth-2 network reaches about 10 px; a 40x40 hole in a 64x96 image leaves its centre
-    # unreached, where the network outputs exactly 0 (black).
-    model = PConvUNet(depth=2, widths=(4, 8), rngs=nnx.Rngs(0))
-    last = model.decoder[-1].conv  # wherever it is reached, the output is about 0.5: not black
-    last.kernel[...] = last.kernel[...] * 0.01
-    last.bias[...] = last.bias[...] + 0.5
-    y, x = np.mgrid[0:64, 0:96]
-    image = np.stack([x / 95, y / 63, 0.2 + 0.6 * (x + y) / 158], -1).astype(np.float32)
-    mask = np.ones((64, 96, 1), np.float32)
-    mask[12:52, 20:60] = 0
-    output, final = model(image[None], mask[None], return_mask=True)
-    unreached = np.asarray(final)[0, ..., 0] == 0
-    assert unreached.any() and (np.asarray(output)[0][unreached] == 0).all()  # the defect
-
-    fill = inpaint.ModelInpainter(model)
-    with pytest.warns(UserWarning, match=r"% of the hole pixels \(\d+ px\) lie beyond"):
-        out = inpaint.inpaint_image(fill, image, mask, multiple=4)
-    hole = mask[..., 0] == 0
-    np.testing.assert_array_equal(out[~hole], image[~hole])  # known pixels identical
-    assert not (out[hole] == 0).all(axis=-1).any()  # no black pixel left in the hole
-    assert fill.unreached_pixels == unreached.sum() < hole.sum()
-    assert fill.hole_pixels == hole.sum()
-
-
-def test_no_warning_and_identical_result_when_every_hole_is_reached(photo):
-    import warnings
-    model = PConvUNet(depth=3, widths=(4, 8, 8), rngs=nnx.Rngs(0))
-    image = np.random.default_rng(0).random((32, 32, 3), np.float32)
-    mask = np.ones((32, 32, 1), np.float32)
-    mask[10:14, 10:14] = 0
-    fill = inpaint.ModelInpainter(model)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        out = inpaint.inpaint_image(fill, image, mask, multiple=8)
-    raw = np.clip(np.asarray(model(image[None], mask[None]))[0], 0, 1)
-    np.testing.assert_allclose(out, np.where(mask > 0, image, raw), atol=1e-6)
-    assert fill.unreached_pixels == 0
+        model_inpainter.ModelInpainter(model)(np.zeros((1, 8, 8, 3)), np.zeros((1, 8, 8, 1)))
 
 
 def test_the_photo_as_its_own_mask_is_refused(photo):
@@ -250,22 +198,6 @@ def test_a_mask_without_any_hole_is_refused(photo):
     assert not (tmp_path / "out.png").exists()
 
 
-def test_the_unreached_share_counts_the_photos_hole_pixels_only():
-    # A 1-pixel-high photo padded to a 128-row bucket: the padding mirrors its holes 127 times.
-    from pconv_jax.inference import app
-    model = PConvUNet(depth=2, widths=(4, 8), rngs=nnx.Rngs(0))
-    image = np.random.default_rng(0).random((1, 300, 3), np.float32)
-    mask = np.ones((1, 300, 1), np.float32)
-    mask[0, 100:200] = 0  # 100 hole pixels, most beyond a depth-2 network's reach
-    fill = inpaint.ModelInpainter(model, pad_side=app.bucket_side)
-    with pytest.warns(UserWarning, match=r"of the hole pixels \((\d+) px\)") as record:
-        out = inpaint.inpaint_image(fill, image, mask)
-    assert fill.hole_pixels == 100
-    assert 0 < fill.unreached_pixels < 100
-    assert f"({fill.unreached_pixels} px)" in str(record[0].message)
-    np.testing.assert_array_equal(out[mask[..., 0] > 0], image[mask[..., 0] > 0])
-
-
 def _large_photo(tmp_path):
     y, x = np.mgrid[0:180, 0:260]
     rgb = np.stack([x * 255 / 259, y * 255 / 179, 128 + 60 * np.sin(x / 9.0)], -1)
@@ -282,15 +214,17 @@ def test_a_photo_above_max_side_is_filled_crop_by_crop_around_its_holes(tmp_path
     common = ["--image", str(tmp_path / "big.png"), "--mask", str(tmp_path / "big_mask.png"),
               "--method", "telea"]
     run_inpaint(common + ["--out", str(tmp_path / "whole.png")])  # 260 px <= 1024: whole
-    build = inpaint.build_inpainter
+    build = methods.build
     seen = []
 
     def spy(*args, **kwargs):  # the classical method, recording the sizes it is given
-        fill, multiple = build(*args, **kwargs)
-        return (lambda images, masks: seen.append(images.shape[1:3]) or fill(images, masks),
-                multiple)
+        method = build(*args, **kwargs)
+        fill = method.inpaint
+        method.inpaint = lambda images, masks: seen.append(images.shape[1:3]) or fill(images,
+                                                                                     masks)
+        return method
 
-    monkeypatch.setattr(inpaint, "build_inpainter", spy)
+    monkeypatch.setattr(methods, "build", spy)
     run_inpaint(common + ["--out", str(tmp_path / "crops.png"), "--max_side", "128"])
     assert len(seen) == 2 and max(max(size) for size in seen) <= 128  # one crop per hole
     whole, crops = (images.read_image(str(tmp_path / name)) for name in ("whole.png", "crops.png"))
