@@ -44,8 +44,8 @@ def _fake_method(seen: list[tuple[int, ...]]):
 
 def _flat_method(label: str = "Flat (test)"):
     """A method that fills holes with FILL: easy to find in a result."""
-    return app.Method(label, lambda images, masks: np.where(masks > 0.5, images,
-                                                            np.float32(FILL)), 8)
+    return app.Method("flat", label, lambda images, masks: np.where(masks > 0.5, images,
+                                                                    np.float32(FILL)))
 
 
 # ----------------------------------------------------------------------------- no browser
