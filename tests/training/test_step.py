@@ -212,3 +212,20 @@ def test_accumulated_step_all_reduces_only_gradients_and_statistics():
     reduced = sum(c.bytes for c in found if c.op == "all-reduce")
     params, stats = tree_bytes(state.params), tree_bytes(state.batch_stats)
     assert params <= reduced <= 1.1 * (params + stats), (reduced, params, stats)
+
+
+def test_accumulation_keeps_frozen_encoder_statistics_bitwise():
+    config = tiny_config()
+    config.train.freeze_encoder_bn = True
+    data_mesh = mesh.make_data_mesh(jax.devices()[:1])
+    tx = step_lib.make_optimizer(config.train)
+    graphdef, state = create_train_state(config, tx, data_mesh)
+    before = param_leaves(state.batch_stats)
+    step = make_train_step(graphdef, tx, dict(config.loss.weights), True, learning_rate=1e-3,
+                           accumulation_steps=2)
+    with jax.set_mesh(data_mesh):
+        state, _ = step(state, mesh.global_batch(random_batch(4), data_mesh), None)
+    after = param_leaves(state.batch_stats)
+    encoder = [k for k in before if k.startswith("encoder/")]
+    assert encoder and all(np.array_equal(after[k], before[k]) for k in encoder)
+    assert not all(np.array_equal(after[k], before[k]) for k in before if k not in encoder)
