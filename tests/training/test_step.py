@@ -104,6 +104,7 @@ def test_schedule_choices_agree_with_the_step():
     assert set(config_lib.CHOICES["train.lr_schedule"]) == set(step_lib.LR_SCHEDULES)
 
 
+@pytest.mark.slow
 def test_constant_schedule_is_bitwise_optax_adam():
     """The default: Adam at unit rate times the learning rate is `optax.adam(lr)`, state too."""
     config = tiny_config()
@@ -139,6 +140,7 @@ def test_warmup_from_zero_leaves_the_first_update_out():
 
 # ----------------------------------------------------------------------------- clipping
 
+@pytest.mark.slow
 def test_clipping_bounds_the_gradient_the_optimizer_receives():
     batch = random_batch(2)
     metrics, _, _, grads = sgd_step(batch, jax.devices()[:1])
@@ -164,6 +166,7 @@ def test_clipping_leaves_the_frozen_encoder_batchnorm_out():
 
 # ----------------------------------------------------------------------------- accumulation
 
+@pytest.mark.slow
 @pytest.mark.multidevice
 def test_accumulation_is_the_mean_of_its_micro_batches_on_eight_devices():
     """k = 2 micro-batches on 8 devices: gradients, metrics and running statistics are the
@@ -181,6 +184,7 @@ def test_accumulation_is_the_mean_of_its_micro_batches_on_eight_devices():
     assert_close(stats, mean(2), 1e-5)
 
 
+@pytest.mark.slow
 def test_accumulation_equals_the_larger_batch_when_batchnorm_sees_the_same_statistics():
     """Each image twice (the larger batch's BatchNorm mean and variance are then those of either
     micro-batch): two accumulated micro-batches give the one step on the doubled batch."""
