@@ -9,8 +9,15 @@ Both compute the same perceptual and style terms; the figure to read is the time
 Times are medians over `--repeats` runs after a warm-up, the two layouts timed interleaved.
 Random VGG16 weights (the time does not depend on them).
 
+`--variants`: instead, the whole loss's gradient with respect to the output
+(`losses.inpainting_loss`, the paper's weights) for `config.loss.dtype` float32 / bfloat16 x
+`config.loss.remat` off / on, timed interleaved: median ms and the compiled program's temporary
+memory (XLA's memory analysis of this backend's program), and the activations JAX keeps for the
+backward pass (its saved residuals: what remat changes, whatever the backend).
+
     python benchmarks/bench_loss.py                        # 256 x 256, batch 2, float32
     python benchmarks/bench_loss.py --batch 1 --dtype bfloat16
+    python benchmarks/bench_loss.py --variants --size 128 --batch 2
 """
 
 from __future__ import annotations
@@ -59,13 +66,53 @@ def make_loss(layout: str):
     return jax.jit(jax.grad(loss, argnums=(0, 1)))
 
 
+def bench_variants(args) -> None:
+    """float32 / bfloat16 VGG x remat off / on: ms per gradient and temporary memory."""
+    rng = np.random.default_rng(0)
+    shape = (args.batch, args.size, args.size, 3)
+    out, gt = (jnp.asarray(rng.random(shape), jnp.float32) for _ in range(2))
+    mask = jnp.asarray(rng.random(shape[:3] + (1,)) > 0.3, jnp.float32)
+    vgg = random_vgg16(jax.random.key(0))
+    from jax._src.ad_checkpoint import saved_residuals  # no public API for this figure
+    variants, residuals = {}, {}
+    for dtype in ("float32", "bfloat16"):
+        for remat in (False, True):
+            def loss(o, gt, mask, vgg, dtype=dtype, remat=remat):
+                return losses.inpainting_loss(o, gt, mask, vgg, vgg_dtype=dtype,
+                                              vgg_remat=remat)[0]
+            variants[(dtype, remat)] = jax.jit(jax.grad(loss)).lower(
+                out, gt, mask, vgg).compile()
+            residuals[(dtype, remat)] = sum(
+                a.size * a.dtype.itemsize for a, _ in saved_residuals(loss, out, gt, mask, vgg))
+    times = {key: [] for key in variants}
+    for fn in variants.values():
+        jax.block_until_ready(fn(out, gt, mask, vgg))  # warm-up
+    for _ in range(args.repeats):
+        for key, fn in variants.items():
+            start = time.perf_counter()
+            jax.block_until_ready(fn(out, gt, mask, vgg))
+            times[key].append(time.perf_counter() - start)
+    for (dtype, remat), fn in variants.items():
+        memory = fn.memory_analysis()
+        print(json.dumps({"loss_dtype": dtype, "remat": remat, "size": args.size,
+                          "batch": args.batch, "backend": jax.default_backend(),
+                          "median_ms": round(1e3 * statistics.median(times[(dtype, remat)]), 1),
+                          "temp_mib": round(memory.temp_size_in_bytes / 2**20, 1),
+                          "residuals_mib": round(residuals[(dtype, remat)] / 2**20, 1)}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--variants", action="store_true",
+                        help="time loss.dtype x loss.remat instead of the two layouts")
     args = parser.parse_args()
+    if args.variants:
+        bench_variants(args)
+        return
 
     rng = np.random.default_rng(0)
     shape = (args.batch, args.size, args.size, 3)

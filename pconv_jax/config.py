@@ -272,6 +272,8 @@ CHOICES: dict[str, Collection[str]] = {
     "data.resize_mode": ("crop", "resize"),
     "masks.source": ("generated", "nvidia"),
     "masks.border": ("any", "avoid", "touch"),
+    "loss.dtype": ("float32", "bfloat16"),
+    "train.lr_schedule": ("constant", "cosine", "step"),
 }
 
 # Integer settings and their least value.
@@ -286,6 +288,8 @@ MINIMUMS: dict[str, int] = {
     "eval.checkpoint_step": -1,
     "train.num_steps": 0, "train.log_every_steps": 1, "train.checkpoint_every_steps": 1,
     "train.keep_checkpoints": 1, "train.eval_every_steps": 1, "train.eval_batch_size": 1,
+    "train.warmup_steps": 0, "train.lr_decay_steps": 0, "train.lr_step_every": 0,
+    "train.accumulation_steps": 1,
 }
 
 # Float settings and their interval: (low, high, low included, high included).
@@ -299,6 +303,8 @@ INTERVALS: dict[str, tuple[float, float, bool, bool]] = {
     "train.learning_rate": (0.0, math.inf, False, False),
     "train.adam_b1": (0.0, 1.0, True, False),
     "train.adam_b2": (0.0, 1.0, True, False),
+    "train.lr_step_factor": (0.0, 1.0, False, True),
+    "train.grad_clip_norm": (0.0, math.inf, True, False),
 }
 
 
@@ -388,6 +394,12 @@ def validate(config: ml_collections.ConfigDict, device_count: int | None = None)
         example = device_count * max(1, batch // device_count)
         raise ValueError(f"config.data.batch_size = {batch} (global) must be a multiple of the "
                          f"device count {device_count}, e.g. {example}")
+    parts = config.train.accumulation_steps
+    if batch % (parts * (device_count or 1)):
+        raise ValueError(f"config.data.batch_size = {batch} must be a multiple of "
+                         f"config.train.accumulation_steps ({parts}) x the device count "
+                         f"({device_count or 1}): each device's share splits into k micro-batches")
+    check_schedule(config.train)
     depth = config.model.depth
     multiple = 2**depth
     for key in ("data.image_size", "eval.image_size"):
@@ -418,3 +430,17 @@ def validate(config: ml_collections.ConfigDict, device_count: int | None = None)
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not (
                 0 <= weight < math.inf):
             raise ValueError(f"config.loss.weights.{term} must be a number >= 0, got {weight!r}")
+
+
+def check_schedule(train: ml_collections.ConfigDict) -> None:
+    """The learning-rate schedule's settings that go together (`validate`, and the schedule
+    itself: `pconv_jax.training.step.learning_rate_schedule`)."""
+    if train.lr_schedule == "cosine":
+        end = train.lr_decay_steps or train.num_steps
+        if end <= train.warmup_steps:
+            raise ValueError(f"config.train.lr_schedule = 'cosine' decays until update {end} "
+                             f"(lr_decay_steps, 0 = num_steps), which must exceed "
+                             f"config.train.warmup_steps = {train.warmup_steps}")
+    if train.lr_schedule == "step" and train.lr_step_every < 1:
+        raise ValueError("config.train.lr_schedule = 'step' needs config.train.lr_step_every >= 1 "
+                         "(updates between decays)")

@@ -22,9 +22,14 @@ def compiled_steps():
 
     def get(config):
         train = config.train
+        schedule = [train[k] for k in ("learning_rate", "lr_schedule", "warmup_steps",
+                                         "lr_decay_steps", "lr_step_every", "lr_step_factor")]
+        if train.lr_schedule == "cosine" and not train.lr_decay_steps:
+            schedule.append(train.num_steps)  # the cosine ends at num_steps
         key = json.dumps([config.model.to_dict(), config.loss.weights.to_dict(),
-                          [train.learning_rate, train.adam_b1, train.adam_b2,
-                           train.freeze_encoder_bn]], sort_keys=True)
+                          [config.loss.dtype, config.loss.remat], schedule,
+                          [train.adam_b1, train.adam_b2, train.freeze_encoder_bn,
+                           train.grad_clip_norm, train.accumulation_steps]], sort_keys=True)
         if key not in cache:
             cache[key] = make_steps(config, network_graphdef(config))
         return cache[key]

@@ -48,6 +48,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.loss.weights = ml_collections.ConfigDict(dict(
         valid=1.0, hole=6.0, perceptual=0.05, style_out=120.0, style_comp=120.0, tv=0.1))
     config.loss.vgg_weights = ""      # VGG16 weights file (.pth, .safetensors, .h5, .npz)
+    config.loss.dtype = "float32"     # VGG16's compute dtype; 'bfloat16': its convolutions in
+                                      # bfloat16, Gram matrices and sums in float32
+    config.loss.remat = False         # recompute VGG16's activations in the backward pass
 
     # Training images (see README, "Image sources").
     config.data = ml_collections.ConfigDict()
@@ -108,6 +111,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train.adam_b1 = 0.9
     config.train.adam_b2 = 0.999
     config.train.num_steps = 1000
+    config.train.lr_schedule = "constant"  # after warmup: 'constant' (the paper), 'cosine' to 0 at
+                                        # lr_decay_steps, 'step' (x lr_step_factor every
+                                        # lr_step_every updates); docs/training.md, Large batches
+    config.train.warmup_steps = 0       # linear warmup from 0 over this many updates
+    config.train.lr_decay_steps = 0     # 'cosine': the update where it reaches 0; 0 = num_steps
+    config.train.lr_step_every = 0      # 'step': updates between decays (>= 1 with 'step')
+    config.train.lr_step_factor = 0.1   # 'step': the learning rate's factor at each decay
+    config.train.grad_clip_norm = 0.0   # clip the gradients' global norm to this; 0 = off
+    config.train.accumulation_steps = 1  # k: each update runs data.batch_size as k micro-batches
     config.train.freeze_encoder_bn = False  # fine-tuning: encoder BN statistics, scale, bias
     config.train.init_from = ""         # workdir whose latest checkpoint initialises the network
     config.train.log_every_steps = 100  # metrics to TensorBoard; the non-finite-loss check

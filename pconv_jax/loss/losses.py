@@ -11,7 +11,10 @@ A loss term is one entry in one registry: a function of `LossInputs` returning a
 adds a researcher's own, each with its weight, logged like the paper's.
 
 Dtypes: the loss computes in the output's dtype promoted to at least float32 (bfloat16
-outputs give float32 terms, float64 outputs float64 terms); VGG16 runs in the output's dtype.
+outputs give float32 terms, float64 outputs float64 terms); VGG16 runs in the output's dtype,
+or in `vgg_dtype` (`config.loss.dtype`: 'bfloat16' runs its convolutions in bfloat16 while the
+Gram matrices, L1 means and sums stay float32). `vgg_remat` (`config.loss.remat`) recomputes
+VGG16's activations in the backward pass instead of keeping them (`jax.checkpoint`).
 """
 
 from __future__ import annotations
@@ -108,7 +111,8 @@ class LossInputs:
     mask: jax.Array       # binarised: 1 = valid, 0 = hole; (N, H, W, 1) or (N, H, W, C)
     composite: jax.Array  # I_comp = M I_gt + (1 - M) I_out
     vgg: VGGParams | None = None
-    vgg_dtype: jnp.dtype = jnp.float32  # the dtype VGG16 runs in (the output's own)
+    vgg_dtype: jnp.dtype = jnp.float32  # the dtype VGG16 runs in (the output's own by default)
+    vgg_remat: bool = False  # recompute VGG16's activations in the backward pass
 
     @functools.cached_property
     def features(self) -> VGGFeatures:
@@ -121,9 +125,11 @@ class LossInputs:
         # One pass per image set, gt without gradient. Never concatenate them along the batch:
         # with the batch sharded over devices, the joined batch is laid out differently from its
         # parts and XLA ships VGG feature maps between devices, forward and backward.
+        # Remat: only the images are kept for the backward pass (the target needs none).
+        extract = jax.checkpoint(vgg16_features) if self.vgg_remat else vgg16_features
         return VGGFeatures(
-            vgg16_features(self.vgg, self.output.astype(self.vgg_dtype)),
-            vgg16_features(self.vgg, self.composite.astype(self.vgg_dtype)),
+            extract(self.vgg, self.output.astype(self.vgg_dtype)),
+            extract(self.vgg, self.composite.astype(self.vgg_dtype)),
             vgg16_features(self.vgg, jax.lax.stop_gradient(self.target.astype(self.vgg_dtype))))
 
     @functools.cached_property
@@ -153,6 +159,7 @@ PAPER_TERMS: dict[str, TermFn] = {
 }
 TERMS = ("valid", "hole", "perceptual", "style_out", "style_comp", "tv")
 VGG_TERMS = ("perceptual", "style_out", "style_comp")
+VGG_DTYPES = ("float32", "bfloat16")  # config.loss.dtype
 
 
 def _resolve_weights(weights: Mapping[str, float] | None) -> dict[str, float]:
@@ -201,6 +208,9 @@ def inpainting_loss(
     vgg: VGGParams | None = None,
     weights: Mapping[str, float] | None = None,
     extra_terms: Mapping[str, tuple[float, TermFn]] | None = None,
+    *,
+    vgg_dtype: str | jnp.dtype | None = None,
+    vgg_remat: bool = False,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The paper's total loss and its unweighted terms, plus any extra terms.
 
@@ -215,6 +225,10 @@ def inpainting_loss(
         `loss.weights`, the paper's); static Python numbers, e.g. `config.loss.weights`.
       extra_terms: {name: (weight, fn)}, each `fn(LossInputs)` a scalar added to the total
         with its static weight, e.g. {"l2": (1.0, lambda x: jnp.mean((x.output - x.target)**2))}.
+      vgg_dtype: the dtype VGG16 runs in (`config.loss.dtype`); None = the output's. With
+        'bfloat16' the Gram matrices, L1 means and sums stay float32 (the terms' dtype).
+      vgg_remat: recompute VGG16's activations in the backward pass (`config.loss.remat`):
+        less memory for a second forward pass of VGG16.
 
     Returns:
       (total, terms): total = sum of weight * term; terms maps each name in `TERMS`, then each
@@ -233,7 +247,11 @@ def inpainting_loss(
     dtype = _at_least_f32(output)
     m = (mask > MASK_THRESHOLD).astype(dtype)  # binarised exactly as the network does
     out, gt = output.astype(dtype), target.astype(dtype)
-    inputs = LossInputs(out, gt, m, m * gt + (1.0 - m) * out, vgg, output.dtype)
+    vgg_dtype = output.dtype if vgg_dtype is None else jnp.dtype(vgg_dtype)
+    if vgg_dtype not in VGG_DTYPES and vgg_dtype != output.dtype:
+        raise ValueError(f"vgg_dtype must be one of {VGG_DTYPES} (config.loss.dtype), "
+                         f"got {vgg_dtype}.")
+    inputs = LossInputs(out, gt, m, m * gt + (1.0 - m) * out, vgg, vgg_dtype, bool(vgg_remat))
 
     zero = jnp.zeros((), dtype)
     values = {k: fn(inputs) if use_vgg or k not in VGG_TERMS else zero

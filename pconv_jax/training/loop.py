@@ -38,6 +38,7 @@ from pconv_jax.training.step import (
     Steps,
     TrainState,
     create_train_state,
+    learning_rate_schedule,
     make_steps,
     network_graphdef,
 )
@@ -207,6 +208,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.M
         throughput.measure(first_step - 1)
         window = MetricsWindow(first_step)
         data_wait = logs.DataWait(*data_pipeline.parallelism(config.data))
+        learning_rate = learning_rate_schedule(config.train)  # of update t = step - 1
 
         # --- The loop.
         with jax.set_mesh(mesh), signals.Sigterm() as sigterm, signals.CtrlC() as ctrl_c:
@@ -224,7 +226,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.M
                     summary = window.flush(step, _last_checkpoint_text(checkpointer))
                     summary.update(data_wait.measure(step))
                     summary.update(throughput.measure(step),
-                                   learning_rate=float(config.train.learning_rate))
+                                   learning_rate=float(learning_rate(step - 1)))
                     writer.write_scalars(step, summary)
                 if last or step % config.train.eval_every_steps == 0:
                     log_held_out(eval_step, state, held_out, held_out_global, writer, step)

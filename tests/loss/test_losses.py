@@ -289,3 +289,94 @@ def test_gradient_wrt_output_reaches_perceptual_and_style_terms(random_vgg):
     grad = jax.jit(jax.grad(
         lambda o: losses.inpainting_loss(o, gt, mask, random_vgg, weights)[0]))(out)
     assert bool(jnp.all(jnp.isfinite(grad))) and float(jnp.abs(grad).max()) > 0
+
+
+# --------------------------------------------------------------------------- loss dtype, remat
+
+def photo_batch(size: int = 64):
+    """Four skimage photographs at `size`², generated irregular masks (10-30 % holes) and
+    outputs a network might give: noisy, blurred, holes filled flat, colours shifted."""
+    import cv2
+    import skimage.data
+
+    from pconv_jax.data.masks import generate_mask
+    gt = np.stack([cv2.resize(getattr(skimage.data, name)()[..., :3], (size, size),
+                              interpolation=cv2.INTER_AREA)
+                   for name in ("astronaut", "chelsea", "coffee", "rocket")]) / 255.0
+    mask = np.stack([generate_mask(i, size, hole_ratio_range=(0.1, 0.3)) for i in range(4)])
+    rng = np.random.default_rng(0)
+    outputs = {"noise": np.clip(gt + rng.normal(0, 0.05, gt.shape), 0, 1),
+               "blur": np.stack([cv2.GaussianBlur(g, (7, 7), 2.0) for g in gt]),
+               "flat_holes": gt * mask + (1 - mask) * gt.mean(axis=(1, 2), keepdims=True),
+               "shift": np.clip(gt * 0.9 + 0.08, 0, 1)}
+    as32 = functools.partial(np.asarray, dtype=np.float32)
+    return as32(gt), as32(mask), {k: as32(v) for k, v in outputs.items()}
+
+
+@functools.partial(jax.jit, static_argnames=("vgg_dtype", "vgg_remat"))
+def loss_and_output_gradient(output, target, mask, vgg_params, vgg_dtype, vgg_remat=False):
+    """((total, terms), d total / d output) with the paper's weights, one program."""
+    def total(out):
+        return losses.inpainting_loss(out, target, mask, vgg_params, PAPER_WEIGHTS,
+                                      vgg_dtype=vgg_dtype, vgg_remat=vgg_remat)
+    return jax.value_and_grad(total, has_aux=True)(output)
+
+
+@pytest.mark.slow
+def test_bfloat16_vgg_stays_close_to_float32_on_photographs(random_vgg):
+    """Random VGG16 weights (no download here). Tolerances, about twice the largest measured
+    error: each VGG term within 5 % (measured <= 2.4 %), the total within 2 % (<= 0.72 %), the
+    gradient's cosine with float32's > 0.97 (>= 0.979). bfloat16 keeps 8 significant bits (a
+    rounding of 2**-9 per activation); a term is a mean of feature differences, so its relative
+    error grows as the output nears the target (style_comp, whose composite equals the target
+    outside the holes, errs most); the L1 terms' gradient is the sign of each difference, and
+    where differences are small (the blurred case) rounding flips the smallest ones' signs."""
+    gt, mask, outputs = photo_batch()
+    for name, output in outputs.items():
+        (total32, want), grad32 = loss_and_output_gradient(output, gt, mask, random_vgg,
+                                                           "float32")
+        (total16, got), grad16 = loss_and_output_gradient(output, gt, mask, random_vgg,
+                                                          "bfloat16")
+        for term in losses.VGG_TERMS:
+            assert got[term].dtype == jnp.float32
+            np.testing.assert_allclose(float(got[term]), float(want[term]), rtol=5e-2,
+                                       err_msg=f"{name}: {term}")
+        for term in ("valid", "hole", "tv"):  # no VGG: the same float32 computation
+            assert float(got[term]) == float(want[term]), (name, term)
+        np.testing.assert_allclose(float(total16), float(total32), rtol=2e-2, err_msg=name)
+        cosine = float(jnp.vdot(grad32, grad16) / jnp.linalg.norm(grad32)
+                       / jnp.linalg.norm(grad16))
+        assert cosine > 0.97, (name, cosine)
+
+
+@pytest.mark.slow
+def test_remat_gives_the_same_loss_and_gradient(random_vgg):
+    gt, mask, outputs = photo_batch(32)
+    output = outputs["flat_holes"]
+    (total, terms), grad = loss_and_output_gradient(output, gt, mask, random_vgg, "float32")
+    (total_r, terms_r), grad_r = loss_and_output_gradient(output, gt, mask, random_vgg,
+                                                          "float32", vgg_remat=True)
+    np.testing.assert_allclose(float(total_r), float(total), rtol=1e-6)
+    for term in terms:
+        np.testing.assert_allclose(float(terms_r[term]), float(terms[term]), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(grad_r), np.asarray(grad), rtol=0,
+                               atol=1e-6 * float(jnp.max(jnp.abs(grad))))
+
+
+def test_remat_recomputes_vgg_in_the_backward_pass(random_vgg):
+    """With remat the compiled gradient runs VGG16's convolutions again: more of them."""
+    out, gt, mask = make_inputs(0)
+
+    def conv_count(remat):
+        fn = jax.grad(lambda o: losses.inpainting_loss(o, gt, mask, random_vgg, PAPER_WEIGHTS,
+                                                       vgg_remat=remat)[0])
+        return jax.jit(fn).lower(out).as_text().count("convolution")
+    assert conv_count(True) > conv_count(False)
+
+
+def test_loss_dtype_choices_and_a_bad_dtype(random_vgg):
+    from pconv_jax import config as config_lib
+    assert set(config_lib.CHOICES["loss.dtype"]) == set(losses.VGG_DTYPES)
+    out, gt, mask = make_inputs(0)
+    with pytest.raises(ValueError, match="vgg_dtype must be one of"):
+        losses.inpainting_loss(out, gt, mask, random_vgg, vgg_dtype="float16")

@@ -89,6 +89,25 @@ def test_tfds_configs_train_under_mock_data(name, arg, tmp_path, compiled_steps,
 
 
 @pytest.mark.slow
+def test_a_varying_learning_rate_is_logged_at_every_log_step(tmp_path, compiled_steps):
+    """Warmup then cosine, with accumulation over 2 micro-batches: the logged learning rate is
+    the schedule's value of each step's update."""
+    from pconv_jax.training.step import learning_rate_schedule
+    config = demo_config(steps=4, batch=16)
+    config.train.update(lr_schedule="cosine", warmup_steps=2, accumulation_steps=2,
+                        log_every_steps=1)
+    state = train_and_evaluate(config, str(tmp_path), steps=compiled_steps(config))
+    assert int(state.step) == 4
+    logged = _scalars(str(tmp_path), "learning_rate")
+    want = learning_rate_schedule(config.train)
+    assert sorted(logged) == [1, 2, 3, 4]
+    np.testing.assert_allclose([logged[s] for s in range(1, 5)],
+                               [float(want(s - 1)) for s in range(1, 5)], rtol=1e-6)
+    assert logged[1] == 0.0 and logged[3] == pytest.approx(config.train.learning_rate)
+    assert config.train.learning_rate > logged[4] > 0
+
+
+@pytest.mark.slow
 def test_folder_config_trains(tmp_path, compiled_steps):
     folder = tmp_path / "images"
     folder.mkdir()
