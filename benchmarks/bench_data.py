@@ -3,7 +3,7 @@
 For each source (demo, folder of generated JPEGs, TFDS on generated ArrayRecord files) and
 size, the pipeline runs in a child process pinned to one core (one thread); on all cores with
 threads (`config.data.workers`); with `--processes`, on all cores with
-`config.data.worker_processes` = all cores (grain's `mp_prefetch`; the parent only collects the
+`config.data.worker_processes` = all cores (`data/shared_batches.py`; the parent only collects the
 batches, as train.py's does while the accelerator computes); and as independent one-core
 children, one pinned to each core, all at once ("independent": what the machine gives this
 work on all cores with nothing shared, the ceiling of any pipeline; a shared virtual machine's
@@ -25,6 +25,11 @@ a training process's dispatch and collector threads, TensorBoard or a checkpoint
 GPU host. Its lines carry "contention": "busy". `--baseline DIR` also runs the worker-process
 pipeline of the checkout in DIR (e.g. an older commit unpacked with `git archive`) in the same
 rounds ("processes_baseline"); `--modes` picks the runs (default: all).
+
+With worker processes of this checkout, `workers_waiting_processes` is the share of each
+worker's time spent waiting for a free slot (the parent behind) and `collector_waiting_processes`
+the share of the parent's collector thread's time spent waiting for the next batch (the
+workers behind).
 
 `cores_per_gpu` is the cores the pipeline needs to feed one GPU at `--target_images_per_s`
 (default 2000 at 256², the estimate for an H100/H200 at 40 % of its bfloat16 rate; scaled by
@@ -98,14 +103,20 @@ def child(args) -> None:
     batches = _batches(config)
     for _ in range(3):  # warm-up: worker start, first decodes
         next(batches)
+    workers = getattr(batches, "_workers", None)  # worker processes of this checkout's kind
+    waited = dict(workers.waited) if workers else {}
     cpu_start, count, start = _cpu_seconds(), 0, time.perf_counter()
     while time.perf_counter() - start < args.seconds:
         next(batches)
         count += args.batch
     elapsed, cpu_end = time.perf_counter() - start, _cpu_seconds()
     busy = sum(cpu_end[pid] - cpu_start.get(pid, 0.0) for pid in cpu_end) / elapsed
-    print(json.dumps({"images_per_s": count / elapsed, "cores_busy": busy,
-                      "rss_mb": _resident_mb()}), flush=True)
+    result = {"images_per_s": count / elapsed, "cores_busy": busy, "rss_mb": _resident_mb()}
+    if waited:  # where the time went: the share of the timed seconds spent waiting
+        result["workers_waiting"] = (workers.waited["workers"] - waited["workers"]) / (
+            elapsed * config.data.worker_processes)  # for a free slot, per worker
+        result["collector_waiting"] = (workers.waited["parent"] - waited["parent"]) / elapsed
+    print(json.dumps(result), flush=True)
     batches.close()
 
 
@@ -278,6 +289,10 @@ def _pipeline_fields(runs: dict[str, list[dict]], cores: int, target: float, **f
         fields[f"rss_mb{suffix}"] = round(max(r["rss_mb"] for r in mode_runs))
         fields[f"cores_busy{suffix}"] = round(
             statistics.median(r["cores_busy"] for r in mode_runs), 2)
+        for wait in ("workers_waiting", "collector_waiting"):  # (worker processes only)
+            if wait in mode_runs[0]:
+                fields[f"{wait}{suffix}"] = round(
+                    statistics.median(r[wait] for r in mode_runs), 3)
         if mode == "1_core":
             continue
         ratios = [r["images_per_s"] / o["images_per_s"]
