@@ -76,48 +76,6 @@ def test_batches_are_copied_out_of_their_slots_off_the_calling_thread(monkeypatc
     assert all(b["image"].shape == (4, 16, 16, 3) for b in batches)
 
 
-class _HeldExample:
-    """Position p -> an example whose bytes say p; in a worker process, writes `made_<p>` in
-    `folder`, and the positions in `held` wait until `folder` holds `release`."""
-
-    def __init__(self, folder, held):
-        self.folder, self.held = str(folder), held
-
-    def __call__(self, position):
-        if multiprocessing.parent_process() is not None:  # (the parent reads the layout)
-            release = os.path.join(self.folder, "release")
-            while position in self.held and not os.path.exists(release):
-                time.sleep(0.01)
-            with open(os.path.join(self.folder, f"made_{position}"), "w"):
-                pass
-        return {"image": np.full((4, 4, 3), position, np.uint8),
-                "mask": np.ones((4, 4, 1), np.uint8)}
-
-
-def test_a_stuck_worker_process_does_not_hold_the_others_back(tmp_path):
-    # The worker making batch 2 is stuck (another process has its core): the other worker goes
-    # on with batches 3, 4, 5, ..., not only with its own share of them (3, 5, 7, ...).
-    run = pipeline.TrainPipeline(_HeldExample(tmp_path, held=range(4, 6)), 2, workers=1,
-                                 prefetch=1, processes=2)
-    batches = [next(run), next(run)]
-    third = concurrent.futures.ThreadPoolExecutor(1)
-    batch = third.submit(next, run)
-    try:
-        deadline = time.time() + 120  # (guards against a hang only)
-        while not {f"made_{p}" for p in range(6, 12)} <= set(os.listdir(tmp_path)):
-            assert time.time() < deadline, sorted(os.listdir(tmp_path))
-            time.sleep(0.05)
-        assert not batch.done()
-        (tmp_path / "release").touch()
-        batches += [batch.result(timeout=60)] + [next(run) for _ in range(4)]
-        assert [b["image"][:, 0, 0, 0].tolist() for b in batches] == [
-            [0, 1], [2, 3], [4, 5], [6, 7], [8, 9], [10, 11], [12, 13]]
-    finally:
-        (tmp_path / "release").touch()
-        third.shutdown()
-        run.close()
-
-
 def test_a_killed_worker_process_ends_the_run_with_an_error():
     others = frozenset(p.pid for p in psutil.Process().children(recursive=True))
     config = data_config("demo", size=16, batch=4)
@@ -183,3 +141,46 @@ def test_ctrl_c_stops_train_py_and_its_worker_processes(tmp_path):
                                      read_only=True)
     assert saved.latest_step() >= 2
     saved.close()
+
+
+class _HeldExample:
+    """Position p -> an example whose bytes say p; in a worker process, writes `made_<p>` in
+    `folder`, and the positions in `held` wait until `folder` holds `release`."""
+
+    def __init__(self, folder, held):
+        self.folder, self.held = str(folder), held
+
+    def __call__(self, position):
+        if multiprocessing.parent_process() is not None:  # (the parent reads the layout)
+            release = os.path.join(self.folder, "release")
+            while position in self.held and not os.path.exists(release):
+                time.sleep(0.01)
+            with open(os.path.join(self.folder, f"made_{position}"), "w"):
+                pass
+        return {"image": np.full((4, 4, 3), position, np.uint8),
+                "mask": np.ones((4, 4, 1), np.uint8)}
+
+
+@pytest.mark.slow
+def test_a_stuck_worker_process_does_not_hold_the_others_back(tmp_path):
+    # The worker making batch 2 is stuck (another process has its core): the other worker goes
+    # on with batches 3, 4, 5, ..., not only with its own share of them (3, 5, 7, ...).
+    run = pipeline.TrainPipeline(_HeldExample(tmp_path, held=range(4, 6)), 2, workers=1,
+                                 prefetch=1, processes=2)
+    batches = [next(run), next(run)]
+    third = concurrent.futures.ThreadPoolExecutor(1)
+    batch = third.submit(next, run)
+    try:
+        deadline = time.time() + 120  # (guards against a hang only)
+        while not {f"made_{p}" for p in range(6, 12)} <= set(os.listdir(tmp_path)):
+            assert time.time() < deadline, sorted(os.listdir(tmp_path))
+            time.sleep(0.05)
+        assert not batch.done()
+        (tmp_path / "release").touch()
+        batches += [batch.result(timeout=60)] + [next(run) for _ in range(4)]
+        assert [b["image"][:, 0, 0, 0].tolist() for b in batches] == [
+            [0, 1], [2, 3], [4, 5], [6, 7], [8, 9], [10, 11], [12, 13]]
+    finally:
+        (tmp_path / "release").touch()
+        third.shutdown()
+        run.close()
