@@ -9,9 +9,9 @@ uninterrupted one, whatever the number of workers.
 
 The per-example work (decoding, cropping, mask drawing) runs in `config.data.workers` threads
 of a grain pipeline (OpenCV and large NumPy operations release the GIL; batches need no copy
-between processes), or, with `config.data.worker_processes` = N > 0, in N grain worker
-processes each making whole batches in its shared-memory slots (`shared_batches`; the mask
-generator's Python holds the GIL, so threads alone cannot use many cores at 256²). Worker
+between processes), or, with `config.data.worker_processes` = N > 0, in N worker processes,
+each making whole batches, whichever is free, in shared-memory slots (`shared_batches`; the
+mask generator's Python holds the GIL, so threads alone cannot use many cores at 256²). Worker
 processes ignore Ctrl-C (the training process handles it and closes them); one that dies ends
 the run with a ChildProcessError. With either, a collector thread stacks or copies out the next
 batch, so that `next` hands the training loop a finished one.
@@ -35,13 +35,13 @@ import cv2
 import grain
 import ml_collections
 import numpy as np
-from absl import flags, logging
+from absl import logging
 
 from pconv_jax.data import crops
 from pconv_jax.data import sources as data_sources
 from pconv_jax.data.masks import generate_mask
 from pconv_jax.data.nvidia_masks import NvidiaTrainMasks
-from pconv_jax.data.shared_batches import SharedBatchSlots
+from pconv_jax.data.shared_batches import BatchWorkers
 
 Batch = dict[str, np.ndarray]
 Example = dict[str, np.ndarray]
@@ -89,7 +89,7 @@ class TrainPipeline:
         self._position = 0
         self._iterator = None  # what `next` reads: the collector thread's queue, or the below
         self._source_iterator = None  # the batches the collector thread reads
-        self._slots: SharedBatchSlots | None = None  # worker processes' batch slots
+        self._workers: BatchWorkers | None = None  # the worker processes
 
     def examples(self, start: int = 0) -> grain.MapDataset:
         """The example stream from position `start` on (endless), as a grain MapDataset."""
@@ -110,32 +110,19 @@ class TrainPipeline:
         self._source_iterator = iter(batches)
         return grain.experimental.ThreadPrefetchDatasetIterator(self._source_iterator, 1)
 
-    def _process_batches(self) -> grain.IterDataset:
-        # Batch b of the stream is made whole by one process (grain gives worker w the batches
-        # w, w + N, ... and interleaves them back in order), in one of its shared-memory slots.
-        if not flags.FLAGS.is_parsed():  # grain reads absl flags; a library caller has none
-            flags.FLAGS.mark_as_parsed()
+    def _process_batches(self) -> BatchWorkers:
+        # Batch b of the stream is made whole by whichever worker process is free, in one of
+        # the shared-memory slots; the collector thread hands them on in order.
         first = self.example(self._position)  # the batch layout
         layout = {key: ((self.local_batch_size,) + value.shape, value.dtype)
                   for key, value in first.items()}
-        # Slots per worker: its grain queue, the parent's read-ahead, the one it is filling.
-        self._slots = SharedBatchSlots(self.processes, self.prefetch + 3, layout)
-        batch_fn = _BatchMaker(self.example, self.local_batch_size, self._position,
-                               self._skipped_names, self._slots)
-        batches = grain.MapDataset.range(0, sys.maxsize // self.local_batch_size).map(batch_fn)
-        options = grain.MultiprocessingOptions(num_workers=self.processes,
-                                               per_worker_buffer_size=self.prefetch)
-        # One thread per worker: grain's default (16 reader threads, 500 elements ahead) would
-        # have whole batches contend for the worker's GIL and hold hundreds of them in memory.
-        read = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
-        return batches.to_iter_dataset(read).mp_prefetch(
-            options, worker_init_fn=_init_worker).map(self._take_from_slot)
-
-    def _take_from_slot(self, sent: dict) -> Batch:
-        """What a worker process sent -> the batch copied out of its slot, with the unreadable
-        files the worker has met (under _SKIPPED)."""
-        worker, slot = sent[_SLOT]
-        return {**self._slots.take(worker, slot), _SKIPPED: sent[_SKIPPED]}
+        # Slots: one being filled per worker, one made ahead of the parent's turn per worker (a
+        # slow worker's batch is awaited while the others go on), `prefetch` ready batches.
+        self._workers = BatchWorkers(
+            _BatchMaker(self.example, self.local_batch_size, self._position,
+                        self._skipped_names),
+            self.processes, 2 * self.processes + self.prefetch, layout, _init_worker)
+        return self._workers
 
     def __iter__(self) -> TrainPipeline:
         return self
@@ -143,16 +130,10 @@ class TrainPipeline:
     def __next__(self) -> Batch:
         if self._iterator is None:  # built lazily so that set_state() right after costs nothing
             self._iterator = self._make_iterator()
-        try:
-            batch = next(self._iterator)
-        except RuntimeError as err:
-            if self.processes and "terminated unexpectedly" in str(err):  # grain's words
-                raise ChildProcessError(
-                    f"an input worker process died ({err}); if the system ran out of memory, "
-                    f"lower config.data.worker_processes or config.data.prefetch") from err
-            raise
-        if _SKIPPED in batch:  # from a worker process: the unreadable files it met
-            self._worker_skipped.update(batch.pop(_SKIPPED))
+        batch = next(self._iterator)
+        if self.processes:  # (batch, the unreadable files the worker that made it has met)
+            batch, skipped = batch
+            self._worker_skipped.update(skipped)
         self._position += self.local_batch_size
         return batch
 
@@ -176,19 +157,17 @@ class TrainPipeline:
             logging.warning("%d unreadable image files were skipped so far", self.skipped_files)
 
     def _stop(self) -> None:
-        if self._slots is not None:
-            self._slots.stop_workers()  # wakes a worker waiting for a free slot: it stops
+        if self._workers is not None:
+            self._workers.stop_workers()  # ends the collector thread's wait for a batch
         for iterator in (self._iterator, self._source_iterator):  # the collector thread first
             if iterator is not None:
                 _close(iterator)
         self._iterator = self._source_iterator = None
-        if self._slots is not None:  # once the workers have stopped
-            self._slots.close()
-            self._slots = None
+        self._workers = None  # (closed with the iterators: it is the collector's source)
 
     def __del__(self):
-        if hasattr(self, "_slots") and _close is not None:  # (at interpreter exit the module
-            self._stop()                                     # may be gone)
+        if hasattr(self, "_workers") and _close is not None:  # (at interpreter exit the module
+            self._stop()                                       # may be gone)
 
     @property
     def skipped_files(self) -> int:
@@ -196,24 +175,14 @@ class TrainPipeline:
         return len(self._skipped_names() | self._worker_skipped)
 
 
-# Fields of what a worker process sends: the unreadable files it met, (worker, slot) of the batch.
-_SKIPPED, _SLOT = "_skipped_files", "_slot"
-
-
-def _init_worker(worker_index: int, worker_count: int) -> None:
+def _init_worker() -> None:
     """In a worker process: Ctrl-C (SIGINT to the terminal's process group) is the parent's to
     handle (it stops the workers when it closes the pipeline); OpenCV on one thread, as the
     workers already share the cores; the modules imported by now live as long as the worker, so
     they are kept out of the garbage collector's full passes (docs/performance.md)."""
-    del worker_count
-    global _worker_index
-    _worker_index = worker_index
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     cv2.setNumThreads(1)
     gc.freeze()
-
-
-_worker_index = None  # this worker process's index, set by `_init_worker`
 
 
 def _close(iterator) -> None:
@@ -224,26 +193,19 @@ def _close(iterator) -> None:
 
 
 class _BatchMaker:
-    """Batch index b -> the batch of positions start + b·B ... (+ B - 1), in a worker process.
-
-    Picklable; it stacks the batch into the worker's next free slot and returns only
-    {_SLOT: (worker, slot), _SKIPPED: the unreadable files the worker has met so far}, which
-    the parent turns back into the batch.
-    """
+    """Batch index b -> (the examples of positions start + b·B ... (+ B - 1) by field, the
+    unreadable files met so far), in a worker process. Picklable."""
 
     def __init__(self, example: Callable[[int], Example], batch_size: int, start: int,
-                 skipped_names: Callable[[], frozenset[str]], slots: SharedBatchSlots):
+                 skipped_names: Callable[[], frozenset[str]]):
         self.example, self.batch_size, self.start = example, batch_size, start
-        self.skipped_names, self.slots = skipped_names, slots
+        self.skipped_names = skipped_names
 
-    def __call__(self, index: int) -> Batch:
+    def __call__(self, index: int) -> tuple[dict[str, list[np.ndarray]], tuple[str, ...]]:
         first = self.start + index * self.batch_size
         examples = [self.example(p) for p in range(first, first + self.batch_size)]
-        slot = self.slots.put(_worker_index, {key: [e[key] for e in examples]
-                                              for key in examples[0]})
-        # Plain Python values: grain would put every NumPy array, however small, in a shared-
-        # memory block of its own.
-        return {_SLOT: (_worker_index, slot), _SKIPPED: tuple(sorted(self.skipped_names()))}
+        return ({key: [e[key] for e in examples] for key in examples[0]},
+                tuple(sorted(self.skipped_names())))
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -1,6 +1,8 @@
 """The pipeline with worker processes: the thread pipeline's batches, exact resume, skipped
-files counted, no child process left after close, a dead worker or Ctrl-C ending the run."""
+files counted, no child process left after close, a stuck worker not holding the others back,
+a dead worker or Ctrl-C ending the run."""
 import concurrent.futures
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -12,7 +14,7 @@ import numpy as np
 import psutil
 import pytest
 
-from pconv_jax.data import shared_batches
+from pconv_jax.data import pipeline, shared_batches
 from pconv_jax.training import checkpoints
 from tests.helpers.data import data_config, equal_batches, make_pipeline, solid_folder
 from tests.helpers.training import REPO, TRAIN_PY_TINY
@@ -60,13 +62,13 @@ def test_batches_are_copied_out_of_their_slots_off_the_calling_thread(monkeypatc
     # The training loop's thread only dispatches steps: the copy-out (30 ms for 384 images of
     # 256²) happens in the pipeline's collector thread while the device computes.
     threads = []
-    take = shared_batches.SharedBatchSlots.take
+    take = shared_batches.BatchWorkers.__next__
 
-    def recording_take(self, worker, slot):
+    def recording_take(self):
         threads.append(threading.current_thread())
-        return take(self, worker, slot)
+        return take(self)
 
-    monkeypatch.setattr(shared_batches.SharedBatchSlots, "take", recording_take)
+    monkeypatch.setattr(shared_batches.BatchWorkers, "__next__", recording_take)
     config = data_config("demo", size=16, batch=4)
     config.data.worker_processes = 2
     run = make_pipeline(config, seed=0)
@@ -128,3 +130,46 @@ def test_ctrl_c_stops_train_py_and_its_worker_processes(tmp_path):
                                      read_only=True)
     assert saved.latest_step() >= 2
     saved.close()
+
+
+class _HeldExample:
+    """Position p -> an example whose bytes say p; in a worker process, writes `made_<p>` in
+    `folder`, and the positions in `held` wait until `folder` holds `release`."""
+
+    def __init__(self, folder, held):
+        self.folder, self.held = str(folder), held
+
+    def __call__(self, position):
+        if multiprocessing.parent_process() is not None:  # (the parent reads the layout)
+            release = os.path.join(self.folder, "release")
+            while position in self.held and not os.path.exists(release):
+                time.sleep(0.01)
+            with open(os.path.join(self.folder, f"made_{position}"), "w"):
+                pass
+        return {"image": np.full((4, 4, 3), position, np.uint8),
+                "mask": np.ones((4, 4, 1), np.uint8)}
+
+
+@pytest.mark.slow
+def test_a_stuck_worker_process_does_not_hold_the_others_back(tmp_path):
+    # The worker making batch 2 is stuck (another process has its core): the other worker goes
+    # on with batches 3, 4, 5, ..., not only with its own share of them (3, 5, 7, ...).
+    run = pipeline.TrainPipeline(_HeldExample(tmp_path, held=range(4, 6)), 2, workers=1,
+                                 prefetch=1, processes=2)
+    batches = [next(run), next(run)]
+    third = concurrent.futures.ThreadPoolExecutor(1)
+    batch = third.submit(next, run)
+    try:
+        deadline = time.time() + 120  # (guards against a hang only)
+        while not {f"made_{p}" for p in range(6, 12)} <= set(os.listdir(tmp_path)):
+            assert time.time() < deadline, sorted(os.listdir(tmp_path))
+            time.sleep(0.05)
+        assert not batch.done()
+        (tmp_path / "release").touch()
+        batches += [batch.result(timeout=60)] + [next(run) for _ in range(4)]
+        assert [b["image"][:, 0, 0, 0].tolist() for b in batches] == [
+            [0, 1], [2, 3], [4, 5], [6, 7], [8, 9], [10, 11], [12, 13]]
+    finally:
+        (tmp_path / "release").touch()
+        third.shutdown()
+        run.close()
