@@ -57,6 +57,7 @@ def test_merge_round_trips_exactly():
     _leaves_equal(functional.split(again)[1:], (params, state))
 
 
+@pytest.mark.slow
 def test_npz_and_orbax_round_trip_exactly(tmp_path):
     model = _model()
     _train_a_little(model)

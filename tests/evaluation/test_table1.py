@@ -102,6 +102,7 @@ def test_run_with_a_baseline_writes_its_own_results_files(tmp_path, capsys):
     assert "| SSIM |" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_an_untrained_network_fills_every_cell(test_set):
     from flax import nnx
 

@@ -104,6 +104,7 @@ def test_weights_as_an_argument_take_the_npz_of_functional():
                                    atol=1e-5)
 
 
+@pytest.mark.slow
 def test_the_artifact_is_written_atomically_and_refuses_sides_that_do_not_fit(tmp_path):
     model = PConvUNet(depth=2, widths=(4, 8), rngs=nnx.Rngs(0))
     path = tmp_path / "model.jaxexport"

@@ -47,6 +47,7 @@ def test_holes_beyond_the_receptive_field_are_filled_with_a_warning():
     assert fill.hole_pixels == hole.sum()
 
 
+@pytest.mark.slow
 def test_no_warning_and_identical_result_when_every_hole_is_reached():
     model = PConvUNet(depth=3, widths=(4, 8, 8), rngs=nnx.Rngs(0))
     image = np.random.default_rng(0).random((32, 32, 3), np.float32)

@@ -170,6 +170,7 @@ def test_frozen_encoder_batchnorm_uses_running_statistics():
     assert len(selected) == 2 * 3
 
 
+@pytest.mark.slow
 def test_bfloat16_compute():
     model = PConvUNet(depth=3, widths=(8, 16, 16), dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
     ref = PConvUNet(depth=3, widths=(8, 16, 16), rngs=nnx.Rngs(0))
@@ -215,6 +216,7 @@ def test_remat_gives_the_same_output_gradients_and_statistics():
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), remat[2], plain[2])
 
 
+@pytest.mark.slow
 def test_final_mask_on_request_marks_what_the_network_reaches():
     model = PConvUNet(depth=2, widths=(4, 8), rngs=nnx.Rngs(0))
     image = jnp.full((1, 64, 64, 3), 0.5)

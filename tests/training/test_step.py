@@ -201,7 +201,7 @@ def test_accumulated_step_all_reduces_only_gradients_and_statistics():
     """The micro-batch split keeps every device's images on it: no collective moves
     activations. The all-reduces sit in the loop over micro-batches (XLA does not move them out
     on CPU): gradients and BatchNorm statistics once per micro-batch, as documented."""
-    from pconv_jax.training import collectives
+    from pconv_jax.testing import collectives
     from tests.training.test_compiled_step import MOVES_ACTIVATIONS, tree_bytes
     config = tiny_config()
     data_mesh = mesh.make_data_mesh()
