@@ -10,46 +10,13 @@ import sys
 import textwrap
 
 import jax
-import ml_collections
 import numpy as np
-import optax
 import pytest
 
 from pconv_jax import config as config_lib
 from pconv_jax.training import mesh
-from pconv_jax.training.step import create_train_state, make_train_step
-from tests.helpers.training import REPO, default_config, param_leaves, random_batch
-
-
-def step_config() -> ml_collections.ConfigDict:
-    """The tiny network and the loss without VGG terms (the default config: no TensorFlow)."""
-    config = default_config()
-    config.model.update(depth=3, base_width=4, max_width=8)
-    for term in ("perceptual", "style_out", "style_comp"):
-        config.loss.weights[term] = 0.0
-    return config
-
-
-def one_sgd_step(devices, batch):
-    """(metrics, params, batch_stats, grads) after one SGD(lr=1) step on a mesh of `devices`."""
-    config = step_config()
-    data_mesh = mesh.make_data_mesh(devices)
-    tx = optax.sgd(1.0)  # new params = params - grads: the gradients can be read back exactly
-    graphdef, state = create_train_state(config, tx, data_mesh)
-    before = param_leaves(state.params)
-    step = make_train_step(graphdef, tx, dict(config.loss.weights), False)
-    with jax.set_mesh(data_mesh):
-        state, metrics = step(state, mesh.global_batch(batch, data_mesh), None)
-    after = param_leaves(state.params)
-    grads = {k: before[k] - after[k] for k in before}
-    return jax.device_get(metrics), after, param_leaves(state.batch_stats), grads
-
-
-def assert_close(a: dict, b: dict, rtol: float) -> None:
-    assert a.keys() == b.keys()
-    for key in a:
-        scale = max(np.max(np.abs(b[key])), 1e-6)
-        np.testing.assert_allclose(a[key], b[key], rtol=0, atol=rtol * scale, err_msg=key)
+from tests.helpers.steps import assert_close, sgd_step
+from tests.helpers.training import REPO, default_config, random_batch
 
 
 @pytest.mark.slow
@@ -57,8 +24,8 @@ def assert_close(a: dict, b: dict, rtol: float) -> None:
 def test_eight_devices_equal_one_device():
     assert jax.device_count() == 8
     batch = random_batch(8)
-    metrics_1, params_1, stats_1, grads_1 = one_sgd_step(jax.devices()[:1], batch)
-    metrics_8, params_8, stats_8, grads_8 = one_sgd_step(jax.devices(), batch)
+    metrics_1, params_1, stats_1, grads_1 = sgd_step(batch, jax.devices()[:1])
+    metrics_8, params_8, stats_8, grads_8 = sgd_step(batch, jax.devices())
     assert_close(metrics_8, metrics_1, 1e-5)
     assert_close(grads_8, grads_1, 1e-5)
     assert_close(stats_8, stats_1, 1e-5)
@@ -94,12 +61,12 @@ WORKER = textwrap.dedent("""
     from pconv_jax.training import mesh
     mesh.initialize_distributed(f"127.0.0.1:{port}", 2, process_id)
     import numpy as np
-    from tests.training.test_sharded_step import one_sgd_step, step_config
+    from tests.helpers.steps import sgd_step, tiny_config
     from tests.helpers.training import random_batch, tree_equal
     batch = random_batch(8)
     local = {k: v[4 * process_id:4 * (process_id + 1)] for k, v in batch.items()}
     assert jax.device_count() == 4 and jax.local_device_count() == 2
-    metrics, params, stats, grads = one_sgd_step(jax.devices(), local)
+    metrics, params, stats, grads = sgd_step(local, jax.devices())
     states = mesh.allgather_json({"position": process_id})
     assert states == [{"position": 0}, {"position": 1}], states
 
@@ -108,7 +75,7 @@ WORKER = textwrap.dedent("""
     from pconv_jax.training import checkpoints
     from pconv_jax.training.step import create_train_state
     data_mesh = mesh.make_data_mesh()
-    _, state = create_train_state(step_config(), optax.adam(1e-3), data_mesh)
+    _, state = create_train_state(tiny_config(), optax.adam(1e-3), data_mesh)
     ckpt = checkpoints.Checkpointer(sys.argv[4], save_every_steps=1, keep=1)
     ckpt.save(5, model=state.model_item(), train=state.train_item(),
               data_state={"position": 10 + process_id})
@@ -147,7 +114,7 @@ def test_two_processes_equal_one_process(tmp_path):
     for worker, log in zip(workers, logs):
         assert worker.returncode == 0, log[-3000:]
     result = np.load(out)
-    metrics_4, _, stats_4, grads_4 = one_sgd_step(jax.devices()[:4], random_batch(8))
+    metrics_4, _, stats_4, grads_4 = sgd_step(random_batch(8), jax.devices()[:4])
     for prefix, expected in (("metrics", metrics_4), ("grads", grads_4), ("stats", stats_4)):
         got = {k.split("/", 1)[1]: result[k] for k in result.files if k.startswith(prefix + "/")}
         assert_close(got, {k: np.asarray(v) for k, v in expected.items()}, 1e-5)

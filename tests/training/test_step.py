@@ -10,43 +10,11 @@ import optax
 import pytest
 
 from pconv_jax import config as config_lib
-from pconv_jax.loss import losses
 from pconv_jax.training import mesh
 from pconv_jax.training import step as step_lib
 from pconv_jax.training.step import create_train_state, make_train_step
+from tests.helpers.steps import assert_close, sgd_step, tiny_config
 from tests.helpers.training import default_config, param_leaves, random_batch
-
-
-def tiny_config():
-    """The tiny network, the loss without VGG terms."""
-    config = default_config()
-    config.model.update(depth=3, base_width=4, max_width=8)
-    for term in losses.VGG_TERMS:
-        config.loss.weights[term] = 0.0
-    return config
-
-
-def sgd_step(batch, devices=None, **options):
-    """(metrics, params, batch_stats, grads) after one SGD(lr=1) step: new = old - grads, so the
-    gradients the optimizer received can be read back."""
-    config = tiny_config()
-    data_mesh = mesh.make_data_mesh(devices)
-    tx = optax.sgd(1.0)
-    graphdef, state = create_train_state(config, tx, data_mesh)
-    before = param_leaves(state.params)
-    step = make_train_step(graphdef, tx, dict(config.loss.weights), False, **options)
-    with jax.set_mesh(data_mesh):
-        state, metrics = step(state, mesh.global_batch(batch, data_mesh), None)
-    after = param_leaves(state.params)
-    grads = {k: before[k] - after[k] for k in before}
-    return jax.device_get(metrics), after, param_leaves(state.batch_stats), grads
-
-
-def assert_close(a: dict, b: dict, rtol: float) -> None:
-    assert a.keys() == b.keys()
-    for key in a:
-        scale = max(np.max(np.abs(b[key])), 1e-6)
-        np.testing.assert_allclose(a[key], b[key], rtol=0, atol=rtol * scale, err_msg=key)
 
 
 def global_norm(tree: dict) -> float:
