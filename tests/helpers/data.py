@@ -55,3 +55,28 @@ def equal_batches(batches_a, batches_b):
 def make_pipeline(config, seed=0, index=0, count=1):
     return data.create_train_pipeline(config, seed=seed, process_index=index,
                                       process_count=count)
+
+
+def wrap_train_pipeline(monkeypatch, on_batch) -> None:
+    """Makes `pipeline.create_train_pipeline` give its pipeline with `on_batch(count, batch)`
+    applied to each batch (count from 1); state and close pass through."""
+    create = data.create_train_pipeline
+
+    class Wrapped:
+        def __init__(self, inner):
+            self.inner, self.count = inner, 0
+
+        def __next__(self):
+            self.count += 1
+            return on_batch(self.count, next(self.inner))
+
+        def get_state(self):
+            return self.inner.get_state()
+
+        def set_state(self, state):
+            self.inner.set_state(state)
+
+        def close(self):
+            self.inner.close()
+
+    monkeypatch.setattr(data, "create_train_pipeline", lambda *a, **k: Wrapped(create(*a, **k)))

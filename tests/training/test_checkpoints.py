@@ -167,30 +167,14 @@ def test_a_sigterm_requests_a_final_save(tmp_path):
 
 @pytest.mark.slow
 def test_sigterm_during_training_saves_and_stops(tmp_path, monkeypatch, compiled_steps):
-    from pconv_jax.data import pipeline
-    create = pipeline.create_train_pipeline
+    from tests.helpers.data import wrap_train_pipeline
 
-    class TerminatedAtThirdBatch:
-        def __init__(self, pipeline):
-            self.pipeline, self.count = pipeline, 0
+    def terminate_at_the_third(count, batch):
+        if count == 3:
+            os.kill(os.getpid(), signal.SIGTERM)  # as a preemption notice would
+        return batch
 
-        def __next__(self):
-            self.count += 1
-            if self.count == 3:
-                os.kill(os.getpid(), signal.SIGTERM)  # as a preemption notice would
-            return next(self.pipeline)
-
-        def get_state(self):
-            return self.pipeline.get_state()
-
-        def set_state(self, state):
-            self.pipeline.set_state(state)
-
-        def close(self):
-            self.pipeline.close()
-
-    monkeypatch.setattr(pipeline, "create_train_pipeline",
-                        lambda *a, **k: TerminatedAtThirdBatch(create(*a, **k)))
+    wrap_train_pipeline(monkeypatch, terminate_at_the_third)
     previous = signal.getsignal(signal.SIGTERM)
     with pytest.raises(Preempted) as stopped:
         train_and_evaluate(_config(), str(tmp_path), steps=compiled_steps(_config()))

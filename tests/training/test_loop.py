@@ -15,10 +15,11 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from pconv_jax import config as config_lib
-from pconv_jax.data import pipeline, sources
+from pconv_jax.data import sources
 from pconv_jax.loss import losses
 from pconv_jax.training import checkpoints, logs
 from pconv_jax.training.loop import train_and_evaluate
+from tests.helpers.data import wrap_train_pipeline
 from tests.helpers.training import demo_config, load_config_file, param_leaves, shrink
 
 
@@ -123,30 +124,14 @@ def test_folder_config_trains(tmp_path, compiled_steps):
 
 @pytest.mark.slow
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch, compiled_steps):
-    create = pipeline.create_train_pipeline
-
-    class Poisoned:
+    def poisoned(count, batch):
         """Real batches, but NaN images from the 7th batch on."""
-        def __init__(self, pipeline):
-            self.pipeline, self.count = pipeline, 0
+        batch = dict(batch)
+        if count >= 7:
+            batch["image"] = np.full(batch["image"].shape, np.nan, np.float32)
+        return batch
 
-        def __next__(self):
-            batch, self.count = dict(next(self.pipeline)), self.count + 1
-            if self.count >= 7:
-                batch["image"] = np.full(batch["image"].shape, np.nan, np.float32)
-            return batch
-
-        def get_state(self):
-            return self.pipeline.get_state()
-
-        def set_state(self, state):
-            self.pipeline.set_state(state)
-
-        def close(self):
-            self.pipeline.close()
-
-    monkeypatch.setattr(pipeline, "create_train_pipeline",
-                        lambda *a, **k: Poisoned(create(*a, **k)))
+    wrap_train_pipeline(monkeypatch, poisoned)
     config = demo_config(steps=12)
     config.train.log_every_steps = 5
     config.train.checkpoint_every_steps = 4
