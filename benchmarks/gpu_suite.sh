@@ -44,7 +44,7 @@ if (( dry )); then
     JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES=0
   tiny=(--set model.depth=4 --set model.base_width=8 --set model.max_width=32)
   train_args=(--size 64 --batch 2 --steps 1 "${tiny[@]}")
-  model_args=(--cases 256_d7_b4 --width-scale 0.0625 --repeats 1)
+  model_args=(--cases 256_d7_b4 --width_scale 0.0625 --repeats 1)
   data_args=(--sizes 64 --sources demo --seconds 0.3 --rounds 1)
   wait_args=(--steps 2 --warmup 1 --generated 12 --set data.image_size=64 "${tiny[@]}")
   wait_batches=(2 4)

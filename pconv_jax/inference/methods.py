@@ -73,6 +73,12 @@ def _eval_setting(request: Request, key: str, default):
     return request.config.eval.get(key, default) if request.config is not None else default
 
 
+def is_toy(training_size: int, step: int) -> bool:
+    """Whether a network's fills are not meant to look right: trained on small images, or
+    briefly."""
+    return training_size < REAL_TRAINING_SIDE or step < REAL_TRAINING_STEPS
+
+
 def _network(request: Request) -> Method:
     """The workdir's network, restored from its checkpoint."""
     if not request.workdir:
@@ -85,7 +91,7 @@ def _network(request: Request) -> Method:
     size = int(config.data.image_size)
     kind = "partial" if config.model.get("partial", True) else "ordinary"
     name = request.network_name or os.path.basename(os.path.normpath(request.workdir))
-    toy = size < REAL_TRAINING_SIDE or step < REAL_TRAINING_STEPS
+    toy = is_toy(size, step)
     note = (f"a toy: trained {step} steps on {size}x{size} images; PatchMatch fills photos "
             "better" if toy
             else f"trained at {size}x{size}; photos are filled around their holes at that scale")

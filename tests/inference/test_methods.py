@@ -48,7 +48,14 @@ def test_the_network_entry_builds_from_a_workdir_and_fills(workdir):
     network = methods.build("model", workdir=workdir)
     _assert_fills(network, "model")
     assert network.label == "w (partial convolutions, step 0)" and network.step == 0
-    assert network.training_size == 256 and not network.toy  # the default config's side
+    assert network.training_size == 256  # the default config's side
+    assert network.toy and "0 steps" in network.note  # but trained 0 steps
+
+
+def test_a_network_is_a_toy_when_trained_on_small_images_or_briefly():
+    assert [methods.is_toy(size, step) for size, step in
+            ((256, 5000), (512, 100_000), (128, 100_000), (256, 4999))] == [
+        False, False, True, True]
 
 
 @pytest.mark.slow
