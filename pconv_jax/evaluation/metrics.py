@@ -15,7 +15,9 @@ shape (N,). Average over images afterwards (the paper's table reports means over
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -90,9 +92,35 @@ def ssim(a: jax.Array, b: jax.Array) -> jax.Array:
     return jnp.mean(ssim_map, axis=(1, 2, 3))
 
 
-@functools.partial(jax.jit, static_argnames="psnr_cap")
-def image_metrics(prediction: jax.Array, target: jax.Array,
+@dataclasses.dataclass(frozen=True)
+class Metric:
+    """One row of the evaluation tables."""
+    title: str                    # the row's heading
+    fmt: str                      # how a value is printed
+    # (filled, target) -> one value per image, both (N, H, W, C) in [0, 1]; None for the metrics
+    # a weights file's network computes (`learned_metrics`: LPIPS per image, FID and IS per set).
+    per_image: Callable[..., jax.Array] | None = None
+    settings: tuple[str, ...] = ()  # keyword arguments `per_image` takes from the eval settings
+
+
+# Every metric `eval.py` knows, in table order (`config.eval.metrics` names them). A metric
+# computed from the images alone is one entry here.
+METRICS: dict[str, Metric] = {
+    "l1": Metric("L1 (%)", "{:.2f}", l1_percent),
+    "psnr": Metric("PSNR (dB)", "{:.2f}", psnr, settings=("cap",)),
+    "ssim": Metric("SSIM", "{:.3f}", ssim),
+    "lpips": Metric("LPIPS", "{:.4f}"),
+    "fid": Metric("FID", "{:.2f}"),
+    "is": Metric("IScore", "{:.3f}"),
+}
+IMAGE_METRICS = tuple(name for name, metric in METRICS.items() if metric.per_image)
+
+
+@functools.partial(jax.jit, static_argnames=("names", "psnr_cap"))
+def image_metrics(prediction: jax.Array, target: jax.Array, names: tuple[str, ...] = IMAGE_METRICS,
                   psnr_cap: float = PSNR_CAP) -> dict[str, jax.Array]:
-    """{'l1': L1 %, 'psnr': dB, 'ssim'} per image, each (N,), in one compiled call."""
-    return dict(l1=l1_percent(prediction, target), psnr=psnr(prediction, target, psnr_cap),
-                ssim=ssim(prediction, target))
+    """{name: (N,) values} of the per-image metrics `names`, in one compiled call."""
+    settings = {"cap": psnr_cap}
+    return {name: METRICS[name].per_image(prediction, target,
+                                          **{k: settings[k] for k in METRICS[name].settings})
+            for name in names}

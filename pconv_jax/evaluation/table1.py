@@ -46,12 +46,7 @@ from pconv_jax.evaluation import metrics
 from pconv_jax.evaluation.learned_metrics import SET_METRICS, LearnedMetrics
 from pconv_jax.inpainter import Inpainter
 
-METRICS = ("l1", "psnr", "ssim", "lpips", "fid", "is")  # in table order
-DEFAULT_METRICS = ("l1", "psnr", "ssim")  # the metrics that need no weights files
-METRIC_TITLES = {"l1": "L1 (%)", "psnr": "PSNR (dB)", "ssim": "SSIM", "lpips": "LPIPS",
-                 "fid": "FID", "is": "IScore"}
-_FORMATS = {"l1": "{:.2f}", "psnr": "{:.2f}", "ssim": "{:.3f}", "lpips": "{:.4f}",
-            "fid": "{:.2f}", "is": "{:.3f}"}
+DEFAULT_METRICS = metrics.IMAGE_METRICS  # the metrics that need no weights files
 MIN_SET_METRIC_MASKS = 1000  # FID / IS of a single cell only from this many masks
 LABELS = ("N", "B")
 
@@ -105,11 +100,11 @@ def parse_metrics(text: str | Sequence[str]) -> tuple[str, ...]:
     """'l1,psnr,ssim,lpips,fid,is' (or a sequence) -> the names in table order, checked."""
     names = [n.strip().lower() for n in (text.split(",") if isinstance(text, str) else text)]
     names = [n for n in names if n]
-    unknown = sorted(set(names) - set(METRICS))
+    unknown = sorted(set(names) - set(metrics.METRICS))
     if unknown or not names:
         raise ValueError(f"unknown metric(s) {unknown or names!r}: choose from "
-                         f"{','.join(METRICS)} (comma-separated)")
-    return tuple(n for n in METRICS if n in names)
+                         f"{','.join(metrics.METRICS)} (comma-separated)")
+    return tuple(n for n in metrics.METRICS if n in names)
 
 
 # ---------------------------------------------------------------------------- protocol
@@ -142,7 +137,8 @@ def evaluate(inpaint: Inpainter, images: np.ndarray, test_masks: nvidia_masks.Te
         batch_masks = test_masks.load(padded, size)
         batch_images = images[out["image_index"][padded]]
         filled = np.clip(inpaint(batch_images, batch_masks), 0.0, 1.0)
-        values = dict(metrics.image_metrics(filled, batch_images, psnr_cap=psnr_cap))
+        computed = tuple(n for n in per_image if metrics.METRICS[n].per_image)
+        values = dict(metrics.image_metrics(filled, batch_images, computed, psnr_cap=psnr_cap))
         if "lpips" in per_image:
             values["lpips"] = learned.lpips(filled, batch_images)
         for name in per_image:
@@ -209,11 +205,11 @@ def summarize(per_mask: dict[str, np.ndarray], test_masks: nvidia_masks.TestMask
 
 
 def _format(metric: str, value: float) -> str:
-    return "–" if value is None or math.isnan(value) else _FORMATS[metric].format(value)
+    return "–" if value is None or math.isnan(value) else metrics.METRICS[metric].fmt.format(value)
 
 
 def _set_metric_note(metric_names: Sequence[str]) -> list[str]:
-    shown = [METRIC_TITLES[n] for n in metric_names if n in SET_METRICS]
+    shown = [metrics.METRICS[n].title for n in metric_names if n in SET_METRICS]
     if not shown:
         return []
     return ["", f"{' and '.join(shown)}: over all masks, and per cell only where a cell has "
@@ -222,7 +218,7 @@ def _set_metric_note(metric_names: Sequence[str]) -> list[str]:
 
 def metric_names_of(table: dict[str, dict]) -> tuple[str, ...]:
     """The metrics a summarized table holds, in table order."""
-    return tuple(n for n in METRICS if n in table["all"])
+    return tuple(n for n in metrics.METRICS if n in table["all"])
 
 
 def format_table(table: dict[str, dict], title: str = "") -> str:
@@ -234,7 +230,7 @@ def format_table(table: dict[str, dict], title: str = "") -> str:
     lines.append("|---|" + "---:|" * len(columns))
     for name in names:
         row = [_format(name, table[c][name]) for c in columns]
-        lines.append(f"| {METRIC_TITLES[name]} | " + " | ".join(row) + " |")
+        lines.append(f"| {metrics.METRICS[name].title} | " + " | ".join(row) + " |")
     lines.append("| masks | " + " | ".join(str(table[c]["count"]) for c in columns) + " |")
     return "\n".join(lines + _set_metric_note(names))
 
@@ -246,7 +242,7 @@ def format_comparison(tables: dict[str, dict[str, dict]], title: str = "") -> st
     names = metric_names_of(first)
     lines = [f"**{title}**", ""] if title else []
     for name in names:
-        lines += [f"*{METRIC_TITLES[name]}*", "",
+        lines += [f"*{metrics.METRICS[name].title}*", "",
                   "| method | " + " | ".join(columns) + " |",
                   "|---|" + "---:|" * len(columns)]
         for method, table in tables.items():

@@ -74,6 +74,26 @@ def test_identity_inpainter_gives_perfect_scores_and_the_pairing_is_fixed(test_s
     np.testing.assert_array_equal(batches, images[np.arange(24) % 5])
 
 
+def test_a_metric_added_by_one_entry_is_computed_parsed_and_tabled(test_set, monkeypatch):
+    from pconv_jax.evaluation import metrics
+    squared = metrics.Metric("MSE", "{:.5f}", lambda a, b: ((a - b) ** 2).mean(axis=(1, 2, 3)))
+    monkeypatch.setitem(metrics.METRICS, "mse", squared)
+    images = _images()
+
+    def grey(batch_images, batch_masks):
+        return np.where(batch_masks > 0.5, batch_images, np.float32(0.5))
+
+    names = table1.parse_metrics("l1,mse")
+    assert names == ("l1", "mse")
+    per_mask = table1.evaluate(grey, images, test_set, batch_size=8, progress=False,
+                               metric_names=names)
+    holes = 1 - test_set.load(range(len(test_set)), (32, 32))
+    want = (((images[np.arange(24) % 5] - 0.5) * holes) ** 2).mean(axis=(1, 2, 3))
+    np.testing.assert_allclose(per_mask["mse"], want, rtol=1e-5)
+    text = table1.format_table(table1.summarize(per_mask, test_set, metric_names=names))
+    assert "| MSE |" in text and "| L1 (%) |" in text and "PSNR" not in text
+
+
 def test_results_files_and_table(tmp_path, test_set):
     per_mask = table1.evaluate(methods.build("telea").inpaint, _images(), test_set,
                                    batch_size=8, progress=False)
