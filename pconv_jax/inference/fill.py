@@ -22,8 +22,8 @@ from collections.abc import Callable, Sequence
 import cv2
 import numpy as np
 
+from pconv_jax.convention import MASK_THRESHOLD
 from pconv_jax.inpainter import Inpainter
-from pconv_jax.network.unet import MASK_THRESHOLD
 
 # Context kept around a hole region when a photo is filled crop by crop: at least this many
 # pixels, and at least half the region's size.

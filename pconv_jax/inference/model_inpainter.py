@@ -28,8 +28,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from pconv_jax.convention import MASK_THRESHOLD
 from pconv_jax.inpainter import Inpainter
-from pconv_jax.network.unet import MASK_THRESHOLD, composite
+from pconv_jax.network.unet import composite
 
 # Padded sides of `bucket_side` (each rounded up to the network's size multiple); a larger side
 # is rounded up to a multiple of 256. Few sides = few compilations.
